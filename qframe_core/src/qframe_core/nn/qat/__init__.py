@@ -1,0 +1,8 @@
+"""QAT modules: float compute with fake quantization, and the march's integer
+arithmetic in VALIDATION state."""
+
+from .functional_modules import FloatFunctional
+from .stubs import DeQuantStub, QuantStub
+from .weighted import Conv2d, Linear
+
+__all__ = ["Conv2d", "DeQuantStub", "FloatFunctional", "Linear", "QuantStub"]

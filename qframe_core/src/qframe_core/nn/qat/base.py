@@ -1,0 +1,85 @@
+"""What every QAT module shares: its march, its input quantization, its state."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ...errors import QuantizationStateError
+from ...march import resolve_march
+from ...numerics import RequantRule
+from ...quantization.fake_quantize import FakeQuantize, FakeQuantState, QuantParams
+
+
+class QATModule(nn.Module):
+    """Mixin of QAT modules.
+
+    prepare binds each QAT module to the modules producing its inputs
+    (:meth:`bind_inputs`), so in VALIDATION state it knows the integer
+    grid its inputs lie on and can reproduce the march's integer
+    arithmetic exactly.  Producers are kept in a plain list, not as
+    submodules, so they are neither saved twice nor traversed twice.
+    """
+
+    _qframe_leaf = True
+    march: str = ""
+    qframe_name: str = ""
+
+    def _init_qat(self, march: str) -> None:
+        self.march = march
+        self.qframe_name = type(self).__name__
+        self._input_producers: list[Any] = []
+
+    def bind_inputs(self, producers: list[Any]) -> None:
+        self._input_producers = list(producers)
+
+    def input_params(self, index: int) -> QuantParams:
+        if index >= len(self._input_producers):
+            raise QuantizationStateError(
+                f"{self.qframe_name}: input {index} has no known quantization — QAT modules must come from "
+                f"prepare_qat_fx/prepare, which binds them to the modules producing their inputs"
+            )
+        return self._input_producers[index].output_params()
+
+    @property
+    def requant_rule(self) -> RequantRule:
+        return resolve_march(self.march).requant
+
+    def state(self) -> FakeQuantState:
+        for m in self.modules():
+            if isinstance(m, FakeQuantize):
+                return m.state
+        return FakeQuantState.QAT
+
+    def simulating(self) -> bool:
+        """True in VALIDATION state: compute with the march's integer arithmetic."""
+        return self.state() is FakeQuantState.VALIDATION
+
+    def set_names(self, name: str) -> None:
+        self.qframe_name = name
+        for sub_name, m in self.named_modules():
+            if isinstance(m, FakeQuantize):
+                m.set_name(f"{name}.{sub_name}" if sub_name else name)
+
+
+def make_fake_quant(factory: Optional[Any], what: str, owner: str) -> Optional[FakeQuantize]:
+    if factory is None:
+        return None
+    fq = factory()
+    if not isinstance(fq, FakeQuantize):
+        raise TypeError(f"{owner}: the qconfig's {what} factory must build a FakeQuantize, got {type(fq).__name__}")
+    return fq
+
+
+def integer_tensor_to_float(q: torch.Tensor, params: QuantParams) -> torch.Tensor:
+    """``q * scale`` in float32, per tensor or per channel — the dequantization rule."""
+    s = params.scale.float().to(q.device)
+    if params.ch_axis is not None and s.numel() > 1:
+        shape = [1] * q.dim()
+        shape[params.ch_axis] = -1
+        s = s.reshape(shape)
+    else:
+        s = s.reshape(())
+    return q.float() * s

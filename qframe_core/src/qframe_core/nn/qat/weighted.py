@@ -1,0 +1,195 @@
+"""QAT Conv2d and Linear (plain or fused with add and ReLU/ReLU6).
+
+QAT and CALIBRATION states compute in float with fake-quantized weights
+and output.  VALIDATION state computes what the march computes: integer
+input, per-channel qint8 weight, qint32 bias, exact accumulation, the
+march's requantization (multiplier, shift, rounding, saturation) and
+fused activation bounds — via :meth:`integer_params`, the same function
+convert uses to build the quantized module.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...dtype import qint32
+from ...numerics import quantize_to_int
+from ...quantization.fake_quantize import QuantParams
+from ..intrinsic import FusedConv2d, FusedLinear, apply_activation
+from ..requant_params import (accumulator_scale, activation_bounds, bias_to_int, int32_output_scale,
+                              requant_multipliers, weight_to_int)
+from .base import QATModule, integer_tensor_to_float, make_fake_quant
+
+
+@attrs.frozen
+class WeightedIntParams:
+    """Everything the integer kernel of a conv/linear needs (int64 tensors; cast by the caller).
+
+    ``multiplier``/``shift`` are None for a high-precision int32 output.
+    """
+
+    input: QuantParams
+    weight: torch.Tensor
+    bias: torch.Tensor
+    output: QuantParams
+    multiplier: Optional[torch.Tensor]
+    shift: Optional[torch.Tensor]
+    residual: Optional[QuantParams]
+    residual_multiplier: Optional[torch.Tensor]
+    clamp_min: Optional[int]
+    clamp_max: Optional[int]
+
+
+class _WeightedQAT(QATModule):
+    """Shared logic; subclasses define the float op and the channel axis of the output."""
+
+    channel_axis: int = 1
+    activation: Optional[str] = None
+    has_add: bool = False
+
+    def _init_weighted(self, qconfig: Any, march: str, activation: Optional[str], has_add: bool) -> None:
+        self._init_qat(march)
+        if qconfig is None or qconfig.weight is None:
+            raise ValueError(f"{type(self).__name__} needs a qconfig with a weight fake-quantize")
+        self.activation = activation
+        self.has_add = has_add
+        self.weight_fake_quant = make_fake_quant(qconfig.weight, "weight", type(self).__name__)
+        self.activation_post_process = make_fake_quant(qconfig.activation, "activation", type(self).__name__)
+        if self.activation_post_process is None and activation == "relu6":
+            raise ValueError(f"{type(self).__name__}: ReLU6 cannot be fused into a high-precision (int32) output")
+
+    # -- float paths --------------------------------------------------------------
+    def _op(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.has_add and other is None:
+            raise ValueError(f"{self.qframe_name}: this fused op adds a residual; pass it as the second argument")
+        if self.simulating():
+            return self._simulate(x, other)
+        out = self._op(x, self.weight_fake_quant(self.weight), self.bias)
+        if self.has_add:
+            out = out + other
+        out = apply_activation(out, self.activation)
+        if self.activation_post_process is not None:
+            out = self.activation_post_process(out)
+        return out
+
+    # -- integer semantics ------------------------------------------------------------
+    def weight_params(self) -> QuantParams:
+        if not bool(self.weight_fake_quant.calibrated):
+            # weights are data we have: observe them rather than fail
+            self.weight_fake_quant.observe(self.weight)
+        return self.weight_fake_quant.quant_params()
+
+    def output_params(self) -> QuantParams:
+        if self.activation_post_process is not None:
+            return self.activation_post_process.quant_params()
+        acc = accumulator_scale(self.input_params(0).scale, self.weight_params().scale)
+        return QuantParams(int32_output_scale(acc), qint32, self.channel_axis)
+
+    def integer_params(self) -> WeightedIntParams:
+        inp = self.input_params(0)
+        wp = self.weight_params()
+        acc_scale = accumulator_scale(inp.scale, wp.scale)
+        weight = weight_to_int(self.weight, wp)
+        bias = bias_to_int(self.bias, acc_scale)
+        residual = self.input_params(1) if self.has_add else None
+        if self.activation_post_process is None:
+            if self.has_add:
+                raise ValueError(f"{self.qframe_name}: a fused add needs an int8/int16 output qconfig, "
+                                 f"not a high-precision (int32) one")
+            lo, hi = activation_bounds(self.activation, None)
+            out = QuantParams(int32_output_scale(acc_scale), qint32, self.channel_axis)
+            return WeightedIntParams(inp, weight, bias, out, None, None, None, None, lo, hi)
+        out = self.activation_post_process.quant_params()
+        terms = [acc_scale] + ([residual.scale] if residual is not None else [])
+        m, shift = requant_multipliers(self.requant_rule, terms, out.scale, what=f"{self.qframe_name} ({self.march})")
+        lo, hi = activation_bounds(self.activation, out.scale)
+        return WeightedIntParams(inp, weight, bias, out, m[:, 0], shift, residual,
+                                 m[:, 1] if residual is not None else None, lo, hi)
+
+    def _channel_view(self, t: torch.Tensor, ndim: int) -> torch.Tensor:
+        shape = [1] * ndim
+        shape[self.channel_axis] = -1
+        return t.reshape(shape)
+
+    def _simulate(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> torch.Tensor:
+        p = self.integer_params()
+        qx = quantize_to_int(x, p.input.scale, p.input.dtype)
+        # float64 holds every int8/int16 product sum of realistic size exactly
+        acc = self._op(qx.double(), p.weight.double().to(x.device), p.bias.double().to(x.device))
+        acc = torch.round(acc).to(torch.int64)
+        if p.multiplier is None:
+            lo = qint32.quant_min if p.clamp_min is None else p.clamp_min
+            q = acc.clamp(lo, qint32.quant_max)
+            return integer_tensor_to_float(q, p.output)
+        nd = acc.dim()
+        terms = [(acc, self._channel_view(p.multiplier.to(x.device), nd))]
+        if p.residual is not None:
+            qr = quantize_to_int(other, p.residual.scale, p.residual.dtype)
+            terms.append((qr, self._channel_view(p.residual_multiplier.to(x.device), nd)))
+        q = self.requant_rule.requantize(terms, self._channel_view(p.shift.to(x.device), nd), p.output.dtype,
+                                         p.clamp_min, p.clamp_max)
+        return integer_tensor_to_float(q, p.output)
+
+
+class Conv2d(nn.Conv2d, _WeightedQAT):
+    """QAT Conv2d; ``activation``/``has_add`` say what was fused into it."""
+
+    channel_axis = 1
+    forward = _WeightedQAT.forward  # nn.Conv2d comes first in the MRO
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> "Conv2d":
+        activation, has_add = None, False
+        if isinstance(mod, FusedConv2d):
+            activation, has_add, mod = mod.activation, mod.has_add, mod.conv
+        if mod.padding_mode != "zeros":
+            raise ValueError(f"Conv2d with padding_mode={mod.padding_mode!r} cannot be quantized: only zero padding "
+                             f"is computed by the integer kernels (pad explicitly with a supported op instead)")
+        qat = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
+                  mod.groups, mod.bias is not None, device=mod.weight.device)
+        qat._init_weighted(qconfig, march, activation, has_add)
+        with torch.no_grad():
+            qat.weight.copy_(mod.weight)
+            if mod.bias is not None:
+                qat.bias.copy_(mod.bias)
+        return qat
+
+    def _op(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation}, has_add={self.has_add}, march={self.march}"
+
+
+class Linear(nn.Linear, _WeightedQAT):
+    """QAT Linear; the output channel is the last axis."""
+
+    channel_axis = -1
+    forward = _WeightedQAT.forward  # nn.Linear comes first in the MRO
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> "Linear":
+        activation, has_add = None, False
+        if isinstance(mod, FusedLinear):
+            activation, has_add, mod = mod.activation, mod.has_add, mod.linear
+        qat = cls(mod.in_features, mod.out_features, mod.bias is not None, device=mod.weight.device)
+        qat._init_weighted(qconfig, march, activation, has_add)
+        with torch.no_grad():
+            qat.weight.copy_(mod.weight)
+            if mod.bias is not None:
+                qat.bias.copy_(mod.bias)
+        return qat
+
+    def _op(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.linear(x, w, b)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation}, has_add={self.has_add}, march={self.march}"

@@ -1,0 +1,8 @@
+"""Integer modules produced by convert, and ``FloatFunctional`` for float models."""
+
+from .functional_modules import FloatFunctional
+from .qfunctional import QFunctional
+from .stubs import DeQuantize, Quantize
+from .weighted import Conv2d, Linear
+
+__all__ = ["Conv2d", "DeQuantize", "FloatFunctional", "Linear", "QFunctional", "Quantize"]

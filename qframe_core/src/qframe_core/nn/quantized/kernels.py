@@ -1,0 +1,43 @@
+"""Calling a march's compiled kernels from torch tensors (CPU, zero-copy)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ...march import resolve_march
+
+_CACHE: dict[str, ModuleType] = {}
+
+
+def march_kernels(march: str) -> ModuleType:
+    """The kernel extension of ``march`` (imported once)."""
+    if march not in _CACHE:
+        _CACHE[march] = resolve_march(march).load_kernels()
+    return _CACHE[march]
+
+
+def as_array(t: Optional[torch.Tensor], what: str, owner: str) -> Optional[np.ndarray]:
+    """A C-contiguous numpy view of an integer CPU tensor."""
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{owner}: {what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_floating_point():
+        raise TypeError(f"{owner}: {what} is a float tensor ({t.dtype}); a quantized model passes integer tensors "
+                        f"between its ops — feed float data through the QuantStub at the model input")
+    if t.device.type != "cpu":
+        raise ValueError(f"{owner}: the integer kernels run on the CPU; move {what} there with .cpu() "
+                         f"(got {t.device})")
+    return t.detach().contiguous().numpy()
+
+
+def to_int32(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    return None if t is None else t.to(torch.int32).contiguous().numpy()
+
+
+def dtype_name(bits: int) -> str:
+    return {8: "int8", 16: "int16", 32: "int32"}[bits]

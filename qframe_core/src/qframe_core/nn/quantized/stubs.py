@@ -1,0 +1,58 @@
+"""Quantize (model input: float -> integer) and DeQuantize (integer -> float)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...numerics import quantize_to_int
+from ...quantization.fake_quantize import QuantParams
+from ..qat.base import integer_tensor_to_float
+
+
+class Quantize(nn.Module):
+    """``clamp(round(x / scale))`` into the integer dtype — the same rule as fake quantization."""
+
+    _qframe_leaf = True
+
+    def __init__(self, params: QuantParams) -> None:
+        super().__init__()
+        self.register_buffer("scale", params.scale.detach().clone().float())
+        self.dtype = params.dtype
+
+    @classmethod
+    def from_qat(cls, qat: nn.Module) -> "Quantize":
+        return cls(qat.output_params())
+
+    def output_params(self) -> QuantParams:
+        return QuantParams(self.scale, self.dtype, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            raise TypeError(f"Quantize: expects float input, got {x.dtype}")
+        return quantize_to_int(x, self.scale, self.dtype).to(self.dtype.torch_dtype)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale.tolist()}, dtype={self.dtype}"
+
+
+class DeQuantize(nn.Module):
+    """``q * scale`` in float32 (per channel for a high-precision int32 input)."""
+
+    _qframe_leaf = True
+
+    def __init__(self, params: QuantParams) -> None:
+        super().__init__()
+        self.register_buffer("scale", params.scale.detach().clone().float())
+        self.dtype = params.dtype
+        self.ch_axis = params.ch_axis
+
+    @classmethod
+    def from_qat(cls, qat: nn.Module) -> "DeQuantize":
+        return cls(qat.input_params(0))
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return integer_tensor_to_float(q, QuantParams(self.scale, self.dtype, self.ch_axis))
+
+    def extra_repr(self) -> str:
+        return f"dtype={self.dtype}, ch_axis={self.ch_axis}"

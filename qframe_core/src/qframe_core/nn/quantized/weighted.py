@@ -1,0 +1,100 @@
+"""Integer Conv2d and Linear running on the march's kernel extension."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ...quantization.fake_quantize import QuantParams
+from ..qat.weighted import WeightedIntParams
+from .kernels import as_array, dtype_name, march_kernels, to_int32
+
+
+class _WeightedQuantized(nn.Module):
+    _qframe_leaf = True
+
+    def __init__(self, p: WeightedIntParams, march: str, name: str) -> None:
+        super().__init__()
+        self.march = march
+        self.qframe_name = name
+        self.register_buffer("weight", p.weight.to(torch.int8).contiguous())
+        self.register_buffer("bias", p.bias.to(torch.int32))
+        self.register_buffer("multiplier", None if p.multiplier is None else p.multiplier.to(torch.int32))
+        self.register_buffer("shift", None if p.shift is None else p.shift.to(torch.int32))
+        self.register_buffer("residual_multiplier",
+                             None if p.residual_multiplier is None else p.residual_multiplier.to(torch.int32))
+        self.register_buffer("out_scale", p.output.scale.detach().clone().float())
+        self.out_dtype = p.output.dtype
+        self.out_ch_axis = p.output.ch_axis
+        self.clamp_min = p.clamp_min
+        self.clamp_max = p.clamp_max
+
+    def output_params(self) -> QuantParams:
+        return QuantParams(self.out_scale, self.out_dtype, self.out_ch_axis)
+
+    def _clamp_bounds(self) -> tuple[int, int]:
+        lo = self.out_dtype.quant_min if self.clamp_min is None else self.clamp_min
+        hi = self.out_dtype.quant_max if self.clamp_max is None else self.clamp_max
+        return lo, hi
+
+    def _finish(self, out) -> torch.Tensor:
+        t = torch.from_numpy(out)
+        if self.multiplier is None and self.clamp_min is not None:
+            t = t.clamp_min(self.clamp_min)  # ReLU on a high-precision output
+        return t
+
+
+class Conv2d(_WeightedQuantized):
+    """Integer Conv2d (+ fused residual add and ReLU/ReLU6 bounds)."""
+
+    @classmethod
+    def from_qat(cls, qat: nn.Module) -> "Conv2d":
+        mod = cls(qat.integer_params(), qat.march, qat.qframe_name)
+        mod.stride, mod.padding, mod.dilation, mod.groups = qat.stride, qat.padding, qat.dilation, qat.groups
+        return mod
+
+    def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
+        k = march_kernels(self.march)
+        lo, hi = self._clamp_bounds()
+        raw = self.multiplier is None
+        out = k.conv2d(
+            as_array(x, "input", self.qframe_name), self.weight.numpy(), to_int32(self.bias),
+            tuple(self.stride), tuple(self.padding), tuple(self.dilation), int(self.groups),
+            None if raw else self.multiplier.numpy(), None if raw else self.shift.numpy(),
+            dtype_name(self.out_dtype.bits), lo, hi,
+            as_array(other, "residual", self.qframe_name) if other is not None else None,
+            None if self.residual_multiplier is None else self.residual_multiplier.numpy(),
+        )
+        return self._finish(out)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
+                f"stride={self.stride}, padding={self.padding}, out_dtype={self.out_dtype}, march={self.march}")
+
+
+class Linear(_WeightedQuantized):
+    """Integer Linear over the last axis (leading axes are batch)."""
+
+    @classmethod
+    def from_qat(cls, qat: nn.Module) -> "Linear":
+        return cls(qat.integer_params(), qat.march, qat.qframe_name)
+
+    def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if other is not None:
+            raise NotImplementedError(f"{self.qframe_name}: Linear fused with add is not lowered by the kernels yet")
+        k = march_kernels(self.march)
+        lo, hi = self._clamp_bounds()
+        raw = self.multiplier is None
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        out = k.linear(
+            as_array(x2, "input", self.qframe_name), self.weight.numpy(), to_int32(self.bias),
+            None if raw else self.multiplier.numpy(), None if raw else self.shift.numpy(),
+            dtype_name(self.out_dtype.bits), lo, hi,
+        )
+        return self._finish(out).reshape(*lead, -1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, out_dtype={self.out_dtype}, march={self.march}"

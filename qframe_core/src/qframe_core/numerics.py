@@ -1,0 +1,156 @@
+"""Integer arithmetic rules, as data a march declares and code that applies them in torch.
+
+A march states *how* its hardware requantizes with a :class:`RequantRule`
+(multiplier width, rounding mode).  This module applies a rule to torch
+tensors; QAT simulation (VALIDATION state) and convert both call it, and
+each march's compiled kernel implements the very same rule in C++
+(``qframe_kernels/rounding.hpp``), tested bit-for-bit against this and
+against an independent numpy reference.
+
+Requantization of integer terms ``x_i`` with real ratios ``r_i`` (input
+scale / output scale) is::
+
+    m_i, s = multipliers(r)                    # integers, shared shift s
+    y = round_shift(sum_i x_i * m_i, s)        # in int64, the march's rounding
+    y = clamp(y, lo, hi)                       # output dtype ∩ fused activation bounds
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Optional, Sequence
+
+import attrs
+import torch
+
+from .dtype import QuantDType
+
+#: The largest right shift any kernel accepts.
+MAX_SHIFT = 62
+
+
+class Rounding(enum.Enum):
+    """How a right shift rounds the bits it drops."""
+
+    #: ties toward +infinity: ``(v + 2**(s-1)) >> s``
+    HALF_UP = "half_up"
+    #: ties to the even neighbour (banker's rounding)
+    HALF_EVEN = "half_even"
+
+
+def _pow2(shift: torch.Tensor) -> torch.Tensor:
+    return torch.bitwise_left_shift(torch.ones_like(shift), shift)
+
+
+@attrs.frozen
+class RequantRule:
+    """A march's requantization rule.
+
+    Attributes:
+        multiplier_bits: signed width of the integer multiplier; multipliers
+            lie in ``[0, 2**(multiplier_bits-1) - 1]``.
+        rounding: how the final right shift rounds.
+    """
+
+    multiplier_bits: int
+    rounding: Rounding
+
+    @property
+    def max_multiplier(self) -> int:
+        return (1 << (self.multiplier_bits - 1)) - 1
+
+    # -- choosing integer multipliers --------------------------------------------
+    def multipliers(self, ratios: torch.Tensor, what: str = "requantization") -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer multipliers with a shared shift for each row of real ratios.
+
+        Args:
+            ratios: float tensor ``[..., k]`` of non-negative real ratios
+                (e.g. ``in_scale * w_scale / out_scale``); the ``k`` terms of a
+                row share one shift.
+            what: named in the error message.
+
+        Returns:
+            ``(m, s)``: int64 ``[..., k]`` multipliers and int64 ``[...]`` shifts with
+            ``m / 2**s`` ≈ ratio, using as many of the rule's bits as possible.
+
+        Raises:
+            ValueError: when a ratio is negative, not finite, or too large to be
+                represented (``ratio > max_multiplier``).
+        """
+        r = ratios.detach().to(torch.float64)
+        if not torch.isfinite(r).all() or (r < 0).any():
+            raise ValueError(f"{what}: scale ratios must be finite and non-negative, got {r.flatten()[:8].tolist()}")
+        peak = r.amax(dim=-1)
+        if (peak > self.max_multiplier).any():
+            raise ValueError(
+                f"{what}: a scale ratio of {float(peak.max()):.4g} exceeds what a "
+                f"{self.multiplier_bits}-bit multiplier can represent ({self.max_multiplier}); "
+                f"the output scale is far too small for its inputs — recalibrate"
+            )
+        safe = torch.where(peak > 0, peak, torch.ones_like(peak))
+        shift = torch.floor(torch.log2(self.max_multiplier / safe)).clamp(0, MAX_SHIFT)
+        m = torch.round(r * torch.exp2(shift).unsqueeze(-1))
+        # log2 rounding can overshoot by one ulp: step the shift back where needed
+        over = (m.amax(dim=-1) > self.max_multiplier) & (shift > 0)
+        shift = torch.where(over, shift - 1, shift)
+        m = torch.round(r * torch.exp2(shift).unsqueeze(-1))
+        shift = torch.where(peak > 0, shift, torch.zeros_like(shift))
+        return m.to(torch.int64), shift.to(torch.int64)
+
+    # -- applying them -------------------------------------------------------------
+    def round_shift(self, v: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """``v / 2**shift`` rounded by this rule (int64 in, int64 out; shift broadcasts)."""
+        v = v.to(torch.int64)
+        shift = torch.as_tensor(shift, dtype=torch.int64, device=v.device)
+        s1 = (shift - 1).clamp(min=0)
+        half = torch.where(shift > 0, _pow2(s1), torch.zeros_like(shift))
+        if self.rounding is Rounding.HALF_UP:
+            return torch.bitwise_right_shift(v + half, shift)
+        q = torch.bitwise_right_shift(v, shift)
+        rem = v - torch.bitwise_left_shift(q, shift)
+        up = (rem > half) | ((rem == half) & (shift > 0) & (torch.bitwise_and(q, 1) == 1))
+        return q + up.to(torch.int64)
+
+    def requantize(
+        self,
+        terms: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        shift: torch.Tensor,
+        out_dtype: QuantDType,
+        clamp_min: Optional[int] = None,
+        clamp_max: Optional[int] = None,
+    ) -> torch.Tensor:
+        """``clamp(round_shift(sum(x * m for x, m in terms), shift))`` as int64.
+
+        ``x`` are integer tensors, ``m`` and ``shift`` broadcast against them
+        (per-channel values are reshaped by the caller).
+        """
+        acc = None
+        for x, m in terms:
+            t = x.to(torch.int64) * m.to(torch.int64)
+            acc = t if acc is None else acc + t
+        y = self.round_shift(acc, shift)
+        lo = out_dtype.quant_min if clamp_min is None else max(out_dtype.quant_min, clamp_min)
+        hi = out_dtype.quant_max if clamp_max is None else min(out_dtype.quant_max, clamp_max)
+        return y.clamp(lo, hi)
+
+
+def quantize_to_int(x: torch.Tensor, scale: torch.Tensor, dtype: QuantDType, ch_axis: Optional[int] = None) -> torch.Tensor:
+    """``clamp(round_half_even(x / scale), qmin, qmax)`` as an int64 tensor.
+
+    This is the one float->integer rule of qframe: fake quantization, QuantStub
+    and weight/bias quantization at convert all use it.  ``scale`` is a scalar
+    tensor, or per-channel along ``ch_axis``.
+    """
+    s = scale.to(x.device)
+    if ch_axis is not None and s.numel() > 1:
+        shape = [1] * x.dim()
+        shape[ch_axis] = -1
+        s = s.reshape(shape)
+    q = torch.round(x / s)
+    q = torch.nan_to_num(q, nan=0.0, posinf=dtype.quant_max, neginf=dtype.quant_min)
+    return q.clamp(dtype.quant_min, dtype.quant_max).to(torch.int64)
+
+
+def relu6_bound(out_scale: torch.Tensor) -> int:
+    """The integer that 6.0 becomes at ``out_scale``: ReLU6's upper clamp after requantization."""
+    return int(torch.round(torch.tensor(6.0, dtype=torch.float32) / out_scale.float().reshape(())).item())

@@ -1,0 +1,84 @@
+"""Rows every march table needs, built once: march plugins call these with their own dtypes and limits.
+
+The functions return :class:`~qframe_core.lowering.OpLowering` /
+:class:`~qframe_core.lowering.FusionPattern` lists mapping float ops to the
+core's generic QAT and quantized modules; a march only states its dtypes,
+limits and what it does not support.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .dtype import QuantDType
+from .lowering import (FusionPattern, Limit, OpLowering, conv_fusion_patterns, module_lowerings,
+                       passthrough_lowerings, unsupported_lowerings)
+from .nn import intrinsic, qat, quantized
+from .quantization.stubs import DeQuantStub, QuantStub
+
+try:
+    from torch.ao.quantization import DeQuantStub as TorchDeQuantStub
+    from torch.ao.quantization import QuantStub as TorchQuantStub
+except ImportError:  # pragma: no cover
+    TorchQuantStub = TorchDeQuantStub = None  # type: ignore[assignment,misc]
+
+#: ops that commute with symmetric quantization: they run unchanged on integer tensors
+VALUE_PRESERVING_OPS: tuple = (
+    nn.Identity, nn.Dropout, nn.Dropout2d, nn.ReLU, nn.Flatten, torch.flatten, torch.relu,
+    torch.nn.functional.relu, "Tensor.view", "Tensor.reshape", "Tensor.flatten", "Tensor.relu",
+    "Tensor.contiguous", torch.reshape,
+)
+
+
+def stub_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:
+    """QuantStub/DeQuantStub (qframe's and torch.ao's)."""
+    quant_ops = [QuantStub] + ([TorchQuantStub] if TorchQuantStub else [])
+    dequant_ops = [DeQuantStub] + ([TorchDeQuantStub] if TorchDeQuantStub else [])
+    return (module_lowerings(march, quant_ops, qat.QuantStub, quantized.Quantize, (), dtypes)
+            + module_lowerings(march, dequant_ops, qat.DeQuantStub, quantized.DeQuantize, (*dtypes, *_int32(dtypes)), ()))
+
+
+def _int32(dtypes: Sequence[QuantDType]) -> tuple[QuantDType, ...]:
+    from .dtype import qint32
+
+    return (qint32,) if qint32 not in dtypes else ()
+
+
+def conv2d_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_dtypes: Sequence[QuantDType],
+                     limits: Sequence[Limit] = (), note: str = "") -> list[OpLowering]:
+    """Conv2d and every fused Conv2d form."""
+    return module_lowerings(march, (nn.Conv2d, *intrinsic.FUSED_CONV2D), qat.Conv2d, quantized.Conv2d,
+                            input_dtypes, output_dtypes, limits, note)
+
+
+def linear_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_dtypes: Sequence[QuantDType],
+                     limits: Sequence[Limit] = (), note: str = "") -> list[OpLowering]:
+    """Linear and its fused ReLU/ReLU6 forms (Linear+add is not lowered)."""
+    ops = (nn.Linear, intrinsic.LinearReLU, intrinsic.LinearReLU6)
+    return module_lowerings(march, ops, qat.Linear, quantized.Linear, input_dtypes, output_dtypes, limits, note)
+
+
+def linear_unsupported(march: str, reason: str, way_out: str) -> list[OpLowering]:
+    return unsupported_lowerings(march, (nn.Linear, *intrinsic.FUSED_LINEAR), reason, way_out)
+
+
+def add_lowerings(march: str, dtypes: Sequence[QuantDType], note: str = "") -> list[OpLowering]:
+    """``FloatFunctional.add`` (every ``+``/``torch.add`` becomes one at prepare)."""
+    return module_lowerings(march, ("FloatFunctional.add",), qat.FloatFunctional, quantized.QFunctional,
+                            dtypes, dtypes, (), note)
+
+
+def value_preserving_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:
+    return passthrough_lowerings(march, VALUE_PRESERVING_OPS, (*dtypes, *_int32(dtypes)),
+                                 note="runs on the integer tensor at the input's scale")
+
+
+def conv2d_patterns(marches: Sequence[str]) -> list[FusionPattern]:
+    return conv_fusion_patterns(marches, nn.Conv2d, (nn.BatchNorm2d,), intrinsic.fuse_chain, "conv2d")
+
+
+def linear_patterns(marches: Sequence[str]) -> list[FusionPattern]:
+    return conv_fusion_patterns(marches, nn.Linear, (nn.BatchNorm1d,), intrinsic.fuse_chain, "linear", with_add=False)

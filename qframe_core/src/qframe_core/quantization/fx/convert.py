@@ -1,0 +1,53 @@
+"""convert_fx: QAT model -> integer model running on the march's kernels.
+
+Each QAT module is replaced by the quantized module its lowering names,
+built from :meth:`integer_params`-style methods shared with QAT
+simulation.  The graph itself is unchanged: passthrough ops run on the
+integer tensors as they are.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import fx, nn
+
+from ...errors import QframeError
+from ...registry import registry
+from .graph_utils import module_name_of, op_key, op_nodes
+
+
+def convert_fx(model: fx.GraphModule, inplace: bool = False) -> fx.GraphModule:
+    """Convert a model returned by ``prepare_qat_fx`` (after calibration and/or QAT).
+
+    The result takes float input (its QuantStubs quantize), passes integer
+    tensors between ops, and returns float from its DeQuantStubs.  It runs on
+    the CPU, in eval mode.
+
+    Args:
+        model: the QAT/calibration GraphModule.
+        inplace: modify ``model`` instead of converting a deep copy.
+    """
+    meta = getattr(model, "meta", {}) if isinstance(model, fx.GraphModule) else {}
+    if meta.get("qframe_stage") != "qat":
+        raise QframeError("convert_fx expects the GraphModule returned by prepare_qat_fx (it got "
+                          f"{type(model).__name__}{' already converted' if meta.get('qframe_stage') else ''})")
+    gm = model if inplace else copy.deepcopy(model)
+    march: str = gm.meta["qframe_march"]
+    float_ops: dict[str, Any] = gm.meta["qframe_float_ops"]
+    new_modules: dict[str, nn.Module] = {}
+    for node in op_nodes(gm):
+        name = module_name_of(node)
+        if name is None or name in new_modules or name not in float_ops:
+            continue
+        lowering = registry.lowering(march, op_key(gm, node, module_key=float_ops[name]))
+        if lowering is None or lowering.quantized_module is None:
+            raise QframeError(f"{name!r}: march {march!r} no longer lists a lowering for "
+                              f"{float_ops[name].__name__}; was the march plugin changed since prepare?")
+        new_modules[name] = lowering.quantized_module.from_qat(gm.get_submodule(name))
+    for name, mod in new_modules.items():
+        gm.add_submodule(name, mod)
+    gm.meta["qframe_stage"] = "quantized"
+    gm.recompile()
+    return gm.cpu().eval()

@@ -1,0 +1,110 @@
+"""Reading fx graphs the same way in every pass: op keys, inputs, quantized regions."""
+
+from __future__ import annotations
+
+import builtins
+import operator
+from typing import Any, Iterator, Optional
+
+from torch import fx, nn
+
+from ...lowering import op_display_name
+
+#: calls that read metadata (shapes) rather than produce tensors: never quantized
+METADATA_OPS: tuple[Any, ...] = (builtins.getattr, operator.getitem, "Tensor.size", "Tensor.dim", "Tensor.shape",
+                                 builtins.len)
+
+
+def module_of(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
+    """The module a ``call_module`` node calls, or the owner of a module ``call_method``."""
+    if node.op == "call_module":
+        return gm.get_submodule(node.target)
+    if node.op == "call_method" and node.args and isinstance(node.args[0], fx.Node) and node.args[0].op == "get_attr":
+        try:
+            return gm.get_submodule(node.args[0].target)
+        except AttributeError:
+            return None
+    return None
+
+
+def module_name_of(node: fx.Node) -> Optional[str]:
+    if node.op == "call_module":
+        return str(node.target)
+    if node.op == "call_method" and node.args and isinstance(node.args[0], fx.Node) and node.args[0].op == "get_attr":
+        return str(node.args[0].target)
+    return None
+
+
+def op_key(gm: fx.GraphModule, node: fx.Node, module_key: Optional[type] = None) -> Any:
+    """The lowering-table key of ``node`` (see :mod:`qframe_core.lowering`), None for non-ops.
+
+    ``module_key`` overrides the class used for module calls (convert looks up
+    the *float* class prepare recorded).
+    """
+    if node.op == "call_module":
+        return module_key or type(gm.get_submodule(node.target))
+    if node.op == "call_function":
+        return node.target
+    if node.op == "call_method":
+        owner = module_of(gm, node)
+        if owner is not None:
+            base = module_key or type(owner)
+            return f"{base.__name__}.{node.target}"
+        return f"Tensor.{node.target}"
+    return None
+
+
+def describe(gm: fx.GraphModule, node: fx.Node) -> str:
+    """``'layer1.conv' (torch.nn.Conv2d)`` — how errors name a node."""
+    name = module_name_of(node) or node.name
+    return f"{name!r} ({op_display_name(op_key(gm, node))})"
+
+
+def tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    """Input nodes of ``node`` in argument order (flattening lists), excluding a method's owner module."""
+    args = list(node.args)
+    if node.op == "call_method" and args and isinstance(args[0], fx.Node) and args[0].op == "get_attr":
+        args = args[1:]
+    out: list[fx.Node] = []
+
+    def visit(a: Any) -> None:
+        if isinstance(a, fx.Node):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            for b in a:
+                visit(b)
+        elif isinstance(a, dict):
+            for b in a.values():
+                visit(b)
+
+    visit(args)
+    visit(node.kwargs)
+    return out
+
+
+def op_nodes(gm: fx.GraphModule) -> Iterator[fx.Node]:
+    for node in gm.graph.nodes:
+        if node.op in ("call_module", "call_function", "call_method"):
+            yield node
+
+
+def quantized_region(gm: fx.GraphModule, is_quant_stub: Any, is_dequant_stub: Any) -> set[fx.Node]:
+    """Nodes whose output is a quantized tensor: from a QuantStub to a DeQuantStub.
+
+    ``is_quant_stub``/``is_dequant_stub`` classify a module.
+    """
+    region: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method"):
+            continue
+        mod = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if mod is not None and is_quant_stub(mod):
+            region.add(node)
+            continue
+        if mod is not None and is_dequant_stub(mod):
+            continue
+        if op_key(gm, node) in METADATA_OPS:
+            continue
+        if any(i in region for i in tensor_inputs(node)):
+            region.add(node)
+    return region

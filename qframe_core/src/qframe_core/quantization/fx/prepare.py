@@ -1,0 +1,257 @@
+"""prepare_qat_fx: float model -> QAT model, as a short list of named passes.
+
+1. trace (:mod:`.tracer`)               4. check every op against the march's table
+2. fuse (:mod:`.fuse`)                  5. swap modules for their QAT forms
+3. functional ops -> modules            6. bind each QAT module to its input producers
+
+Every decision comes from the registry: which ops fuse, which lower,
+what they become, and what the march forbids.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional
+
+import torch
+from torch import fx, nn
+
+from ...dtype import QuantDType, qint32
+from ...errors import UnsupportedOpError
+from ...lowering import LoweringKind, OpLowering, op_display_name
+from ...march import MarchLike, resolve_march
+from ...nn.qat.base import QATModule
+from ...nn.quantized.functional_modules import FloatFunctional
+from ...registry import registry
+from ..qconfig import QConfig
+from ..stubs import DeQuantStub, QuantStub
+from .fuse import fuse_graph
+from .graph_utils import describe, module_name_of, module_of, op_key, op_nodes, quantized_region, tensor_inputs
+from .qconfig_resolution import QConfigResolver
+from .tracer import is_torch_stub, symbolic_trace
+
+_FUNCTIONAL_ADDS = (operator.add, torch.add, operator.iadd)
+
+DEFAULT_WAY_OUT = ("keep it outside the QuantStub/DeQuantStub region (float), or change the model to use an op "
+                   "the march supports")
+
+
+def is_quant_stub(m: nn.Module) -> bool:
+    return isinstance(m, QuantStub) or (is_torch_stub(m) and type(m).__name__ == "QuantStub")
+
+
+def is_dequant_stub(m: nn.Module) -> bool:
+    return isinstance(m, DeQuantStub) or (is_torch_stub(m) and type(m).__name__ == "DeQuantStub")
+
+
+# -- pass 3 -----------------------------------------------------------------------------
+def _scope_of(gm: fx.GraphModule, node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    for value in reversed(list(stack.values())):
+        path = value[0] if isinstance(value, tuple) else None
+        if isinstance(path, str) and path:
+            try:
+                gm.get_submodule(path)
+                return path
+            except AttributeError:
+                continue
+    return ""
+
+
+def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
+    """Give every tensor ``a + b`` / ``torch.add`` its own generated FloatFunctional.
+
+    The module is named ``_generated_add_N`` inside the module where the add
+    was written, so ``module_name`` qconfigs of that module apply to it.
+    """
+    count = 0
+    for node in list(gm.graph.nodes):
+        is_add = (node.op == "call_function" and node.target in _FUNCTIONAL_ADDS) or (
+            node.op == "call_method" and node.target == "add" and module_of(gm, node) is None)
+        if not is_add or node.kwargs or len(node.args) != 2:
+            continue
+        if not all(isinstance(a, fx.Node) for a in node.args):
+            continue  # adding a constant: no generated module (the op table decides whether it can run)
+        scope = _scope_of(gm, node)
+        name = f"{scope + '.' if scope else ''}_generated_add_{count}"
+        count += 1
+        gm.add_submodule(name, FloatFunctional())
+        with gm.graph.inserting_before(node):
+            owner = gm.graph.get_attr(name)
+            new = gm.graph.call_method("add", (owner, *node.args))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+# -- passes 4-6 ---------------------------------------------------------------------------
+def _producer_dtype(m: nn.Module) -> QuantDType:
+    fq = getattr(m, "activation_post_process", None)
+    return fq.dtype if fq is not None else qint32
+
+
+class _Problems:
+    def __init__(self, march: str) -> None:
+        self.march = march
+        self.items: list[str] = []
+
+    def add(self, what: str, rule: str, way_out: str = DEFAULT_WAY_OUT) -> None:
+        self.items.append(f"- {what}: {rule}. Way out: {way_out}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise UnsupportedOpError(
+                f"march {self.march!r} cannot run {len(self.items)} op(s) of this model:\n" + "\n".join(self.items))
+
+
+def _lowering_for(gm: fx.GraphModule, node: fx.Node, march: str) -> tuple[Any, Optional[OpLowering]]:
+    key = op_key(gm, node)
+    return key, registry.lowering(march, key)
+
+
+def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver) -> dict[str, Any]:
+    region = quantized_region(gm, is_quant_stub, is_dequant_stub)
+    problems = _Problems(march)
+    swaps: dict[str, tuple[OpLowering, nn.Module, QConfig]] = {}
+    float_ops: dict[str, Any] = {}
+    for node in op_nodes(gm):
+        mod = module_of(gm, node)
+        name = module_name_of(node)
+        in_region = node in region or (mod is not None and is_dequant_stub(mod) and
+                                       any(i in region for i in tensor_inputs(node)))
+        if not in_region:
+            continue
+        key, lowering = _lowering_for(gm, node, march)
+        if lowering is None:
+            problems.add(describe(gm, node), f"{op_display_name(key)} is not in march {march!r}'s op table")
+            continue
+        if lowering.kind is LoweringKind.UNSUPPORTED:
+            problems.add(describe(gm, node), lowering.note or "not supported", lowering.way_out or DEFAULT_WAY_OUT)
+            continue
+        for violation in lowering.violations(mod):
+            problems.add(describe(gm, node), f"{violation} (march {march!r} op table)", lowering.way_out or
+                         "change the layer's parameters to fit the limit, or keep it out of the quantized region")
+        if lowering.kind is LoweringKind.PASSTHROUGH:
+            continue
+        assert name is not None and mod is not None
+        if name in swaps:
+            problems.add(describe(gm, node), "this module is called more than once; each call needs its own "
+                         "quantization parameters", "give every call site its own module instance")
+            continue
+        qconfig = resolver.qconfig_for(name, mod)
+        if qconfig is None:
+            problems.add(describe(gm, node), "its qconfig is None but it sits inside the quantized region",
+                         "give it a qconfig, or place a DeQuantStub before it and a QuantStub after it")
+            continue
+        swaps[name] = (lowering, mod, qconfig)
+        float_ops[name] = type(mod)
+    problems.raise_if_any()
+
+    for name, (lowering, mod, qconfig) in swaps.items():
+        qat = lowering.qat_module.from_float(mod, qconfig, march)
+        if isinstance(qat, QATModule):
+            qat.set_names(name)
+        fq = getattr(qat, "activation_post_process", None)
+        out_dtype = fq.dtype if fq is not None else qint32
+        if lowering.output_dtypes and out_dtype not in lowering.output_dtypes and not is_dequant_stub(mod):
+            problems.add(f"{name!r} ({lowering.op_name})", f"output dtype {out_dtype} is not supported on march "
+                         f"{march!r} (allowed: {', '.join(map(str, lowering.output_dtypes))})",
+                         "use a qconfig with an allowed activation dtype")
+        gm.add_submodule(name, qat)
+    problems.raise_if_any()
+    return float_ops
+
+
+def _producer(gm: fx.GraphModule, node: fx.Node, march: str, consumer: str) -> nn.Module:
+    """The module whose output quantization the value of ``node`` carries (through passthrough ops)."""
+    cur = node
+    while True:
+        mod = module_of(gm, cur)
+        if mod is not None and hasattr(mod, "output_params"):
+            return mod
+        key, lowering = _lowering_for(gm, cur, march)
+        ins = tensor_inputs(cur)
+        if lowering is not None and lowering.kind is LoweringKind.PASSTHROUGH and ins:
+            cur = ins[0]
+            continue
+        raise UnsupportedOpError(
+            f"{consumer}: its input {cur.name!r} ({op_display_name(key) if key else cur.op}) carries no "
+            f"quantization on march {march!r}: put a QuantStub before the quantized part of the model"
+        )
+
+
+def _bind_inputs(gm: fx.GraphModule, march: str, float_ops: dict[str, Any]) -> None:
+    problems = _Problems(march)
+    for node in op_nodes(gm):
+        mod = module_of(gm, node)
+        name = module_name_of(node)
+        if not isinstance(mod, QATModule) or name not in float_ops:
+            continue
+        if float_ops[name] is QuantStub or (isinstance(float_ops[name], type) and float_ops[name].__name__ == "QuantStub"):
+            continue  # its input is the float model input
+        producers = [_producer(gm, i, march, f"{name!r}") for i in tensor_inputs(node)]
+        mod.bind_inputs(producers)
+        lowering = registry.lowering(march, op_key(gm, node, module_key=float_ops[name]))
+        for i, p in enumerate(producers):
+            dt = _producer_dtype(p)
+            if lowering is not None and lowering.input_dtypes and dt not in lowering.input_dtypes:
+                problems.add(f"{name!r} ({lowering.op_name}) input {i}", f"dtype {dt} is not accepted on march "
+                             f"{march!r} (accepted: {', '.join(map(str, lowering.input_dtypes))})",
+                             "a high-precision (qint32) output may only feed a DeQuantStub; otherwise use an "
+                             "accepted activation dtype")
+    problems.raise_if_any()
+
+
+def prepare_qat_fx(
+    model: nn.Module,
+    qconfig_dict: Optional[dict] = None,
+    prepare_custom_config_dict: Optional[dict] = None,
+    optimize_graph: bool = False,
+    hybrid: bool = False,
+    hybrid_dict: Optional[dict] = None,
+    march: Optional[MarchLike] = None,
+) -> fx.GraphModule:
+    """Turn a float model into a QAT (or calibration) model for the current march.
+
+    Args:
+        model: float model with QuantStub/DeQuantStub marking the quantized region.
+        qconfig_dict: ``{"": qconfig, "module_type": {...}, "module_name": {...}}``
+            (see :mod:`.qconfig_resolution`); modules may also carry ``.qconfig``.
+        prepare_custom_config_dict: ``{"preserved_attributes": [names]}`` copies
+            those attributes of ``model`` onto the result.
+        optimize_graph: share cat input/output scales (not available yet).
+        hybrid, hybrid_dict: CPU/float islands inside the quantized region (not available yet).
+        march: overrides the current march.
+
+    Returns:
+        A GraphModule whose FakeQuantize modules start in QAT state.
+
+    Raises:
+        UnsupportedOpError: listing every op the march cannot run, with the rule and the way out.
+        TraceError: when torch.fx cannot trace the model.
+    """
+    spec = resolve_march(march)
+    if hybrid or hybrid_dict:
+        raise NotImplementedError("prepare_qat_fx(hybrid=True) is not available yet: keep float parts outside the "
+                                  "QuantStub/DeQuantStub region for now")
+    if optimize_graph:
+        raise NotImplementedError("prepare_qat_fx(optimize_graph=True) is not available yet")
+    resolver = QConfigResolver(model, qconfig_dict)
+    resolver.check_kinds()
+    preserved = list((prepare_custom_config_dict or {}).get("preserved_attributes", []))
+    gm = symbolic_trace(model)
+    if gm.meta.get("qframe_fused_for") != spec.name:
+        fuse_graph(gm, spec.name)
+    functionals_to_modules(gm)
+    float_ops = _check_and_swap(gm, spec.name, resolver)
+    _bind_inputs(gm, spec.name, float_ops)
+    for attr in preserved:
+        setattr(gm, attr, getattr(model, attr))
+    gm.meta["qframe_march"] = spec.name
+    gm.meta["qframe_stage"] = "qat"
+    gm.meta["qframe_float_ops"] = float_ops
+    gm.recompile()
+    return gm

@@ -1,0 +1,89 @@
+"""QConfig and the default configurations of the seeds.
+
+A :class:`QConfig` pairs two factories: one builds the fake-quantize of a
+module's output activation (None = high-precision int32 output, allowed for
+a conv/linear that is a model output), one builds the weight fake-quantize.
+Observers are named (``"min_max"``…) and resolved when the fake-quantize is
+built, so importing this module loads no plugin.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import attrs
+import torch
+
+from .fake_quantize import FakeQuantize
+
+#: fake-quant implementations selectable by name in get_default_qconfig
+FAKE_QUANT_CLASSES: dict[str, type] = {"fake_quant": FakeQuantize}
+
+
+@attrs.frozen
+class QConfig:
+    """How to quantize one module.
+
+    Attributes:
+        activation: factory of the output fake-quantize, or None for a
+            high-precision (int32) output.
+        weight: factory of the weight fake-quantize, or None for ops without weights.
+        kind: ``"calibration"``, ``"qat"`` or None (user-built); prepare refuses
+            to mix the two kinds in one model.
+    """
+
+    activation: Optional[Callable[..., Any]]
+    weight: Optional[Callable[..., Any]]
+    kind: Optional[str] = None
+
+
+def _fake_quant_factory(name: Optional[str], observer: Optional[str], qkwargs: Optional[dict],
+                        defaults: dict) -> Optional[Callable[..., Any]]:
+    if name is None or observer is None:
+        return None
+    if name not in FAKE_QUANT_CLASSES:
+        raise ValueError(f"unknown fake_quant {name!r}: choose one of {sorted(FAKE_QUANT_CLASSES)} or None")
+    return FAKE_QUANT_CLASSES[name].with_args(observer=observer, **{**defaults, **(qkwargs or {})})
+
+
+_ACTIVATION_DEFAULTS = {"dtype": "qint8", "qscheme": torch.per_tensor_symmetric, "ch_axis": -1}
+_WEIGHT_DEFAULTS = {"dtype": "qint8", "qscheme": torch.per_channel_symmetric, "ch_axis": 0}
+
+
+def get_default_qconfig(
+    activation_fake_quant: Optional[str] = "fake_quant",
+    weight_fake_quant: Optional[str] = "fake_quant",
+    activation_observer: Optional[str] = "min_max",
+    weight_observer: Optional[str] = "min_max",
+    activation_qkwargs: Optional[dict] = None,
+    weight_qkwargs: Optional[dict] = None,
+    kind: Optional[str] = None,
+) -> QConfig:
+    """Build a QConfig from names, as the seeds do.
+
+    Activations default to per-tensor qint8, weights to per-output-channel qint8
+    (``ch_axis=0``).  ``activation_fake_quant=None`` (or observer None) gives a
+    high-precision int32 output.
+    """
+    return QConfig(
+        activation=_fake_quant_factory(activation_fake_quant, activation_observer, activation_qkwargs,
+                                       _ACTIVATION_DEFAULTS),
+        weight=_fake_quant_factory(weight_fake_quant, weight_observer, weight_qkwargs, _WEIGHT_DEFAULTS),
+        kind=kind,
+    )
+
+
+def get_default_qat_qconfig(**kwargs: Any) -> QConfig:
+    return get_default_qconfig(kind="qat", **kwargs)
+
+
+def get_default_calib_qconfig(**kwargs: Any) -> QConfig:
+    return get_default_qconfig(kind="calibration", **kwargs)
+
+
+default_qat_8bit_fake_quant_qconfig = get_default_qat_qconfig()
+default_calib_8bit_fake_quant_qconfig = get_default_calib_qconfig()
+default_qat_out_8bit_fake_quant_qconfig = get_default_qat_qconfig(activation_fake_quant=None)
+default_calib_out_8bit_fake_quant_qconfig = get_default_calib_qconfig(activation_fake_quant=None)
+default_qat_8bit_weight_32bit_out_fake_quant_qconfig = get_default_qat_qconfig(activation_fake_quant=None)
+default_calib_8bit_weight_32bit_out_fake_quant_qconfig = get_default_calib_qconfig(activation_fake_quant=None)

@@ -1,0 +1,1 @@
+"""Helpers users import by the seeds' paths (``utils.fx_helper``)."""

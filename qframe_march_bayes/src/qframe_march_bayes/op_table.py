@@ -1,0 +1,38 @@
+"""bayes's op table: the "Bayes" columns of the seeds' op tables (appendix)."""
+
+from qframe_core import op_rows
+from qframe_core.dtype import qint8, qint16, qint32
+from qframe_core.lowering import Limit
+
+from .spec import NAME
+
+ACT = (qint8, qint16)
+
+CONV2D_LIMITS = (
+    Limit("in_channels", max=8192, text="输入 channel<=8192"),
+    Limit("out_channels", max=8192, text="out_channel<=8192"),
+    Limit("kernel_size", min=1, max=31, text="kernel<32"),
+    Limit("dilation", max=16, text="dilation<=16"),
+    Limit("padding", max=256, text="padding<=256"),
+)
+
+LINEAR_LIMITS = (
+    Limit("in_features", max=8192, text="in_features <= 8192"),
+    Limit("out_features", max=8192, text="out_features <= 8192"),
+)
+
+
+def lowerings():
+    return [
+        *op_rows.stub_lowerings(NAME, ACT),
+        *op_rows.conv2d_lowerings(NAME, ACT, (qint8, qint16, qint32), CONV2D_LIMITS,
+                                  note="qint16 input: the accumulation must fit int32"),
+        # the table lists qint8 output; qint32 is allowed as a high-precision model output
+        *op_rows.linear_lowerings(NAME, (qint8,), (qint8, qint32), LINEAR_LIMITS),
+        *op_rows.add_lowerings(NAME, ACT, note="broadcast on all but N; operands must be tensors"),
+        *op_rows.value_preserving_lowerings(NAME, ACT),
+    ]
+
+
+def fusion_patterns():
+    return op_rows.conv2d_patterns([NAME]) + op_rows.linear_patterns([NAME])

@@ -1,0 +1,15 @@
+"""The bayes target as data."""
+
+from qframe_core.dtype import qint8, qint16
+from qframe_core.march import MarchSpec
+from qframe_core.numerics import RequantRule, Rounding
+
+NAME = "bayes"
+
+SPEC = MarchSpec(
+    name=NAME,
+    description="RDK Ultra (Bayes BPU): int8/int16 activations, 32-bit multiplier, round half to even",
+    activation_dtypes=(qint8, qint16),
+    requant=RequantRule(multiplier_bits=32, rounding=Rounding.HALF_EVEN),
+    kernels="qframe_march_bayes._kernels",
+)

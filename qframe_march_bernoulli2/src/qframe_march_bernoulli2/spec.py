@@ -1,0 +1,16 @@
+"""The bernoulli2 target as data."""
+
+from qframe_core.dtype import qint8
+from qframe_core.march import MarchSpec
+from qframe_core.numerics import RequantRule, Rounding
+
+NAME = "bernoulli2"
+
+SPEC = MarchSpec(
+    name=NAME,
+    description="RDK X3 (Bernoulli2 BPU): int8 activations, 4-D tensors, 16-bit multiplier, round half up",
+    activation_dtypes=(qint8,),
+    requant=RequantRule(multiplier_bits=16, rounding=Rounding.HALF_UP),
+    kernels="qframe_march_bernoulli2._kernels",
+    max_rank=4,
+)

@@ -1,0 +1,1 @@
+"""qframe analysis tools."""
