@@ -123,9 +123,13 @@ def op_display_name(op: Any) -> str:
     if isinstance(op, str):
         return op
     if isinstance(op, type):
-        return f"{op.__module__}.{op.__qualname__}".replace("torch.nn.modules.", "torch.nn.").replace(
-            "qframe_core.nn.intrinsic.", "qframe_core.nn.intrinsic.")
+        if getattr(nn, op.__name__, None) is op:  # torch.nn.modules.conv.Conv2d -> torch.nn.Conv2d
+            return f"torch.nn.{op.__name__}"
+        return f"{op.__module__}.{op.__qualname__}"
     name = getattr(op, "__name__", repr(op))
+    for namespace, label in ((torch, "torch"), (F, "torch.nn.functional")):
+        if getattr(namespace, name, None) is op:
+            return f"{label}.{name}"
     mod = getattr(op, "__module__", None) or ""
     return f"{mod}.{name}" if mod else name
 
