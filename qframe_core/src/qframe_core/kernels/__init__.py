@@ -1,0 +1,17 @@
+"""Header-only C++ integer kernel library shared by the march extensions.
+
+The headers under ``include/qframe_kernels/`` implement the integer conv2d,
+linear, add and requantize kernels once, as templates over a march Policy
+(multiplier width and rounding); each march's ``_kernels`` extension
+instantiates them.  See ``README.md`` next to this file for the numeric
+contract.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def get_include() -> str:
+    """Return the absolute path of the folder to pass as a C++ include dir."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")

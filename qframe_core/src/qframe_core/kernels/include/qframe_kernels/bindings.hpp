@@ -1,0 +1,563 @@
+// qframe_kernels/bindings.hpp -- the shared pybind11 layer.
+//
+// A march's extension is:
+//   struct MyPolicy { static constexpr const char* name = "..."; static constexpr int multiplier_bits = 16;
+//                     using Rounding = qframe_kernels::RoundHalfUp; };
+//   PYBIND11_MODULE(_kernels, m) { qframe_kernels::bind_kernels<MyPolicy>(m); }
+//
+// This layer only validates arguments (type, dtype, rank, shape, contiguity,
+// ranges), converts between numpy and raw pointers and releases the GIL;
+// arithmetic lives in the other headers.  Arrays are never copied or cast:
+// anything that is not exactly what a function expects raises TypeError or
+// ValueError naming the function, the argument, the rule and what was given.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "add.hpp"
+#include "conv2d.hpp"
+#include "cpu_features.hpp"
+#include "gemm_s8.hpp"
+#include "linear.hpp"
+#include "requant.hpp"
+#include "rounding.hpp"
+
+namespace qframe_kernels {
+namespace bind {
+
+namespace py = pybind11;
+
+inline const char* dtype_name(DType d) {
+    switch (d) {
+        case DType::Int8: return "int8";
+        case DType::Int16: return "int16";
+        case DType::Int32: return "int32";
+        default: return "int64";
+    }
+}
+
+inline std::string shape_str(const std::vector<int64_t>& s) {
+    std::ostringstream o;
+    o << "(";
+    for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+    if (s.size() == 1) o << ",";
+    o << ")";
+    return o.str();
+}
+
+inline std::string py_repr(const py::handle& h) { return py::str(py::repr(h)).cast<std::string>(); }
+
+inline std::string type_name(const py::handle& h) {
+    return py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>();
+}
+
+[[noreturn]] inline void type_err(const std::string& fn, const std::string& msg) {
+    throw py::type_error(fn + ": " + msg);
+}
+[[noreturn]] inline void value_err(const std::string& fn, const std::string& msg) {
+    throw py::value_error(fn + ": " + msg);
+}
+
+// A validated, C-contiguous, aligned, native-endian integer numpy array.
+struct Arr {
+    py::array a;
+    DType dt = DType::Int8;
+    std::vector<int64_t> shape;
+    const void* data() const { return a.data(); }
+    int64_t size() const {
+        int64_t n = 1;
+        for (int64_t d : shape) n *= d;
+        return n;
+    }
+};
+
+inline std::optional<DType> int_dtype(const py::dtype& d) {
+    if (d.equal(py::dtype::of<int8_t>())) return DType::Int8;
+    if (d.equal(py::dtype::of<int16_t>())) return DType::Int16;
+    if (d.equal(py::dtype::of<int32_t>())) return DType::Int32;
+    if (d.equal(py::dtype::of<int64_t>())) return DType::Int64;
+    return std::nullopt;
+}
+
+inline std::string allowed_str(std::initializer_list<DType> allowed) {
+    std::string s;
+    size_t i = 0;
+    for (DType d : allowed) {
+        if (i) s += (i + 1 == allowed.size()) ? " or " : ", ";
+        s += dtype_name(d);
+        ++i;
+    }
+    return s;
+}
+
+// rank < 0: any rank.
+inline Arr get_array(const char* fn, const char* arg, const py::handle& obj, std::initializer_list<DType> allowed,
+                     int rank, const char* layout = nullptr) {
+    const std::string expect = std::string("a C-contiguous numpy.ndarray of dtype ") + allowed_str(allowed) +
+                               (rank >= 0 ? " with " + std::to_string(rank) + " dimensions" : std::string()) +
+                               (layout ? std::string(" ") + layout : std::string());
+    if (!py::isinstance<py::array>(obj))
+        type_err(fn, "argument '" + std::string(arg) + "' must be " + expect + ", got " + type_name(obj));
+    Arr r;
+    r.a = py::reinterpret_borrow<py::array>(obj);
+    const auto dt = int_dtype(r.a.dtype());
+    bool ok = dt.has_value();
+    if (ok) {
+        ok = false;
+        for (DType d : allowed) ok = ok || d == *dt;
+    }
+    if (!ok)
+        type_err(fn, "argument '" + std::string(arg) + "' must be " + expect + ", got dtype " +
+                         py::str(r.a.dtype()).cast<std::string>());
+    r.dt = *dt;
+    for (py::ssize_t i = 0; i < r.a.ndim(); ++i) r.shape.push_back(static_cast<int64_t>(r.a.shape(i)));
+    if (rank >= 0 && r.a.ndim() != rank)
+        value_err(fn, "argument '" + std::string(arg) + "' must be " + expect + ", got " +
+                          std::to_string(r.a.ndim()) + " dimensions with shape " + shape_str(r.shape));
+    const int flags = r.a.flags();
+    if (!(flags & py::array::c_style))
+        value_err(fn, "argument '" + std::string(arg) + "' must be C-contiguous (got a non-contiguous array of shape " +
+                          shape_str(r.shape) + "); pass numpy.ascontiguousarray(" + arg + ")");
+    if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        value_err(fn, "argument '" + std::string(arg) + "' must be aligned; pass a copy (numpy.array(" + arg + "))");
+    return r;
+}
+
+inline std::optional<Arr> get_optional_array(const char* fn, const char* arg, const py::handle& obj,
+                                             std::initializer_list<DType> allowed, int rank,
+                                             const char* layout = nullptr) {
+    if (obj.is_none()) return std::nullopt;
+    return get_array(fn, arg, obj, allowed, rank, layout);
+}
+
+inline int64_t get_int(const char* fn, const char* arg, const py::handle& obj) {
+    if (py::isinstance<py::bool_>(obj) || !(py::isinstance<py::int_>(obj) || py::hasattr(obj, "__index__")))
+        type_err(fn, "argument '" + std::string(arg) + "' must be an int, got " + type_name(obj) + " " + py_repr(obj));
+    py::object idx = py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr()));
+    if (!idx) {
+        PyErr_Clear();
+        type_err(fn, "argument '" + std::string(arg) + "' must be an int, got " + type_name(obj) + " " + py_repr(obj));
+    }
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(idx.ptr(), &overflow);
+    if (overflow != 0 || (v == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        value_err(fn, "argument '" + std::string(arg) + "' must fit in int64, got " + py_repr(obj));
+    }
+    return static_cast<int64_t>(v);
+}
+
+inline std::optional<int64_t> get_optional_int(const char* fn, const char* arg, const py::handle& obj) {
+    if (obj.is_none()) return std::nullopt;
+    return get_int(fn, arg, obj);
+}
+
+// A pair of ints given as a tuple/list of two ints (or one int for both).
+inline std::pair<int64_t, int64_t> get_pair(const char* fn, const char* arg, const py::handle& obj, int64_t min) {
+    int64_t a, b;
+    if (py::isinstance<py::tuple>(obj) || py::isinstance<py::list>(obj)) {
+        py::sequence s = py::reinterpret_borrow<py::sequence>(obj);
+        if (py::len(s) != 2)
+            value_err(fn, "argument '" + std::string(arg) + "' must be a 2-tuple of ints, got " + py_repr(obj));
+        a = get_int(fn, arg, s[0]);
+        b = get_int(fn, arg, s[1]);
+    } else if (py::isinstance<py::int_>(obj) && !py::isinstance<py::bool_>(obj)) {
+        a = b = get_int(fn, arg, obj);
+    } else {
+        type_err(fn, "argument '" + std::string(arg) + "' must be a 2-tuple of ints, got " + type_name(obj) + " " +
+                         py_repr(obj));
+    }
+    if (a < min || b < min || a > (int64_t(1) << 31) || b > (int64_t(1) << 31))
+        value_err(fn, "argument '" + std::string(arg) + "' must have values in [" + std::to_string(min) +
+                          ", 2**31], got " + py_repr(obj));
+    return {a, b};
+}
+
+inline DType get_out_dtype(const char* fn, const py::handle& obj) {
+    if (!py::isinstance<py::str>(obj))
+        type_err(fn, "argument 'out_dtype' must be one of 'int8', 'int16', 'int32' (a str), got " + type_name(obj) +
+                         " " + py_repr(obj));
+    const std::string s = obj.cast<std::string>();
+    if (s == "int8") return DType::Int8;
+    if (s == "int16") return DType::Int16;
+    if (s == "int32") return DType::Int32;
+    value_err(fn, "argument 'out_dtype' must be one of 'int8', 'int16', 'int32', got " + py_repr(obj));
+}
+
+inline ClampRange get_clamp(const char* fn, DType out, const py::handle& cmin, const py::handle& cmax) {
+    const auto lo_u = get_optional_int(fn, "clamp_min", cmin);
+    const auto hi_u = get_optional_int(fn, "clamp_max", cmax);
+    ClampRange r{dtype_min(out), dtype_max(out)};
+    if (lo_u) r.lo = std::max(r.lo, *lo_u);
+    if (hi_u) r.hi = std::min(r.hi, *hi_u);
+    if (r.lo > r.hi)
+        value_err(fn, "clamp range [clamp_min, clamp_max] = [" + (lo_u ? std::to_string(*lo_u) : "None") + ", " +
+                          (hi_u ? std::to_string(*hi_u) : "None") + "] does not intersect the " + dtype_name(out) +
+                          " range [" + std::to_string(dtype_min(out)) + ", " + std::to_string(dtype_max(out)) + "]");
+    return r;
+}
+
+template <class Policy>
+inline std::string multiplier_rule() {
+    return std::string("march '") + Policy::name + "' uses " + std::to_string(Policy::multiplier_bits) +
+           "-bit multipliers: 0 <= multiplier <= " + std::to_string(max_multiplier<Policy>());
+}
+
+template <class Policy>
+inline void check_multiplier_value(const char* fn, const std::string& what, int64_t m) {
+    if (m < 0 || m > max_multiplier<Policy>())
+        value_err(fn, "argument " + what + " = " + std::to_string(m) + " is out of range; " + multiplier_rule<Policy>());
+}
+
+inline void check_shift_value(const char* fn, const std::string& what, int64_t s) {
+    if (s < 0 || s > kMaxShift)
+        value_err(fn, "argument " + what + " = " + std::to_string(s) + " is out of range; shifts must satisfy 0 <= shift <= " +
+                          std::to_string(kMaxShift));
+}
+
+// int32 array of length 1 or n (allow_one) or exactly n; values range-checked.
+template <class Policy>
+inline Arr get_params(const char* fn, const char* arg, const py::handle& obj, int64_t n, bool allow_one,
+                      bool is_shift) {
+    Arr a = get_array(fn, arg, obj, {DType::Int32}, 1);
+    const int64_t len = a.shape[0];
+    if (!(len == n || (allow_one && len == 1)))
+        value_err(fn, "argument '" + std::string(arg) + "' must have length " +
+                          (allow_one ? "1 or " + std::to_string(n) : std::to_string(n)) + ", got shape " +
+                          shape_str(a.shape));
+    const int32_t* p = static_cast<const int32_t*>(a.data());
+    for (int64_t i = 0; i < len; ++i) {
+        const std::string what = std::string("'") + arg + "'[" + std::to_string(i) + "]";
+        if (is_shift)
+            check_shift_value(fn, what, p[i]);
+        else
+            check_multiplier_value<Policy>(fn, what, p[i]);
+    }
+    return a;
+}
+
+template <class F>
+inline void dispatch_out(DType d, F&& f) {
+    switch (d) {
+        case DType::Int8: f(int8_t{}); break;
+        case DType::Int16: f(int16_t{}); break;
+        case DType::Int32: f(int32_t{}); break;
+        default: f(int64_t{}); break;
+    }
+}
+
+template <class F>
+inline void dispatch_in8_16(DType d, F&& f) {
+    if (d == DType::Int8) f(int8_t{});
+    else f(int16_t{});
+}
+
+inline py::array make_out(DType d, const std::vector<int64_t>& shape) {
+    std::vector<py::ssize_t> s(shape.begin(), shape.end());
+    switch (d) {
+        case DType::Int8: return py::array_t<int8_t>(s);
+        case DType::Int16: return py::array_t<int16_t>(s);
+        case DType::Int32: return py::array_t<int32_t>(s);
+        default: return py::array_t<int64_t>(s);
+    }
+}
+
+// Requantization parameters of conv2d / linear (multiplier/shift/bias).
+template <class Policy>
+struct EpilogueArgs {
+    std::optional<Arr> bias, mult, shift, res_mult;
+    RequantArgs q;
+};
+
+template <class Policy>
+inline EpilogueArgs<Policy> get_epilogue(const char* fn, int64_t O, const py::handle& bias, const py::handle& multiplier,
+                                         const py::handle& shift, DType out, const py::handle& cmin,
+                                         const py::handle& cmax) {
+    EpilogueArgs<Policy> e;
+    e.bias = get_optional_array(fn, "bias", bias, {DType::Int32}, 1);
+    if (e.bias && e.bias->shape[0] != O)
+        value_err(fn, "argument 'bias' must have shape (" + std::to_string(O) + ",) (one per output channel), got " +
+                          shape_str(e.bias->shape));
+    const bool raw = multiplier.is_none() && shift.is_none();
+    if (raw) {
+        if (out != DType::Int32)
+            value_err(fn, "multiplier and shift may be None only for the raw accumulator output out_dtype='int32', got "
+                          "out_dtype='" + std::string(dtype_name(out)) + "'");
+    } else {
+        if (multiplier.is_none() || shift.is_none())
+            value_err(fn, "multiplier and shift must both be given or both be None (raw int32 accumulator output)");
+        e.mult = get_params<Policy>(fn, "multiplier", multiplier, O, false, false);
+        e.shift = get_params<Policy>(fn, "shift", shift, O, false, true);
+    }
+    e.q.bias = e.bias ? static_cast<const int32_t*>(e.bias->data()) : nullptr;
+    e.q.multiplier = e.mult ? static_cast<const int32_t*>(e.mult->data()) : nullptr;
+    e.q.shift = e.shift ? static_cast<const int32_t*>(e.shift->data()) : nullptr;
+    e.q.range = get_clamp(fn, out, cmin, cmax);
+    return e;
+}
+
+template <class Policy>
+py::array conv2d_py(const py::object& input, const py::object& weight, const py::object& bias,
+                    const py::object& stride, const py::object& padding, const py::object& dilation,
+                    const py::object& groups_o, const py::object& multiplier, const py::object& shift,
+                    const py::object& out_dtype, const py::object& clamp_min, const py::object& clamp_max,
+                    const py::object& residual, const py::object& residual_multiplier) {
+    const char* fn = "conv2d";
+    Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, 4, "[N, C, H, W]");
+    Arr w = get_array(fn, "weight", weight, {DType::Int8}, 4, "[O, C // groups, KH, KW]");
+    Conv2dShape s{};
+    s.N = x.shape[0]; s.C = x.shape[1]; s.H = x.shape[2]; s.W = x.shape[3];
+    s.O = w.shape[0]; s.KH = w.shape[2]; s.KW = w.shape[3];
+    std::tie(s.sh, s.sw) = get_pair(fn, "stride", stride, 1);
+    std::tie(s.ph, s.pw) = get_pair(fn, "padding", padding, 0);
+    std::tie(s.dh, s.dw) = get_pair(fn, "dilation", dilation, 1);
+    s.groups = get_int(fn, "groups", groups_o);
+    if (s.groups < 1) value_err(fn, "argument 'groups' must be >= 1, got " + std::to_string(s.groups));
+    if (s.C % s.groups != 0)
+        value_err(fn, "argument 'groups' = " + std::to_string(s.groups) + " must divide the input channels C = " +
+                          std::to_string(s.C));
+    if (s.O % s.groups != 0)
+        value_err(fn, "argument 'groups' = " + std::to_string(s.groups) +
+                          " must divide the output channels O = weight.shape[0] = " + std::to_string(s.O));
+    if (w.shape[1] != s.C / s.groups)
+        value_err(fn, "argument 'weight' has shape " + shape_str(w.shape) + " but input has C = " + std::to_string(s.C) +
+                          " channels and groups = " + std::to_string(s.groups) + ", so weight.shape[1] must be " +
+                          std::to_string(s.C / s.groups));
+    if (s.KH < 1 || s.KW < 1)
+        value_err(fn, "argument 'weight' must have a non-empty kernel, got shape " + shape_str(w.shape));
+    s.Ho = conv2d_out_size(s.H, s.KH, s.sh, s.ph, s.dh);
+    s.Wo = conv2d_out_size(s.W, s.KW, s.sw, s.pw, s.dw);
+    if (s.Ho <= 0 || s.Wo <= 0)
+        value_err(fn, "the dilated kernel " + shape_str({s.dh * (s.KH - 1) + 1, s.dw * (s.KW - 1) + 1}) +
+                          " does not fit the padded input " + shape_str({s.H + 2 * s.ph, s.W + 2 * s.pw}));
+    const DType od = get_out_dtype(fn, out_dtype);
+    EpilogueArgs<Policy> e = get_epilogue<Policy>(fn, s.O, bias, multiplier, shift, od, clamp_min, clamp_max);
+    const std::vector<int64_t> oshape{s.N, s.O, s.Ho, s.Wo};
+    std::optional<Arr> res;
+    if (!residual.is_none() || !residual_multiplier.is_none()) {
+        if (residual.is_none() || residual_multiplier.is_none())
+            value_err(fn, "residual and residual_multiplier must both be given or both be None");
+        if (e.q.multiplier == nullptr)
+            value_err(fn, "a residual needs multiplier and shift (it is not allowed with the raw int32 output)");
+        res = get_array(fn, "residual", residual, {DType::Int8, DType::Int16}, 4, "[N, O, Ho, Wo]");
+        if (res->shape != oshape)
+            value_err(fn, "argument 'residual' must have the output shape " + shape_str(oshape) + ", got " +
+                              shape_str(res->shape));
+        e.res_mult = get_params<Policy>(fn, "residual_multiplier", residual_multiplier, s.O, false, false);
+        e.q.res_multiplier = static_cast<const int32_t*>(e.res_mult->data());
+    }
+    py::array out = make_out(od, oshape);
+    void* optr = out.mutable_data();
+    const void* xp = x.data();
+    const int8_t* wp = static_cast<const int8_t*>(w.data());
+    const void* rp = res ? res->data() : nullptr;
+    const DType rdt = res ? res->dt : DType::Int8;
+    {
+        py::gil_scoped_release nogil;
+        dispatch_in8_16(x.dt, [&](auto tin) {
+            using TIn = decltype(tin);
+            dispatch_out(od, [&](auto tout) {
+                using TOut = decltype(tout);
+                if constexpr (!std::is_same_v<TOut, int64_t>) {
+                    dispatch_in8_16(rdt, [&](auto tres) {
+                        using TRes = decltype(tres);
+                        conv2d<Policy, TIn, TOut, TRes>(s, static_cast<const TIn*>(xp), wp,
+                                                        static_cast<const TRes*>(rp), e.q, static_cast<TOut*>(optr));
+                    });
+                }
+            });
+        });
+    }
+    return out;
+}
+
+template <class Policy>
+py::array linear_py(const py::object& input, const py::object& weight, const py::object& bias,
+                    const py::object& multiplier, const py::object& shift, const py::object& out_dtype,
+                    const py::object& clamp_min, const py::object& clamp_max) {
+    const char* fn = "linear";
+    Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, 2, "[M, K]");
+    Arr w = get_array(fn, "weight", weight, {DType::Int8}, 2, "[N, K]");
+    const int64_t M = x.shape[0], K = x.shape[1], N = w.shape[0];
+    if (w.shape[1] != K)
+        value_err(fn, "argument 'weight' has shape " + shape_str(w.shape) + " but input has K = " + std::to_string(K) +
+                          " features, so weight.shape[1] must be " + std::to_string(K));
+    const DType od = get_out_dtype(fn, out_dtype);
+    EpilogueArgs<Policy> e = get_epilogue<Policy>(fn, N, bias, multiplier, shift, od, clamp_min, clamp_max);
+    py::array out = make_out(od, {M, N});
+    void* optr = out.mutable_data();
+    const void* xp = x.data();
+    const int8_t* wp = static_cast<const int8_t*>(w.data());
+    {
+        py::gil_scoped_release nogil;
+        dispatch_in8_16(x.dt, [&](auto tin) {
+            using TIn = decltype(tin);
+            dispatch_out(od, [&](auto tout) {
+                using TOut = decltype(tout);
+                if constexpr (!std::is_same_v<TOut, int64_t>)
+                    linear<Policy, TIn, TOut>(static_cast<const TIn*>(xp), wp, M, K, N, e.q, static_cast<TOut*>(optr));
+            });
+        });
+    }
+    return out;
+}
+
+template <class Policy>
+py::array add_py(const py::object& a_o, const py::object& b_o, const py::object& ma_o, const py::object& mb_o,
+                 const py::object& s_o, const py::object& out_dtype, const py::object& clamp_min,
+                 const py::object& clamp_max) {
+    const char* fn = "add";
+    Arr a = get_array(fn, "a", a_o, {DType::Int8, DType::Int16}, -1);
+    Arr b = get_array(fn, "b", b_o, {DType::Int8, DType::Int16}, -1);
+    if (a.shape != b.shape)
+        value_err(fn, "arguments 'a' and 'b' must have the same shape (broadcast before calling), got " +
+                          shape_str(a.shape) + " and " + shape_str(b.shape));
+    const int64_t ma = get_int(fn, "multiplier_a", ma_o);
+    const int64_t mb = get_int(fn, "multiplier_b", mb_o);
+    const int64_t sh = get_int(fn, "shift", s_o);
+    check_multiplier_value<Policy>(fn, "'multiplier_a'", ma);
+    check_multiplier_value<Policy>(fn, "'multiplier_b'", mb);
+    check_shift_value(fn, "'shift'", sh);
+    const DType od = get_out_dtype(fn, out_dtype);
+    const ClampRange cr = get_clamp(fn, od, clamp_min, clamp_max);
+    py::array out = make_out(od, a.shape);
+    void* optr = out.mutable_data();
+    const void* ap = a.data();
+    const void* bp = b.data();
+    const int64_t count = a.size();
+    {
+        py::gil_scoped_release nogil;
+        dispatch_in8_16(a.dt, [&](auto ta) {
+            using TA = decltype(ta);
+            dispatch_in8_16(b.dt, [&](auto tb) {
+                using TB = decltype(tb);
+                dispatch_out(od, [&](auto tout) {
+                    using TOut = decltype(tout);
+                    if constexpr (!std::is_same_v<TOut, int64_t>)
+                        add<Policy, TA, TB, TOut>(static_cast<const TA*>(ap), static_cast<const TB*>(bp), count, ma, mb,
+                                                  static_cast<int>(sh), cr, static_cast<TOut*>(optr));
+                });
+            });
+        });
+    }
+    return out;
+}
+
+template <class Policy>
+py::array requantize_py(const py::object& x_o, const py::object& multiplier, const py::object& shift,
+                        const py::object& axis_o, const py::object& out_dtype, const py::object& clamp_min,
+                        const py::object& clamp_max) {
+    const char* fn = "requantize";
+    Arr x = get_array(fn, "x", x_o, {DType::Int32, DType::Int64}, -1);
+    const int64_t rank = static_cast<int64_t>(x.shape.size());
+    if (!py::isinstance<py::array>(multiplier))
+        type_err(fn, "argument 'multiplier' must be a C-contiguous numpy.ndarray of dtype int32 with 1 dimensions, got " +
+                         type_name(multiplier));
+    // Per-channel length decides whether axis matters.
+    int64_t axis = 0, channels = 1;
+    const bool axis_none = axis_o.is_none();
+    if (!axis_none) {
+        axis = get_int(fn, "axis", axis_o);
+        if (axis < -rank || axis >= rank || rank == 0)
+            value_err(fn, "argument 'axis' = " + std::to_string(axis) + " is out of range for x of shape " +
+                              shape_str(x.shape));
+        if (axis < 0) axis += rank;
+        channels = x.shape[axis];
+    }
+    Arr m = get_params<Policy>(fn, "multiplier", multiplier, channels, true, false);
+    Arr s = get_params<Policy>(fn, "shift", shift, channels, true, true);
+    if (m.shape[0] != s.shape[0])
+        value_err(fn, "arguments 'multiplier' and 'shift' must have the same length, got " + shape_str(m.shape) +
+                          " and " + shape_str(s.shape));
+    const bool per_tensor = m.shape[0] == 1;
+    if (!per_tensor && axis_none) value_err(fn, "argument 'axis' is required for per-channel multiplier/shift");
+    int64_t outer = 1, inner = 1, ch = 1;
+    if (per_tensor) {
+        inner = x.size();
+    } else {
+        for (int64_t i = 0; i < axis; ++i) outer *= x.shape[i];
+        ch = x.shape[axis];
+        for (int64_t i = axis + 1; i < rank; ++i) inner *= x.shape[i];
+    }
+    const DType od = get_out_dtype(fn, out_dtype);
+    const ClampRange cr = get_clamp(fn, od, clamp_min, clamp_max);
+    py::array out = make_out(od, x.shape);
+    void* optr = out.mutable_data();
+    const void* xp = x.data();
+    const int32_t* mp = static_cast<const int32_t*>(m.data());
+    const int32_t* sp = static_cast<const int32_t*>(s.data());
+    {
+        py::gil_scoped_release nogil;
+        auto run = [&](auto tin) {
+            using TIn = decltype(tin);
+            dispatch_out(od, [&](auto tout) {
+                using TOut = decltype(tout);
+                if constexpr (!std::is_same_v<TOut, int64_t>)
+                    requantize<Policy, TIn, TOut>(static_cast<const TIn*>(xp), static_cast<TOut*>(optr), outer, ch,
+                                                  inner, mp, sp, per_tensor, cr);
+            });
+        };
+        if (x.dt == DType::Int32) run(int32_t{});
+        else run(int64_t{});
+    }
+    return out;
+}
+
+template <class Policy>
+py::dict cpu_features_py() {
+    const CpuFeatures& f = cpu_features();
+    py::dict d;
+    d["avx2"] = f.avx2;
+    d["avx512bw"] = f.avx512bw;
+    d["avx512vnni"] = f.avx512vnni;
+    d["openmp_threads"] = max_threads();
+    d["kernel"] = std::string(gemm_kernel().name);
+    return d;
+}
+
+}  // namespace bind
+
+// Registers conv2d, linear, add, requantize, cpu_features, MARCH and
+// MULTIPLIER_BITS on `m` for the march described by Policy.
+template <class Policy>
+void bind_kernels(pybind11::module_& m) {
+    namespace py = pybind11;
+    static_assert(Policy::multiplier_bits >= 2 && Policy::multiplier_bits <= 32, "multiplier_bits must be in [2, 32]");
+    const std::string march = Policy::name;
+    m.doc() = "Integer kernels of march '" + march + "' (" + std::to_string(Policy::multiplier_bits) +
+              "-bit multipliers, rounding " + Policy::Rounding::name + "); see qframe_core/kernels/README.md.";
+    m.attr("MARCH") = march;
+    m.attr("MULTIPLIER_BITS") = Policy::multiplier_bits;
+    m.def("conv2d", &bind::conv2d_py<Policy>, py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("stride"),
+          py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("multiplier"), py::arg("shift"),
+          py::arg("out_dtype"), py::arg("clamp_min") = py::none(), py::arg("clamp_max") = py::none(),
+          py::arg("residual") = py::none(), py::arg("residual_multiplier") = py::none(),
+          "Integer conv2d (NCHW). input int8/int16 [N,C,H,W], weight int8 [O,C//groups,KH,KW], bias int32 [O] or "
+          "None, multiplier/shift int32 [O] (None/None with out_dtype='int32' returns the raw accumulator + bias), "
+          "optional residual int8/int16 [N,O,Ho,Wo] with residual_multiplier int32 [O].");
+    m.def("linear", &bind::linear_py<Policy>, py::arg("input"), py::arg("weight"), py::arg("bias"),
+          py::arg("multiplier"), py::arg("shift"), py::arg("out_dtype"), py::arg("clamp_min") = py::none(),
+          py::arg("clamp_max") = py::none(),
+          "Integer linear. input int8/int16 [M,K], weight int8 [N,K], bias int32 [N] or None, multiplier/shift int32 "
+          "[N] (or None/None for the raw int32 accumulator).");
+    m.def("add", &bind::add_py<Policy>, py::arg("a"), py::arg("b"), py::arg("multiplier_a"), py::arg("multiplier_b"),
+          py::arg("shift"), py::arg("out_dtype"), py::arg("clamp_min") = py::none(), py::arg("clamp_max") = py::none(),
+          "out = clamp(round_shift(a*multiplier_a + b*multiplier_b, shift)); a, b int8/int16 of the same shape.");
+    m.def("requantize", &bind::requantize_py<Policy>, py::arg("x"), py::arg("multiplier"), py::arg("shift"),
+          py::arg("axis") = py::none(), py::arg("out_dtype") = "int8", py::arg("clamp_min") = py::none(),
+          py::arg("clamp_max") = py::none(),
+          "out = clamp(round_shift(x*multiplier, shift)); x int32/int64, multiplier/shift int32 of length 1 or "
+          "x.shape[axis].");
+    m.def("cpu_features", &bind::cpu_features_py<Policy>,
+          "CPU features seen at run time and the GEMM path selected ('kernel').");
+}
+
+}  // namespace qframe_kernels

@@ -1,0 +1,36 @@
+"""Build of the compiled kernel extension qframe_march_bayes._kernels.
+
+Package metadata lives in pyproject.toml; this file only declares ext_modules.
+No -march flag: the kernels pick AVX-512/AVX2/scalar paths at run time.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pybind11.setup_helpers import Pybind11Extension
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def kernels_include() -> str:
+    try:
+        from qframe_core.kernels import get_include
+    except ImportError:
+        return os.path.normpath(os.path.join(HERE, "..", "qframe_core", "src", "qframe_core", "kernels", "include"))
+    return get_include()
+
+
+ext_modules = [
+    Pybind11Extension(
+        "qframe_march_bayes._kernels",
+        [os.path.join("src", "qframe_march_bayes", "_kernels.cpp")],
+        include_dirs=[kernels_include()],
+        cxx_std=17,
+        extra_compile_args=["-O3", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
+    ),
+]
+
+setup(ext_modules=ext_modules)

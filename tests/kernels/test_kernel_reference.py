@@ -1,0 +1,425 @@
+"""Bit-exact tests of the march kernel extensions against tests/kernels/reference.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import qframe_march_bayes._kernels as bayes_kernels
+import qframe_march_bernoulli2._kernels as bernoulli2_kernels
+
+from . import reference as ref
+
+MODULES = {"bernoulli2": bernoulli2_kernels, "bayes": bayes_kernels}
+MARCHES = list(MODULES)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def max_mult(march):
+    return 2 ** (ref.MARCH_RULES[march][0] - 1) - 1
+
+
+def rand_int(rng, dtype, shape, lo=None, hi=None):
+    info = np.iinfo(dtype)
+    lo = info.min if lo is None else lo
+    hi = info.max if hi is None else hi
+    return rng.integers(lo, hi, size=shape, endpoint=True).astype(dtype)
+
+
+# (N, C, H, W, O, KH, KW, stride, padding, dilation, groups, in_dtype, out_dtype, bias, residual)
+CONV_CASES = [
+    (1, 3, 1, 1, 5, 1, 1, (1, 1), (0, 0), (1, 1), 1, "int8", "int8", True, None),
+    (2, 4, 7, 9, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1, "int8", "int8", True, None),
+    (1, 5, 11, 13, 7, 3, 3, (2, 2), (1, 1), (1, 1), 1, "int8", "int16", True, None),
+    (1, 6, 10, 10, 12, 3, 3, (1, 1), (2, 2), (2, 2), 1, "int8", "int8", False, None),
+    (2, 8, 9, 7, 8, 3, 3, (1, 2), (1, 0), (1, 1), 2, "int8", "int8", True, None),
+    (1, 8, 9, 9, 8, 3, 3, (1, 1), (1, 1), (1, 1), 8, "int8", "int8", True, None),  # depthwise
+    (1, 8, 9, 9, 16, 3, 3, (2, 2), (1, 1), (1, 1), 8, "int8", "int8", True, None),  # depthwise x2
+    (1, 4, 8, 8, 24, 5, 3, (1, 1), (2, 1), (1, 2), 4, "int8", "int16", True, None),
+    (1, 3, 6, 5, 13, 2, 2, (1, 1), (0, 0), (1, 1), 1, "int16", "int16", True, None),
+    (2, 6, 8, 8, 14, 3, 3, (2, 1), (1, 1), (1, 1), 1, "int16", "int8", True, None),
+    (1, 64, 12, 12, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1, "int16", "int16", True, None),  # K > 510 pairs chunking
+    (1, 16, 7, 7, 16, 1, 1, (1, 1), (0, 0), (1, 1), 1, "int8", "int8", True, "int8"),
+    (2, 5, 9, 9, 6, 3, 3, (2, 2), (1, 1), (1, 1), 1, "int8", "int16", True, "int16"),
+    (1, 8, 6, 6, 8, 3, 3, (1, 1), (1, 1), (1, 1), 8, "int16", "int16", True, "int8"),
+    (1, 3, 5, 5, 7, 3, 3, (1, 1), (1, 1), (1, 1), 1, "int8", "int32", True, None),
+    (1, 40, 17, 19, 37, 3, 3, (1, 1), (1, 1), (1, 1), 1, "int8", "int8", True, None),
+    (3, 12, 4, 4, 12, 4, 4, (3, 3), (3, 3), (1, 1), 3, "int8", "int8", True, None),
+]
+
+
+def _conv_case_args(rng, march, case):
+    n, c, h, w, o, kh, kw, stride, padding, dilation, groups, idt, odt, use_bias, res = case
+    x = rand_int(rng, idt, (n, c, h, w))
+    wt = rand_int(rng, np.int8, (o, c // groups, kh, kw))
+    bias = rand_int(rng, np.int32, (o,), -(2**20), 2**20) if use_bias else None
+    mult = rng.integers(0, max_mult(march), size=o, endpoint=True).astype(np.int32)
+    shift = rng.integers(10, 40, size=o).astype(np.int32)
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    kwargs = {}
+    if res is not None:
+        kwargs["residual"] = rand_int(rng, res, (n, o, ho, wo))
+        kwargs["residual_multiplier"] = rng.integers(0, max_mult(march), size=o, endpoint=True).astype(np.int32)
+    return (x, wt, bias, stride, padding, dilation, groups, mult, shift, odt), kwargs
+
+
+def check_all_conv_cases(seed=0):
+    """Used in-process and from subprocesses that force a GEMM path."""
+    rng = np.random.default_rng(seed)
+    for march, mod in MODULES.items():
+        for case in CONV_CASES:
+            args, kwargs = _conv_case_args(rng, march, case)
+            for cmin, cmax in ((None, None), (0, None), (0, 6)):
+                got = mod.conv2d(*args, cmin, cmax, **kwargs)
+                want = ref.conv2d(march, *args, cmin, cmax, **kwargs)
+                assert got.dtype == want.dtype and got.shape == want.shape, (march, case)
+                np.testing.assert_array_equal(got, want, err_msg=f"{march} {case} clamp=({cmin},{cmax})")
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_module_attributes(march):
+    mod = MODULES[march]
+    assert mod.MARCH == march
+    assert mod.MULTIPLIER_BITS == ref.MARCH_RULES[march][0]
+    feats = mod.cpu_features()
+    assert set(feats) == {"avx2", "avx512bw", "avx512vnni", "openmp_threads", "kernel"}
+    assert feats["kernel"] in {"scalar", "avx2", "avx512bw", "avx512vnni"}
+    assert feats["openmp_threads"] >= 1
+
+
+@pytest.mark.parametrize("march", MARCHES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=[f"case{i}" for i in range(len(CONV_CASES))])
+def test_conv2d_matches_reference(march, case):
+    mod = MODULES[march]
+    rng = np.random.default_rng(hash((march, str(case))) % 2**32)
+    args, kwargs = _conv_case_args(rng, march, case)
+    for cmin, cmax in ((None, None), (0, None), (0, 6), (-5, 100)):
+        got = mod.conv2d(*args, cmin, cmax, **kwargs)
+        want = ref.conv2d(march, *args, cmin, cmax, **kwargs)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kernel", ["scalar", "avx2", "avx512bw", "avx512vnni"])
+def test_every_gemm_path_is_exact(kernel):
+    """Each runtime-dispatched GEMM path (forced by QFRAME_KERNEL) matches the reference."""
+    feats = bayes_kernels.cpu_features()
+    if kernel != "scalar" and not feats[kernel]:
+        pytest.skip(f"CPU lacks {kernel}")
+    env = dict(os.environ, QFRAME_KERNEL=kernel, OMP_NUM_THREADS="1" if kernel == "avx2" else "2")
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(HERE))] + sys.path)
+    code = (
+        "import tests.kernels.test_kernel_reference as t;"
+        "import qframe_march_bayes._kernels as k;"
+        f"assert k.cpu_features()['kernel'] == {kernel!r}, k.cpu_features();"
+        "t.check_all_conv_cases(1); t.check_linear_cases(1)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_conv2d_raw_int32_output_saturates(march):
+    mod = MODULES[march]
+    # int16 * int8 accumulate in int64: 4 * 16 * 9 products of 2**22 overflow int32.
+    x = np.full((1, 64, 4, 4), -32768, dtype=np.int16)
+    w = np.full((2, 64, 3, 3), -128, dtype=np.int8)
+    w[1] = 127
+    bias = np.array([5, -7], dtype=np.int32)
+    got = mod.conv2d(x, w, bias, (1, 1), (1, 1), (1, 1), 1, None, None, "int32", None, None)
+    want = ref.conv2d(march, x, w, bias, (1, 1), (1, 1), (1, 1), 1, None, None, "int32")
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.int32
+    assert got[0, 0].max() == 2**31 - 1 and got[0, 1].min() == -(2**31)
+    # requantized from the exact int64 accumulator
+    mult = np.array([max_mult(march)] * 2, dtype=np.int32)
+    shift = np.array([40, 40], dtype=np.int32)
+    got = mod.conv2d(x, w, bias, (1, 1), (1, 1), (1, 1), 1, mult, shift, "int32", None, None)
+    want = ref.conv2d(march, x, w, bias, (1, 1), (1, 1), (1, 1), 1, mult, shift, "int32")
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_conv2d_extreme_values(march):
+    mod = MODULES[march]
+    x = np.full((1, 8, 5, 5), -128, dtype=np.int8)
+    w = np.full((16, 8, 3, 3), -128, dtype=np.int8)
+    w[8:] = 127
+    bias = np.full((16,), 2**31 - 1, dtype=np.int32)
+    bias[8:] = -(2**31)
+    for m, s in ((max_mult(march), 62), (max_mult(march), 0), (0, 5), (1, 1), (max_mult(march), 31)):
+        mult = np.full((16,), m, dtype=np.int32)
+        shift = np.full((16,), s, dtype=np.int32)
+        for odt in ("int8", "int16", "int32"):
+            got = mod.conv2d(x, w, bias, (1, 1), (1, 1), (1, 1), 1, mult, shift, odt, None, None)
+            want = ref.conv2d(march, x, w, bias, (1, 1), (1, 1), (1, 1), 1, mult, shift, odt)
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_conv2d_zero_batch(march):
+    mod = MODULES[march]
+    x = np.zeros((0, 4, 6, 6), dtype=np.int8)
+    w = np.ones((8, 4, 3, 3), dtype=np.int8)
+    ones = np.ones(8, dtype=np.int32)
+    out = mod.conv2d(x, w, None, (2, 2), (1, 1), (1, 1), 1, ones, ones, "int8", None, None)
+    assert out.shape == (0, 8, 3, 3) and out.dtype == np.int8
+    out = mod.linear(np.zeros((0, 5), np.int16), np.ones((3, 5), np.int8), None, None, None, "int32", None, None)
+    assert out.shape == (0, 3) and out.dtype == np.int32
+
+
+def check_linear_cases(seed=0):
+    rng = np.random.default_rng(seed)
+    for march, mod in MODULES.items():
+        for m, k, n, idt, odt in ((1, 1, 1, "int8", "int8"), (3, 17, 5, "int8", "int16"), (64, 129, 33, "int8", "int8"),
+                                  (7, 600, 13, "int16", "int16"), (5, 31, 40, "int16", "int32"), (2, 3, 2, "int8", "int32")):
+            x = rand_int(rng, idt, (m, k))
+            w = rand_int(rng, np.int8, (n, k))
+            bias = rand_int(rng, np.int32, (n,), -(2**24), 2**24)
+            mult = rng.integers(0, max_mult(march), size=n, endpoint=True).astype(np.int32)
+            shift = rng.integers(8, 40, size=n).astype(np.int32)
+            for cmin, cmax in ((None, None), (0, None)):
+                got = mod.linear(x, w, bias, mult, shift, odt, cmin, cmax)
+                want = ref.linear(march, x, w, bias, mult, shift, odt, cmin, cmax)
+                np.testing.assert_array_equal(got, want, err_msg=f"{march} {(m, k, n, idt, odt)}")
+            if odt == "int32":
+                got = mod.linear(x, w, None, None, None, "int32", None, None)
+                np.testing.assert_array_equal(got, ref.linear(march, x, w, None, None, None, "int32"))
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_linear_matches_reference(march):
+    check_linear_cases(seed=MARCHES.index(march) + 10)
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_linear_int8_long_reduction_is_exact(march):
+    """K large enough that an int32 accumulator would overflow is still exact."""
+    mod = MODULES[march]
+    k = 140_000
+    x = np.full((2, k), -128, dtype=np.int8)
+    x[1, ::2] = 127
+    w = np.full((3, k), -128, dtype=np.int8)
+    mult = np.array([1, 3, max_mult(march)], dtype=np.int32)
+    shift = np.array([16, 17, 45], dtype=np.int32)
+    got = mod.linear(x, w, None, mult, shift, "int32", None, None)
+    np.testing.assert_array_equal(got, ref.linear(march, x, w, None, mult, shift, "int32"))
+    raw = mod.linear(x, w, None, None, None, "int32", None, None)
+    assert raw[0, 0] == 2**31 - 1  # 140000 * 16384 saturates
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_add_matches_reference(march):
+    mod = MODULES[march]
+    rng = np.random.default_rng(5)
+    for shape, ta, tb in (((2, 3, 4, 5), np.int8, np.int8), ((17,), np.int16, np.int8), ((3, 1, 7), np.int16, np.int16),
+                          ((), np.int8, np.int8), ((0, 4), np.int8, np.int8)):
+        a = rand_int(rng, ta, shape)
+        b = rand_int(rng, tb, shape)
+        for ma, mb, s in ((1, 1, 0), (max_mult(march), max_mult(march), 30), (12345, 0, 13), (3, 7, 1)):
+            for odt in ("int8", "int16", "int32"):
+                got = mod.add(a, b, ma, mb, s, odt, None, None)
+                np.testing.assert_array_equal(got, ref.add(march, a, b, ma, mb, s, odt))
+                got = mod.add(a, b, ma, mb, s, odt, 0, 6)
+                np.testing.assert_array_equal(got, ref.add(march, a, b, ma, mb, s, odt, 0, 6))
+
+
+def test_rounding_ties_differ_between_marches():
+    """x.5 ties: bernoulli2 rounds half up, bayes half to even."""
+    a = np.array([5, -5, 7, -7, 3, -3, 1, -1, 4, -4], dtype=np.int16)  # /2 -> exact .5 ties except +-4
+    b = np.zeros_like(a)
+    up = bernoulli2_kernels.add(a, b, 1, 0, 1, "int16", None, None)
+    even = bayes_kernels.add(a, b, 1, 0, 1, "int16", None, None)
+    np.testing.assert_array_equal(up, [3, -2, 4, -3, 2, -1, 1, 0, 2, -2])
+    np.testing.assert_array_equal(even, [2, -2, 4, -4, 2, -2, 0, 0, 2, -2])
+    assert (up != even).sum() == 4
+    # same through requantize and conv: 20/8 = 2.5, -28/8 = -3.5, ...
+    x = np.array([20, -28, -20, 28], dtype=np.int32)
+    one = np.array([1], np.int32)
+    three = np.array([1], np.int32) * 3
+    np.testing.assert_array_equal(bernoulli2_kernels.requantize(x, one, three, None, "int8"), [3, -3, -2, 4])
+    np.testing.assert_array_equal(bayes_kernels.requantize(x, one, three, None, "int8"), [2, -4, -2, 4])
+    xi = np.array([[[[5]]], [[[-7]]]], dtype=np.int8)  # 1x1 conv, weight 1, shift 1
+    w = np.ones((1, 1, 1, 1), np.int8)
+    m1 = np.ones(1, np.int32)
+    up = bernoulli2_kernels.conv2d(xi, w, None, (1, 1), (0, 0), (1, 1), 1, m1, m1, "int8", None, None)
+    even = bayes_kernels.conv2d(xi, w, None, (1, 1), (0, 0), (1, 1), 1, m1, m1, "int8", None, None)
+    assert up.ravel().tolist() == [3, -3] and even.ravel().tolist() == [2, -4]
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_requantize_matches_reference(march):
+    mod = MODULES[march]
+    rng = np.random.default_rng(11)
+    x32 = rand_int(rng, np.int32, (3, 4, 5))
+    x64 = rng.integers(-(2**62), 2**62, size=(2, 6), dtype=np.int64)
+    for x, axis in ((x32, 1), (x32, -1), (x32, 0), (x64, 1), (x64, 0)):
+        n = x.shape[axis]
+        mult = rng.integers(0, max_mult(march), size=n, endpoint=True).astype(np.int32)
+        shift = rng.integers(0, 62, size=n, endpoint=True).astype(np.int32)
+        for odt in ("int8", "int16", "int32"):
+            got = mod.requantize(x, mult, shift, axis, odt, None, None)
+            np.testing.assert_array_equal(got, ref.requantize(march, x, mult, shift, axis, odt))
+            got = mod.requantize(x, mult[:1], shift[:1], None, odt, 0, None)
+            np.testing.assert_array_equal(got, ref.requantize(march, x, mult[:1], shift[:1], None, odt, 0, None))
+
+
+def test_multiplier_range_depends_on_march():
+    a = np.ones((4,), np.int8)
+    with pytest.raises(ValueError, match=r"add.*multiplier_a.*bernoulli2.*32767"):
+        bernoulli2_kernels.add(a, a, 40000, 1, 0, "int8", None, None)
+    assert bayes_kernels.add(a, a, 40000, 1, 16, "int8", None, None).tolist() == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match=r"add.*bayes.*2147483647"):
+        bayes_kernels.add(a, a, 2**31, 1, 0, "int8", None, None)
+    x = np.ones((1, 2, 3, 3), np.int8)
+    w = np.ones((2, 2, 1, 1), np.int8)
+    m = np.array([1, 40000], np.int32)
+    s = np.zeros(2, np.int32)
+    with pytest.raises(ValueError, match=r"conv2d.*multiplier.*\[1\].*40000.*bernoulli2"):
+        bernoulli2_kernels.conv2d(x, w, None, (1, 1), (0, 0), (1, 1), 1, m, s, "int8", None, None)
+    bayes_kernels.conv2d(x, w, None, (1, 1), (0, 0), (1, 1), 1, m, s, "int32", None, None)
+
+
+def _conv_ok_args():
+    x = np.ones((1, 4, 5, 5), np.int8)
+    w = np.ones((6, 2, 3, 3), np.int8)
+    ones = np.ones(6, np.int32)
+    return dict(input=x, weight=w, bias=np.zeros(6, np.int32), stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+                groups=2, multiplier=ones, shift=ones, out_dtype="int8", clamp_min=None, clamp_max=None)
+
+
+BAD_CONV = [
+    ("float input", dict(input=np.ones((1, 4, 5, 5), np.float32)), TypeError, "input"),
+    ("list input", dict(input=[[[[1]]]]), TypeError, "input"),
+    ("int32 input", dict(input=np.ones((1, 4, 5, 5), np.int32)), TypeError, "input"),
+    ("big-endian bias", dict(bias=np.zeros(6, ">i4")), TypeError, "bias"),
+    ("rank 3 input", dict(input=np.ones((4, 5, 5), np.int8)), ValueError, "input"),
+    ("transposed input", dict(input=np.ones((1, 4, 5, 5), np.int8).transpose(0, 1, 3, 2)[:, :, :, :]), None, None),
+    ("non-contiguous input", dict(input=np.ones((1, 4, 5, 10), np.int8)[..., ::2]), ValueError, "C-contiguous"),
+    ("float weight", dict(weight=np.ones((6, 2, 3, 3), np.float64)), TypeError, "weight"),
+    ("mismatched channels", dict(weight=np.ones((6, 3, 3, 3), np.int8)), ValueError, "weight"),
+    ("groups not dividing", dict(groups=3), ValueError, "groups"),
+    ("groups zero", dict(groups=0), ValueError, "groups"),
+    ("groups float", dict(groups=2.0), TypeError, "groups"),
+    ("bias length", dict(bias=np.zeros(5, np.int32)), ValueError, "bias"),
+    ("multiplier int64", dict(multiplier=np.ones(6, np.int64)), TypeError, "multiplier"),
+    ("multiplier length", dict(multiplier=np.ones(3, np.int32)), ValueError, "multiplier"),
+    ("negative multiplier", dict(multiplier=-np.ones(6, np.int32)), ValueError, "multiplier"),
+    ("negative shift", dict(shift=-np.ones(6, np.int32)), ValueError, "shift"),
+    ("shift 63", dict(shift=np.full(6, 63, np.int32)), ValueError, "shift"),
+    ("bad out_dtype", dict(out_dtype="int4"), ValueError, "out_dtype"),
+    ("out_dtype not str", dict(out_dtype=np.int8), TypeError, "out_dtype"),
+    ("raw needs int32", dict(multiplier=None, shift=None), ValueError, "int32"),
+    ("only shift None", dict(shift=None), ValueError, "shift"),
+    ("stride 0", dict(stride=(0, 1)), ValueError, "stride"),
+    ("stride triple", dict(stride=(1, 1, 1)), ValueError, "stride"),
+    ("stride str", dict(stride="1"), TypeError, "stride"),
+    ("negative padding", dict(padding=(-1, 0)), ValueError, "padding"),
+    ("kernel too big", dict(padding=(0, 0), dilation=(3, 3)), ValueError, "fit"),
+    ("empty clamp", dict(clamp_min=10, clamp_max=5), ValueError, "clamp"),
+    ("clamp outside dtype", dict(clamp_min=200), ValueError, "clamp"),
+    ("residual shape", dict(residual=np.ones((1, 6, 4, 5), np.int8), residual_multiplier=np.ones(6, np.int32)),
+     ValueError, "residual"),
+    ("residual without multiplier", dict(residual=np.ones((1, 6, 5, 5), np.int8)), ValueError, "residual"),
+    ("residual float", dict(residual=np.ones((1, 6, 5, 5), np.float32), residual_multiplier=np.ones(6, np.int32)),
+     TypeError, "residual"),
+    ("residual with raw", dict(multiplier=None, shift=None, out_dtype="int32", residual=np.ones((1, 6, 5, 5), np.int8),
+                               residual_multiplier=np.ones(6, np.int32)), ValueError, "residual"),
+]
+
+
+@pytest.mark.parametrize("march", MARCHES)
+@pytest.mark.parametrize("name,override,exc,needle", BAD_CONV, ids=[c[0] for c in BAD_CONV])
+def test_conv2d_bad_inputs(march, name, override, exc, needle):
+    mod = MODULES[march]
+    kwargs = _conv_ok_args()
+    kwargs.update(override)
+    if name == "transposed input":
+        kwargs["input"] = np.ones((1, 4, 5, 5), np.int8).transpose(0, 1, 3, 2)
+        if kwargs["input"].flags.c_contiguous:  # square spatial views are still not C-contiguous in numpy
+            pytest.skip("view unexpectedly contiguous")
+        exc, needle = ValueError, "C-contiguous"
+    with pytest.raises(exc) as info:
+        mod.conv2d(**kwargs)
+    msg = str(info.value)
+    assert msg.startswith("conv2d:"), msg
+    assert needle in msg, msg
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_other_functions_bad_inputs(march):
+    mod = MODULES[march]
+    a = np.ones((2, 3), np.int8)
+    one = np.ones(1, np.int32)
+    cases = [
+        (lambda: mod.linear(a.astype(np.float32), a, None, None, None, "int32", None, None), TypeError, "linear"),
+        (lambda: mod.linear(a, np.ones((4, 2), np.int8), None, None, None, "int32", None, None), ValueError, "linear"),
+        (lambda: mod.linear(a.T, a.T.copy(), None, None, None, "int32", None, None), ValueError, "linear"),
+        (lambda: mod.linear(a, a, None, np.ones(2, np.int32), np.full(2, -1, np.int32), "int8", None, None),
+         ValueError, "linear"),
+        (lambda: mod.linear(a[0], a, None, None, None, "int32", None, None), ValueError, "linear"),
+        (lambda: mod.add(a, np.ones((3, 2), np.int8), 1, 1, 0, "int8", None, None), ValueError, "add"),
+        (lambda: mod.add(a, a.astype(np.int32), 1, 1, 0, "int8", None, None), TypeError, "add"),
+        (lambda: mod.add(a, a, 1, 1, -1, "int8", None, None), ValueError, "add"),
+        (lambda: mod.add(a, a, 1.5, 1, 0, "int8", None, None), TypeError, "add"),
+        (lambda: mod.add(a, a, 1, 1, 0, "uint8", None, None), ValueError, "add"),
+        (lambda: mod.requantize(a, one, one, None, "int8", None, None), TypeError, "requantize"),
+        (lambda: mod.requantize(a.astype(np.int32), np.ones(2, np.int32), np.ones(2, np.int32), 1, "int8", None, None),
+         ValueError, "requantize"),
+        (lambda: mod.requantize(a.astype(np.int32), one, one, 5, "int8", None, None), ValueError, "requantize"),
+        (lambda: mod.requantize(a.astype(np.int32), [1], one, None, "int8", None, None), TypeError, "requantize"),
+        (lambda: mod.requantize(a.astype(np.int32), np.ones(3, np.int32), np.ones(3, np.int32), None, "int8", None,
+                                None), ValueError, "requantize"),
+    ]
+    for fn, exc, needle in cases:
+        with pytest.raises(exc) as info:
+            fn()
+        assert str(info.value).startswith(needle + ":"), str(info.value)
+
+
+_dtypes = st.sampled_from([np.int8, np.int16, np.int32, np.int64, np.float32, np.uint8])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    march=st.sampled_from(MARCHES),
+    xdt=_dtypes,
+    wdt=st.sampled_from([np.int8, np.int8, np.int16]),
+    n=st.integers(0, 2), c=st.integers(0, 6), h=st.integers(0, 7), w=st.integers(0, 7),
+    o=st.integers(0, 6), kh=st.integers(0, 4), kw=st.integers(0, 4), cw=st.integers(0, 6),
+    stride=st.tuples(st.integers(-1, 3), st.integers(-1, 3)),
+    padding=st.tuples(st.integers(-1, 3), st.integers(-1, 3)),
+    dilation=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    groups=st.integers(-1, 4),
+    mlen=st.integers(0, 7),
+    shift=st.integers(-2, 64),
+    mult=st.integers(-2, 2**32),
+    out_dtype=st.sampled_from(["int8", "int16", "int32", "int64", "float"]),
+    transpose=st.booleans(),
+    raw=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_conv2d_never_crashes(march, xdt, wdt, n, c, h, w, o, kh, kw, cw, stride, padding, dilation, groups,
+                                   mlen, shift, mult, out_dtype, transpose, raw, seed):
+    mod = MODULES[march]
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, size=(n, c, h, w)).astype(xdt)
+    if transpose:
+        x = x.transpose(0, 1, 3, 2)
+    wt = rng.integers(-128, 128, size=(o, cw, kh, kw)).astype(wdt)
+    mult_a = None if raw else np.full(mlen, mult % 2**32, np.int64).astype(np.int32)
+    shift_a = None if raw else np.full(mlen, shift, np.int32)
+    try:
+        got = mod.conv2d(x, wt, None, stride, padding, dilation, groups, mult_a, shift_a, out_dtype, None, None)
+    except (TypeError, ValueError) as e:
+        assert str(e).startswith("conv2d:"), str(e)
+        return
+    want = ref.conv2d(march, x, wt, None, stride, padding, dilation, groups, mult_a, shift_a, out_dtype)
+    np.testing.assert_array_equal(got, want)
