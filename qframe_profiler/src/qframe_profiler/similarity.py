@@ -63,15 +63,21 @@ def _record(model: nn.Module, inputs: Sequence[Any]) -> dict[str, tuple[nn.Modul
     return seen
 
 
-def _scale_of(module: nn.Module) -> Optional[torch.Tensor]:
+def _lsb(module: nn.Module, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """The output scale of ``module`` broadcastable against its output (per tensor or per channel)."""
     params = getattr(module, "output_params", None)
     if params is None:
         return None
     try:
         p = params()
-    except Exception:
+    except Exception:  # not calibrated, or not a quantized module: no LSB to report
         return None
-    return p.scale if p.scale.numel() == 1 else None
+    s = p.scale.float()
+    if p.ch_axis is not None and s.numel() > 1:
+        shape = [1] * like.dim()
+        shape[p.ch_axis] = -1
+        return s.reshape(shape)
+    return s.reshape(())
 
 
 def featuremap_similarity(model_a: nn.Module, model_b: nn.Module, inputs: Sequence[Any],
@@ -79,8 +85,10 @@ def featuremap_similarity(model_a: nn.Module, model_b: nn.Module, inputs: Sequen
     """Compare the module outputs of two models on ``inputs`` (a tuple of positional args).
 
     Returns one :class:`LayerSimilarity` per module name found in both, in
-    execution order of ``model_a``.  ``max_lsb_diff`` and ``mismatch_ratio``
-    (share of elements that differ) use ``model_b``'s output scale when known.
+    execution order of ``model_a``.  ``max_lsb_diff`` is the largest
+    difference in units of ``model_b``'s output scale (per channel where the
+    output is per channel), when that scale is known; ``mismatch_ratio`` is
+    the share of elements that differ at all.
     """
     rec_a, rec_b = _record(model_a, inputs), _record(model_b, inputs)
     rows: list[LayerSimilarity] = []
@@ -91,7 +99,7 @@ def featuremap_similarity(model_a: nn.Module, model_b: nn.Module, inputs: Sequen
         cos = torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item() \
             if a.numel() else 1.0
         diff = (a - b).abs()
-        scale = _scale_of(mod_b)
+        scale = _lsb(mod_b, diff)
         lsb = (diff / scale).max().item() if scale is not None and diff.numel() else None
         mism = (diff > 0).float().mean().item() if diff.numel() else None
         rows.append(LayerSimilarity(name, type(mod_b).__name__, cos, diff.max().item() if diff.numel() else 0.0,
