@@ -43,8 +43,13 @@ def test_qat_validation_predicts_the_integer_model_layer_by_layer(workflow):
 def test_integer_model_passes_integers_between_layers(workflow):
     q = workflow["quantized_model"]
     seen = {}
-    hooks = [getattr(q, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o.dtype))
-             for n in ("quant", "conv1", "conv3", "classifier")]
+
+    def record(name):
+        def hook(mod, inputs, output):
+            seen[name] = output.dtype
+        return hook
+
+    hooks = [getattr(q, n).register_forward_hook(record(n)) for n in ("quant", "conv1", "conv3", "classifier")]
     q(torch.zeros(2, 1, 8, 8))
     for h in hooks:
         h.remove()
