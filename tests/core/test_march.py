@@ -4,16 +4,16 @@ import threading
 
 import pytest
 
+import qframe_core.march as march_mod
 from qframe_core.errors import MarchNotSetError, NotInstalledError
 from qframe_core.march import March, get_march, march, resolve_march, set_march
-import qframe_core.march as march_mod
 
 
 def test_march_attributes_resolve_against_installed_plugins():
     assert March.BAYES == "bayes" and March.BERNOULLI2 == "bernoulli2"
     assert "BAYES" in dir(March)
     with pytest.raises(NotInstalledError, match="march 'nash_m' is not installed.*qframe-march-nash_m"):
-        March.NASH_M
+        March.NASH_M  # noqa: B018
 
 
 def test_set_get_and_scoped():

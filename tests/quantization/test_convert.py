@@ -8,10 +8,17 @@ from torch import nn
 
 from qframe_core.errors import QframeError, QuantizationStateError
 from qframe_core.march import march
-from qframe_core.quantization import (DeQuantStub, FakeQuantState, QuantStub, convert_fx, get_default_qconfig,
-                                      prepare_qat_fx, set_fake_quantize)
-from qframe_core.quantization.qconfig import (default_qat_8bit_fake_quant_qconfig as Q8,
-                                              default_qat_8bit_weight_32bit_out_fake_quant_qconfig as Q32)
+from qframe_core.quantization import (
+    DeQuantStub,
+    FakeQuantState,
+    QuantStub,
+    convert_fx,
+    get_default_qconfig,
+    prepare_qat_fx,
+    set_fake_quantize,
+)
+from qframe_core.quantization.qconfig import default_qat_8bit_fake_quant_qconfig as Q8
+from qframe_core.quantization.qconfig import default_qat_8bit_weight_32bit_out_fake_quant_qconfig as Q32
 
 Q16 = get_default_qconfig(activation_qkwargs={"dtype": "qint16"})
 

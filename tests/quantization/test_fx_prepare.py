@@ -10,11 +10,18 @@ from qframe_core.errors import TraceError, UnsupportedOpError
 from qframe_core.march import march
 from qframe_core.nn import intrinsic, qat
 from qframe_core.nn.quantized import FloatFunctional
-from qframe_core.quantization import (DeQuantStub, FakeQuantState, QuantStub, fuse_fx, get_default_qconfig,
-                                      prepare_qat_fx, set_fake_quantize)
-from qframe_core.quantization.qconfig import (default_calib_8bit_fake_quant_qconfig,
-                                              default_qat_8bit_fake_quant_qconfig as Q8,
-                                              default_qat_8bit_weight_32bit_out_fake_quant_qconfig as Q32)
+from qframe_core.quantization import (
+    DeQuantStub,
+    FakeQuantState,
+    QuantStub,
+    fuse_fx,
+    get_default_qconfig,
+    prepare_qat_fx,
+    set_fake_quantize,
+)
+from qframe_core.quantization.qconfig import default_calib_8bit_fake_quant_qconfig
+from qframe_core.quantization.qconfig import default_qat_8bit_fake_quant_qconfig as Q8
+from qframe_core.quantization.qconfig import default_qat_8bit_weight_32bit_out_fake_quant_qconfig as Q32
 from qframe_core.utils.fx_helper import fx_wrap
 
 

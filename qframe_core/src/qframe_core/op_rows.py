@@ -14,8 +14,15 @@ import torch
 from torch import nn
 
 from .dtype import QuantDType
-from .lowering import (FusionPattern, Limit, OpLowering, conv_fusion_patterns, module_lowerings,
-                       passthrough_lowerings, unsupported_lowerings)
+from .lowering import (
+    FusionPattern,
+    Limit,
+    OpLowering,
+    conv_fusion_patterns,
+    module_lowerings,
+    passthrough_lowerings,
+    unsupported_lowerings,
+)
 from .nn import intrinsic, qat, quantized
 from .quantization.stubs import DeQuantStub, QuantStub
 

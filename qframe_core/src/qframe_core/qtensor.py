@@ -42,7 +42,7 @@ class QTensor:
 
     @classmethod
     def quantize(cls, x: torch.Tensor, scale: torch.Tensor, dtype: DTypeLike = "qint8",
-                 ch_axis: Optional[int] = None) -> "QTensor":
+                 ch_axis: Optional[int] = None) -> QTensor:
         """Quantize float ``x`` with qframe's one float->integer rule."""
         d = as_quant_dtype(dtype)
         s = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)

@@ -16,10 +16,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .march import march as march_scope
 from .quantization import DeQuantStub, FakeQuantState, QuantStub, convert_fx, prepare_qat_fx, set_fake_quantize
-from .quantization.qconfig import (default_calib_8bit_fake_quant_qconfig,
-                                   default_calib_8bit_weight_32bit_out_fake_quant_qconfig,
-                                   default_qat_8bit_fake_quant_qconfig,
-                                   default_qat_8bit_weight_32bit_out_fake_quant_qconfig)
+from .quantization.qconfig import (
+    default_calib_8bit_fake_quant_qconfig,
+    default_calib_8bit_weight_32bit_out_fake_quant_qconfig,
+    default_qat_8bit_fake_quant_qconfig,
+    default_qat_8bit_weight_32bit_out_fake_quant_qconfig,
+)
 
 
 class DigitsNet(nn.Module):

@@ -92,7 +92,7 @@ def featuremap_similarity(model_a: nn.Module, model_b: nn.Module, inputs: Sequen
     """
     rec_a, rec_b = _record(model_a, inputs), _record(model_b, inputs)
     rows: list[LayerSimilarity] = []
-    for name, (mod_a, a) in rec_a.items():
+    for name, (_, a) in rec_a.items():
         if name not in rec_b or rec_b[name][1].shape != a.shape:
             continue
         mod_b, b = rec_b[name]

@@ -78,7 +78,7 @@ class _Factory:
     def __call__(self, **more: Any) -> nn.Module:
         return self.cls(**{**self.kwargs, **more})
 
-    def with_args(self, **kwargs: Any) -> "_Factory":
+    def with_args(self, **kwargs: Any) -> _Factory:
         return _Factory(self.cls, {**self.kwargs, **kwargs})
 
     def __repr__(self) -> str:

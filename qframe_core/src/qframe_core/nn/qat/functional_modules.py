@@ -40,7 +40,7 @@ class FloatFunctional(QATModule):
         self.activation_post_process = activation_post_process
 
     @classmethod
-    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> "FloatFunctional":
+    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> FloatFunctional:
         if qconfig is None or qconfig.activation is None:
             raise ValueError("FloatFunctional needs an activation qconfig: its output is an int8/int16 activation")
         return cls(make_fake_quant(qconfig.activation, "activation", "FloatFunctional"), march)

@@ -21,7 +21,7 @@ class QuantStub(QATModule):
         self.activation_post_process = activation_post_process
 
     @classmethod
-    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> "QuantStub":
+    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> QuantStub:
         scale = getattr(mod, "scale", None)
         if qconfig is None or qconfig.activation is None:
             raise ValueError(f"QuantStub needs an activation qconfig (got {qconfig!r})")
@@ -46,7 +46,7 @@ class DeQuantStub(QATModule):
         self._init_qat(march)
 
     @classmethod
-    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> "DeQuantStub":
+    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> DeQuantStub:
         return cls(march)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

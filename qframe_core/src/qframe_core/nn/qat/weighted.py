@@ -21,8 +21,14 @@ from ...dtype import qint32
 from ...numerics import quantize_to_int
 from ...quantization.fake_quantize import QuantParams
 from ..intrinsic import FusedConv2d, FusedLinear, apply_activation
-from ..requant_params import (accumulator_scale, activation_bounds, bias_to_int, int32_output_scale,
-                              requant_multipliers, weight_to_int)
+from ..requant_params import (
+    accumulator_scale,
+    activation_bounds,
+    bias_to_int,
+    int32_output_scale,
+    requant_multipliers,
+    weight_to_int,
+)
 from .base import QATModule, integer_tensor_to_float, make_fake_quant
 
 
@@ -146,7 +152,7 @@ class Conv2d(nn.Conv2d, _WeightedQAT):
     forward = _WeightedQAT.forward  # nn.Conv2d comes first in the MRO
 
     @classmethod
-    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> "Conv2d":
+    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> Conv2d:
         activation, has_add = None, False
         if isinstance(mod, FusedConv2d):
             activation, has_add, mod = mod.activation, mod.has_add, mod.conv
@@ -176,7 +182,7 @@ class Linear(nn.Linear, _WeightedQAT):
     forward = _WeightedQAT.forward  # nn.Linear comes first in the MRO
 
     @classmethod
-    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> "Linear":
+    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> Linear:
         activation, has_add = None, False
         if isinstance(mod, FusedLinear):
             activation, has_add, mod = mod.activation, mod.has_add, mod.linear

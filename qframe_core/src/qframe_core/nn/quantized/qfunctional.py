@@ -20,7 +20,7 @@ class QFunctional(nn.Module):
         self.qframe_name = name
 
     @classmethod
-    def from_qat(cls, qat: nn.Module) -> "QFunctional":
+    def from_qat(cls, qat: nn.Module) -> QFunctional:
         mod = cls(qat.march, qat.qframe_name)
         p = qat.add_params()
         mod.multiplier_a, mod.multiplier_b, mod.shift = p.multiplier_a, p.multiplier_b, p.shift

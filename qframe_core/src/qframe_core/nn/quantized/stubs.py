@@ -21,7 +21,7 @@ class Quantize(nn.Module):
         self.dtype = params.dtype
 
     @classmethod
-    def from_qat(cls, qat: nn.Module) -> "Quantize":
+    def from_qat(cls, qat: nn.Module) -> Quantize:
         return cls(qat.output_params())
 
     def output_params(self) -> QuantParams:
@@ -48,7 +48,7 @@ class DeQuantize(nn.Module):
         self.ch_axis = params.ch_axis
 
     @classmethod
-    def from_qat(cls, qat: nn.Module) -> "DeQuantize":
+    def from_qat(cls, qat: nn.Module) -> DeQuantize:
         return cls(qat.input_params(0))
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:

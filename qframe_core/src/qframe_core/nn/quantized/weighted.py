@@ -50,7 +50,7 @@ class Conv2d(_WeightedQuantized):
     """Integer Conv2d (+ fused residual add and ReLU/ReLU6 bounds)."""
 
     @classmethod
-    def from_qat(cls, qat: nn.Module) -> "Conv2d":
+    def from_qat(cls, qat: nn.Module) -> Conv2d:
         mod = cls(qat.integer_params(), qat.march, qat.qframe_name)
         mod.stride, mod.padding, mod.dilation, mod.groups = qat.stride, qat.padding, qat.dilation, qat.groups
         return mod
@@ -78,7 +78,7 @@ class Linear(_WeightedQuantized):
     """Integer Linear over the last axis (leading axes are batch)."""
 
     @classmethod
-    def from_qat(cls, qat: nn.Module) -> "Linear":
+    def from_qat(cls, qat: nn.Module) -> Linear:
         return cls(qat.integer_params(), qat.march, qat.qframe_name)
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
