@@ -56,6 +56,18 @@ inline TOut finish_one(int64_t acc, int64_t o, const TRes* res, int64_t ridx, co
         requant_one<typename Policy::Rounding>(v, q.multiplier[o], r, rm, q.shift[o], q.range.lo, q.range.hi));
 }
 
+template <class Policy, class TAcc, class TRes, class TOut>
+inline void finish_row(const TAcc* acc, int64_t n, int64_t o, const TRes* res, const RequantArgs& q, TOut* out) {
+    const int64_t bias = q.bias ? q.bias[o] : 0;
+    if (q.multiplier == nullptr) {
+        raw_row(acc, n, bias, q.range.lo, q.range.hi, out);
+    } else {
+        requant_row<typename Policy::Rounding>(acc, n, bias, q.multiplier[o], q.shift[o], res,
+                                               res ? static_cast<int64_t>(q.res_multiplier[o]) : 0, q.range.lo,
+                                               q.range.hi, out);
+    }
+}
+
 // im2col of one panel of output pixels [p0, p0+np) for image n, group g.
 template <class TIn>
 inline void im2col_panel(const Conv2dShape& s, const TIn* in, int64_t n, int64_t g, int64_t p0, int64_t np, int nr,
@@ -144,8 +156,7 @@ inline void conv_direct_plane(const Conv2dShape& s, const TIn* in, const int8_t*
         }
     }
     const int64_t obase = (n * s.O + o) * P;
-    for (int64_t p = 0; p < P; ++p)
-        out[obase + p] = finish_one<Policy, TOut, TRes>(static_cast<int64_t>(acc[p]), o, res, obase + p, q);
+    finish_row<Policy>(acc, P, o, res ? res + obase : res, q, out + obase);
 }
 
 template <class Policy, class TIn, class TOut, class TRes, class Acc>
@@ -192,14 +203,12 @@ void conv2d(const Conv2dShape& s, const TIn* in, const int8_t* w, const TRes* re
         [&](int64_t b, int64_t p0, int64_t np, int16_t* B) {
             detail::im2col_panel<TIn>(s, in, b / s.groups, b % s.groups, p0, np, nr, B);
         },
-        [&](int64_t b, int64_t m0, int64_t mrows, int64_t p0, int64_t np, const int64_t* C) {
+        [&](int64_t b, int64_t m0, int64_t mrows, int64_t p0, int64_t np, const auto* C) {
             const int64_t n = b / s.groups, g = b % s.groups;
             for (int64_t r = 0; r < mrows; ++r) {
                 const int64_t o = g * Og + m0 + r;
                 const int64_t obase = (n * s.O + o) * P + p0;
-                const int64_t* c = C + r * nr;
-                for (int64_t j = 0; j < np; ++j)
-                    out[obase + j] = detail::finish_one<Policy, TOut, TRes>(c[j], o, res, obase + j, q);
+                detail::finish_row<Policy>(C + r * nr, np, o, res ? res + obase : res, q, out + obase);
             }
         });
 }

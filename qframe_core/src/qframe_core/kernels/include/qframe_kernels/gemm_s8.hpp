@@ -209,7 +209,8 @@ constexpr int64_t chunk_pairs() {
 //   a_for(b)                     -> packed A for problem b
 //   pack_b(b, p0, np, int16_t*)  -> writes one packed B panel (Kp x NR x 2,
 //                                   zero for columns >= np and k >= K)
-//   epi(b, m0, mrows, p0, np, const int64_t* C)  C is [MR][NR] row-major
+//   epi(b, m0, mrows, p0, np, const TC* C)  C is [MR][NR] row-major; TC is
+//                                   int32 (single chunk) or int64 (generic lambda)
 // Parallel (OpenMP) over (problem, column panel, row chunk) tasks.
 template <class AFor, class PackB, class Epi>
 void gemm_driver(const GemmKernel& kern, int64_t batch, int64_t M, int64_t K, int64_t P, int64_t chunk,
@@ -251,9 +252,11 @@ void gemm_driver(const GemmKernel& kern, int64_t batch, int64_t M, int64_t K, in
         const int64_t rb_end = std::min(rblocks, (rc + 1) * rper);
         for (int64_t rb = rc * rper; rb < rb_end; ++rb) {
             const int32_t* Ab = A + rb * Kp * mr;
+            const int64_t m0 = rb * mr;
+            const int64_t mrows = std::min<int64_t>(mr, M - m0);
             if (Kp <= chunk) {
                 kern.ukr(Ab, B, Kp, C32);
-                for (int64_t i = 0; i < csize; ++i) C64[i] = C32[i];
+                epi(b, m0, mrows, p0, np, static_cast<const int32_t*>(C32));
             } else {
                 std::fill(C64, C64 + csize, 0);
                 for (int64_t k0 = 0; k0 < Kp; k0 += chunk) {
@@ -261,9 +264,8 @@ void gemm_driver(const GemmKernel& kern, int64_t batch, int64_t M, int64_t K, in
                     kern.ukr(Ab + k0 * mr, B + k0 * nr * 2, kn, C32);
                     for (int64_t i = 0; i < csize; ++i) C64[i] += C32[i];
                 }
+                epi(b, m0, mrows, p0, np, static_cast<const int64_t*>(C64));
             }
-            const int64_t m0 = rb * mr;
-            epi(b, m0, std::min<int64_t>(mr, M - m0), p0, np, static_cast<const int64_t*>(C64));
         }
     }
 }

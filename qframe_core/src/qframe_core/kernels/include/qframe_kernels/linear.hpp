@@ -34,10 +34,10 @@ void linear(const TIn* x, const int8_t* w, int64_t M, int64_t K, int64_t N, cons
                 if (K & 1) B[(K >> 1) * nr * 2 + 2 * j + 1] = 0;
             }
         },
-        [&](int64_t, int64_t m0, int64_t mrows, int64_t p0, int64_t np, const int64_t* C) {
+        [&](int64_t, int64_t m0, int64_t mrows, int64_t p0, int64_t np, const auto* C) {
             for (int64_t r = 0; r < mrows; ++r) {
                 const int64_t o = m0 + r;
-                const int64_t* c = C + r * nr;
+                const auto* c = C + r * nr;
                 for (int64_t j = 0; j < np; ++j)
                     out[(p0 + j) * N + o] =
                         detail::finish_one<Policy, TOut, int8_t>(c[j], o, static_cast<const int8_t*>(nullptr), 0, q);

@@ -71,6 +71,52 @@ inline int64_t requant_one(int64_t x1, int64_t m1, int64_t x2, int64_t m2, int s
     return static_cast<int64_t>(y);
 }
 
+// Branch-free int64 round_shift for the hot loops (valid for s in [0, 62]
+// when the sum cannot overflow; see requant_one for the general case).
+template <class Rounding> struct FastRound;
+template <> struct FastRound<RoundHalfUp> {
+    static inline int64_t apply(int64_t v, int s, int64_t half, int64_t /*mask*/) { return (v + half) >> s; }
+};
+template <> struct FastRound<RoundHalfEven> {
+    static inline int64_t apply(int64_t v, int s, int64_t half, int64_t mask) {
+        const int64_t q = v >> s;
+        const int64_t r = v & mask;
+        return q + static_cast<int64_t>((r > half) | ((r == half) & (s != 0) & static_cast<bool>(q & 1)));
+    }
+};
+
+// One output row sharing multiplier/shift/bias:
+//   out[j] = clamp(round_shift((acc[j] + bias) * m + res[j] * rm, s), lo, hi)
+// res may be null (then rm is ignored).
+template <class Rounding, class TAcc, class TRes, class TOut>
+inline void requant_row(const TAcc* acc, int64_t n, int64_t bias, int64_t m, int s, const TRes* res, int64_t rm,
+                        int64_t lo, int64_t hi, TOut* out) {
+    constexpr int64_t lim = static_cast<int64_t>(1) << 31;
+    const int64_t half = (static_cast<int64_t>(1) << s) >> 1;
+    const int64_t mask = (static_cast<int64_t>(1) << s) - 1;
+    const bool params_small = m < lim && (res == nullptr || rm < lim);
+    for (int64_t j = 0; j < n; ++j) {
+        const int64_t v = static_cast<int64_t>(acc[j]) + bias;
+        const int64_t r = res ? static_cast<int64_t>(res[j]) : 0;
+        int64_t y;
+        if (__builtin_expect(params_small && v > -lim && v < lim, 1)) {
+            // |v*m| < 2**62 and |r*rm| < 2**46 (r is int8/int16): no overflow.
+            y = clamp_i64(FastRound<Rounding>::apply(v * m + r * (res ? rm : 0), s, half, mask), lo, hi);
+        } else {
+            y = requant_one<Rounding>(v, m, r, res ? rm : 0, s, lo, hi);
+        }
+        out[j] = static_cast<TOut>(y);
+    }
+}
+
+// Raw mode: clamp(saturate_int32(acc + bias), lo, hi).
+template <class TAcc, class TOut>
+inline void raw_row(const TAcc* acc, int64_t n, int64_t bias, int64_t lo, int64_t hi, TOut* out) {
+    lo = std::max<int64_t>(lo, std::numeric_limits<int32_t>::min());
+    hi = std::min<int64_t>(hi, std::numeric_limits<int32_t>::max());
+    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<TOut>(clamp_i64(static_cast<int64_t>(acc[j]) + bias, lo, hi));
+}
+
 // Per-tensor or per-channel requantization of an int32/int64 tensor viewed
 // as [outer, channels, inner]; multiplier/shift have `channels` entries, or
 // one entry when per_tensor is true.
