@@ -282,3 +282,20 @@ def test_no_march_and_unknown_march():
         prepare_qat_fx(ResBlock(), {"": Q8})
     with pytest.raises(NotInstalledError, match="bayes2"):
         prepare_qat_fx(ResBlock(), {"": Q8}, march="bayes2")
+
+
+def test_nan_calibration_data_warns_with_the_module_name_and_keeps_scales_finite():
+    with march("bayes"):
+        q = prepare_qat_fx(_randomize_bn(ResBlock()), {"": Q8})
+    q.eval()
+    set_fake_quantize(q, FakeQuantState.CALIBRATION)
+    x = torch.randn(2, 4, 6, 6)
+    q(x)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    bad[1, 1, 1, 1] = float("inf")
+    with pytest.warns(RuntimeWarning, match=r"quant.activation_post_process: \d+ NaN/Inf"):
+        q(bad)
+    for name, m in q.named_modules():
+        if name.endswith("activation_post_process") and hasattr(m, "scale"):
+            assert torch.isfinite(m.scale).all() and (m.scale > 0).all(), name
