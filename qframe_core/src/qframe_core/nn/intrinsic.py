@@ -29,6 +29,11 @@ class _Fused(nn.Module):
     activation: Optional[str] = None
     has_add: bool = False
 
+    @property
+    def inner(self) -> nn.Module:
+        """The conv/linear this module wraps."""
+        raise NotImplementedError
+
     def _finish(self, out: torch.Tensor, other: Optional[torch.Tensor]) -> torch.Tensor:
         if self.has_add:
             if other is None:
@@ -44,6 +49,10 @@ class FusedConv2d(_Fused):
         super().__init__()
         self.conv = conv
 
+    @property
+    def inner(self) -> nn.Module:
+        return self.conv
+
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self._finish(self.conv(x), other)
 
@@ -54,6 +63,10 @@ class FusedLinear(_Fused):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.linear = linear
+
+    @property
+    def inner(self) -> nn.Module:
+        return self.linear
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self._finish(self.linear(x), other)

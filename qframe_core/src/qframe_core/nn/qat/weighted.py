@@ -69,6 +69,25 @@ class _WeightedQAT(QATModule):
         if self.activation_post_process is None and activation == "relu6":
             raise ValueError(f"{type(self).__name__}: ReLU6 cannot be fused into a high-precision (int32) output")
 
+    @staticmethod
+    def _unfuse(mod: nn.Module) -> tuple[nn.Module, Optional[str], bool]:
+        """``(float conv/linear, fused activation, fused add)`` of a plain or fused float module."""
+        if isinstance(mod, (FusedConv2d, FusedLinear)):
+            return mod.inner, mod.activation, mod.has_add
+        return mod, None, False
+
+    def _adopt(self, mod: nn.Module, qconfig: Any, march: str, activation: Optional[str], has_add: bool) -> Any:
+        """Finish ``from_float``: fake-quantizes, then the float parameters."""
+        self._init_weighted(qconfig, march, activation, has_add)
+        with torch.no_grad():
+            self.weight.copy_(mod.weight)
+            if mod.bias is not None:
+                self.bias.copy_(mod.bias)
+        return self
+
+    def _fusion_repr(self) -> str:
+        return f", activation={self.activation}, has_add={self.has_add}, march={self.march}"
+
     # -- float paths --------------------------------------------------------------
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -153,26 +172,19 @@ class Conv2d(nn.Conv2d, _WeightedQAT):
 
     @classmethod
     def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> Conv2d:
-        activation, has_add = None, False
-        if isinstance(mod, FusedConv2d):
-            activation, has_add, mod = mod.activation, mod.has_add, mod.conv
+        mod, activation, has_add = cls._unfuse(mod)
         if mod.padding_mode != "zeros":
             raise ValueError(f"Conv2d with padding_mode={mod.padding_mode!r} cannot be quantized: only zero padding "
                              f"is computed by the integer kernels (pad explicitly with a supported op instead)")
         qat = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
                   mod.groups, mod.bias is not None, device=mod.weight.device)
-        qat._init_weighted(qconfig, march, activation, has_add)
-        with torch.no_grad():
-            qat.weight.copy_(mod.weight)
-            if mod.bias is not None:
-                qat.bias.copy_(mod.bias)
-        return qat
+        return qat._adopt(mod, qconfig, march, activation, has_add)
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", activation={self.activation}, has_add={self.has_add}, march={self.march}"
+        return super().extra_repr() + self._fusion_repr()
 
 
 class Linear(nn.Linear, _WeightedQAT):
@@ -183,19 +195,12 @@ class Linear(nn.Linear, _WeightedQAT):
 
     @classmethod
     def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> Linear:
-        activation, has_add = None, False
-        if isinstance(mod, FusedLinear):
-            activation, has_add, mod = mod.activation, mod.has_add, mod.linear
+        mod, activation, has_add = cls._unfuse(mod)
         qat = cls(mod.in_features, mod.out_features, mod.bias is not None, device=mod.weight.device)
-        qat._init_weighted(qconfig, march, activation, has_add)
-        with torch.no_grad():
-            qat.weight.copy_(mod.weight)
-            if mod.bias is not None:
-                qat.bias.copy_(mod.bias)
-        return qat
+        return qat._adopt(mod, qconfig, march, activation, has_add)
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
         return F.linear(x, w, b)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", activation={self.activation}, has_add={self.has_add}, march={self.march}"
+        return super().extra_repr() + self._fusion_repr()
