@@ -6,6 +6,7 @@ No -march flag: the kernels pick AVX-512/AVX2/scalar paths at run time.
 
 from __future__ import annotations
 
+import glob
 import os
 
 from pybind11.setup_helpers import Pybind11Extension
@@ -15,18 +16,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def kernels_include() -> str:
+    """qframe_core.kernels.get_include() if importable (and complete), else the sibling checkout."""
+    fallback = os.path.normpath(os.path.join(HERE, "..", "qframe_core", "src", "qframe_core", "kernels", "include"))
     try:
         from qframe_core.kernels import get_include
     except ImportError:
-        return os.path.normpath(os.path.join(HERE, "..", "qframe_core", "src", "qframe_core", "kernels", "include"))
-    return get_include()
+        return fallback
+    path = get_include()
+    if not os.path.isfile(os.path.join(path, "qframe_kernels", "bindings.hpp")):
+        return fallback
+    return path
 
+
+INCLUDE = kernels_include()
 
 ext_modules = [
     Pybind11Extension(
         "qframe_march_bayes._kernels",
         [os.path.join("src", "qframe_march_bayes", "_kernels.cpp")],
-        include_dirs=[kernels_include()],
+        include_dirs=[INCLUDE],
+        # rebuild when a shared kernel header changes
+        depends=sorted(glob.glob(os.path.join(INCLUDE, "qframe_kernels", "*.hpp"))),
         cxx_std=17,
         extra_compile_args=["-O3", "-fopenmp"],
         extra_link_args=["-fopenmp"],

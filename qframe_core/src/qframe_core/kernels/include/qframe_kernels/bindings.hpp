@@ -338,9 +338,16 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
     if (s.Ho <= 0 || s.Wo <= 0)
         value_err(fn, "the dilated kernel " + shape_str({s.dh * (s.KH - 1) + 1, s.dw * (s.KW - 1) + 1}) +
                           " does not fit the padded input " + shape_str({s.H + 2 * s.ph, s.W + 2 * s.pw}));
+    const std::vector<int64_t> oshape{s.N, s.O, s.Ho, s.Wo};
+    {
+        // Each factor is < 2**33 (padding, stride, dilation <= 2**31), so a
+        // long double product detects sizes numpy could not allocate.
+        const long double elems = static_cast<long double>(s.N) * s.O * s.Ho * s.Wo;
+        if (elems > static_cast<long double>(int64_t(1) << 40))
+            value_err(fn, "the output shape " + shape_str(oshape) + " is too large (more than 2**40 elements)");
+    }
     const DType od = get_out_dtype(fn, out_dtype);
     EpilogueArgs<Policy> e = get_epilogue<Policy>(fn, s.O, bias, multiplier, shift, od, clamp_min, clamp_max);
-    const std::vector<int64_t> oshape{s.N, s.O, s.Ho, s.Wo};
     std::optional<Arr> res;
     if (!residual.is_none() || !residual_multiplier.is_none()) {
         if (residual.is_none() || residual_multiplier.is_none())
