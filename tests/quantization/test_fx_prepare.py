@@ -299,3 +299,19 @@ def test_nan_calibration_data_warns_with_the_module_name_and_keeps_scales_finite
     for name, m in q.named_modules():
         if name.endswith("activation_post_process") and hasattr(m, "scale"):
             assert torch.isfinite(m.scale).all() and (m.scale > 0).all(), name
+
+
+def test_load_observer_params_copies_calibration_into_a_qat_model():
+    from qframe_core.quantization import load_observer_params
+
+    x = torch.randn(2, 4, 6, 6)
+    with march("bayes"):
+        calib = prepare_qat_fx(_randomize_bn(ResBlock()), {"": default_calib_8bit_fake_quant_qconfig})
+        fresh = prepare_qat_fx(_randomize_bn(ResBlock()), {"": default_calib_8bit_fake_quant_qconfig})
+    set_fake_quantize(calib, FakeQuantState.CALIBRATION)
+    calib(x)
+    load_observer_params(calib, fresh)
+    set_fake_quantize(calib, FakeQuantState.VALIDATION)
+    set_fake_quantize(fresh, FakeQuantState.VALIDATION)
+    assert torch.equal(fresh.conv.activation_post_process.scale, calib.conv.activation_post_process.scale)
+    assert bool(fresh.quant.activation_post_process.calibrated)
