@@ -7,11 +7,6 @@ instantiates them.  See ``README.md`` next to this file for the numeric
 contract.
 """
 
-from __future__ import annotations
+from .build import get_include
 
-import os
-
-
-def get_include() -> str:
-    """Return the absolute path of the folder to pass as a C++ include dir."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")
+__all__ = ["get_include"]
