@@ -151,6 +151,11 @@ def quantize_to_int(x: torch.Tensor, scale: torch.Tensor, dtype: QuantDType, ch_
     return q.clamp(dtype.quant_min, dtype.quant_max).to(torch.int64)
 
 
+def float_bound_to_int(value: float, scale: torch.Tensor) -> int:
+    """The integer a float clamp bound becomes at ``scale`` — what :func:`quantize_to_int` maps it to."""
+    return int(torch.round(torch.tensor(float(value), dtype=torch.float32) / scale.float().reshape(())).item())
+
+
 def relu6_bound(out_scale: torch.Tensor) -> int:
     """The integer that 6.0 becomes at ``out_scale``: ReLU6's upper clamp after requantization."""
-    return int(torch.round(torch.tensor(6.0, dtype=torch.float32) / out_scale.float().reshape(())).item())
+    return float_bound_to_int(6.0, out_scale)

@@ -17,6 +17,7 @@ from .dtype import QuantDType
 from .lowering import (
     FusionPattern,
     Limit,
+    LoweringKind,
     OpLowering,
     conv_fusion_patterns,
     module_lowerings,
@@ -72,10 +73,30 @@ def linear_unsupported(march: str, reason: str, way_out: str) -> list[OpLowering
     return unsupported_lowerings(march, (nn.Linear, *intrinsic.FUSED_LINEAR), reason, way_out)
 
 
-def add_lowerings(march: str, dtypes: Sequence[QuantDType], note: str = "") -> list[OpLowering]:
-    """``FloatFunctional.add`` (every ``+``/``torch.add`` becomes one at prepare)."""
-    return module_lowerings(march, ("FloatFunctional.add",), qat.FloatFunctional, quantized.QFunctional,
-                            dtypes, dtypes, (), note)
+def float_functional_lowerings(march: str, methods: Sequence[str], dtypes: Sequence[QuantDType],
+                               note: str = "") -> list[OpLowering]:
+    """``FloatFunctional.<method>`` rows (``+``, ``-``, ``*``, ``torch.cat`` become these at prepare)."""
+    return module_lowerings(march, [f"FloatFunctional.{m}" for m in methods], qat.FloatFunctional,
+                            quantized.QFunctional, dtypes, dtypes, (), note)
+
+
+def max_pool_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequence[Limit] = ()) -> list[OpLowering]:
+    """Max pooling selects elements: it runs unchanged on integer tensors."""
+    return [OpLowering(march, op, LoweringKind.PASSTHROUGH, input_dtypes=tuple(dtypes), output_dtypes=tuple(dtypes),
+                       limits=tuple(limits), note="selects input elements: same scale")
+            for op in (nn.MaxPool2d, torch.nn.functional.max_pool2d)]
+
+
+def avg_pool_lowerings(march: str, ops: Sequence[type], dtypes: Sequence[QuantDType],
+                       limits: Sequence[Limit] = ()) -> list[OpLowering]:
+    """AvgPool2d / AdaptiveAvgPool2d: exact window sums requantized by the march rule."""
+    return module_lowerings(march, ops, qat.AvgPool2d, quantized.AvgPool2d, dtypes, dtypes, limits)
+
+
+def clamp_lowerings(march: str, ops: Sequence[type], dtypes: Sequence[QuantDType]) -> list[OpLowering]:
+    """ReLU6 / Hardtanh as standalone ops: integer clamps at the input's scale."""
+    return module_lowerings(march, ops, qat.ScalePreserving, quantized.ScalePreserving, dtypes, dtypes,
+                            note="bounds become round(bound / scale)")
 
 
 def value_preserving_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:

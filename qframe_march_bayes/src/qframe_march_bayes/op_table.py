@@ -1,5 +1,7 @@
 """bayes's op table: the "Bayes" columns of the seeds' op tables (appendix)."""
 
+from torch import nn
+
 from qframe_core import op_rows
 from qframe_core.dtype import qint8, qint16, qint32
 from qframe_core.lowering import Limit
@@ -29,7 +31,17 @@ def lowerings():
                                   note="qint16 input: the accumulation must fit int32"),
         # the table lists qint8 output; qint32 is allowed as a high-precision model output
         *op_rows.linear_lowerings(NAME, (qint8,), (qint8, qint32), LINEAR_LIMITS),
-        *op_rows.add_lowerings(NAME, ACT, note="broadcast on all but N; operands must be tensors"),
+        *op_rows.float_functional_lowerings(NAME, ("add", "sub", "mul"), ACT,
+                                            note="broadcast on all but N; operands must be tensors"),
+        *op_rows.float_functional_lowerings(NAME, ("cat",), ACT, note="2<=input number<=1024"),
+        *op_rows.max_pool_lowerings(NAME, (qint8,), (Limit("kernel_size", 1, 256, "1<=kernel<=256"),
+                                                     Limit("stride", 1, 256, "1<=stride<=256"),
+                                                     Limit("padding", 0, 255, "0<=padding<=255"))),
+        *op_rows.avg_pool_lowerings(NAME, (nn.AvgPool2d,), ACT, (Limit("kernel_size", 1, 256, "1<=kernel<=256"),
+                                                                 Limit("stride", 1, 256, "1<=stride<=256"),
+                                                                 Limit("padding", 0, 256, "padding<=256"))),
+        *op_rows.avg_pool_lowerings(NAME, (nn.AdaptiveAvgPool2d,), (qint8,)),
+        *op_rows.clamp_lowerings(NAME, (nn.ReLU6,), ACT),
         *op_rows.value_preserving_lowerings(NAME, ACT),
     ]
 

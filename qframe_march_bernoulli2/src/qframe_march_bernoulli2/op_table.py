@@ -1,7 +1,10 @@
 """bernoulli2's op table: the "Bernoulli2" columns of the seeds' op tables (appendix)."""
 
+from torch import nn
+
 from qframe_core import op_rows
 from qframe_core.dtype import qint8, qint32
+from qframe_core.lowering import Limit, unsupported_lowerings
 
 from .spec import NAME
 
@@ -17,7 +20,18 @@ def lowerings():
             NAME, "torch.nn.Linear is not supported on bernoulli2 (op table: 不支持)",
             "use a 1x1 Conv2d on a [N, C, 1, 1] tensor (bernoulli2 computes 4-D tensors), or keep the Linear after "
             "the DeQuantStub"),
-        *op_rows.add_lowerings(NAME, ACT, note="in_channel<=2048; operands must be tensors"),
+        *op_rows.float_functional_lowerings(NAME, ("add", "sub", "mul"), ACT,
+                                            note="in_channel<=2048; operands must be tensors"),
+        *op_rows.float_functional_lowerings(NAME, ("cat",), ACT, note="input shape [N, C, H, W]"),
+        *op_rows.max_pool_lowerings(NAME, ACT, (Limit("kernel_size", 1, 64, "1<=kernel<=64"),
+                                                Limit("stride", 1, 256, "1<=stride<=256"))),
+        *op_rows.avg_pool_lowerings(NAME, (nn.AvgPool2d,), ACT, (Limit("kernel_size", 1, 7, "1<=kernel<=7"),
+                                                                 Limit("stride", 1, 185, "1<=stride<=185"))),
+        *unsupported_lowerings(NAME, (nn.AdaptiveAvgPool2d,),
+                               "AdaptiveAvgPool2d is not supported on bernoulli2 (op table: 不支持)",
+                               "use an AvgPool2d with the kernel equal to the input size, or pool after the "
+                               "DeQuantStub"),
+        *op_rows.clamp_lowerings(NAME, (nn.ReLU6,), ACT),
         *op_rows.value_preserving_lowerings(NAME, ACT),
     ]
 

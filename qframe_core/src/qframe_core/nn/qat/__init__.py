@@ -2,7 +2,8 @@
 arithmetic in VALIDATION state."""
 
 from .functional_modules import FloatFunctional
+from .pooling import AvgPool2d, ScalePreserving
 from .stubs import DeQuantStub, QuantStub
 from .weighted import Conv2d, Linear
 
-__all__ = ["Conv2d", "DeQuantStub", "FloatFunctional", "Linear", "QuantStub"]
+__all__ = ["AvgPool2d", "Conv2d", "DeQuantStub", "FloatFunctional", "Linear", "QuantStub", "ScalePreserving"]

@@ -2,33 +2,22 @@
 
 Only the methods the march lowers are callable here (prepare checks the
 op table first); each output gets this module's fake-quantize, so a
-FloatFunctional must serve exactly one call site.
+FloatFunctional serves exactly one call site, and prepare records which
+method that is (:attr:`method`).  In VALIDATION state the methods compute
+with :mod:`qframe_core.nn.integer_functional`, as the integer model does.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
-import attrs
 import torch
 from torch import nn
 
 from ...numerics import quantize_to_int
 from ...quantization.fake_quantize import FakeQuantize, QuantParams
-from ..requant_params import requant_multipliers
+from .. import integer_functional as intf
 from .base import QATModule, integer_tensor_to_float, make_fake_quant
-
-
-@attrs.frozen
-class AddIntParams:
-    """Integers of ``out = clamp(round_shift(a * ma + b * mb, shift))``."""
-
-    a: QuantParams
-    b: QuantParams
-    output: QuantParams
-    multiplier_a: int
-    multiplier_b: int
-    shift: int
 
 
 class FloatFunctional(QATModule):
@@ -38,6 +27,8 @@ class FloatFunctional(QATModule):
         super().__init__()
         self._init_qat(march)
         self.activation_post_process = activation_post_process
+        #: the FloatFunctional method this module serves (set by prepare)
+        self.method = ""
 
     @classmethod
     def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> FloatFunctional:
@@ -51,19 +42,42 @@ class FloatFunctional(QATModule):
     def output_params(self) -> QuantParams:
         return self.activation_post_process.quant_params()
 
-    def add_params(self) -> AddIntParams:
-        a, b, out = self.input_params(0), self.input_params(1), self.output_params()
-        m, shift = requant_multipliers(self.requant_rule, [a.scale, b.scale], out.scale,
-                                       what=f"{self.qframe_name}.add ({self.march})")
-        return AddIntParams(a, b, out, int(m[0, 0]), int(m[0, 1]), int(shift[0]))
+    def integer_params(self) -> Any:
+        """The integer parameters of :attr:`method` (see :mod:`qframe_core.nn.integer_functional`)."""
+        what = f"{self.qframe_name}.{self.method} ({self.march})"
+        out = self.output_params()
+        if self.method == "cat":
+            return intf.cat_params(self.requant_rule, [p.output_params() for p in self._input_producers], out, what)
+        a, b = self.input_params(0), self.input_params(1)
+        if self.method == "mul":
+            return intf.mul_params(self.requant_rule, a, b, out, what)
+        return intf.sum_params(self.requant_rule, a, b, out, what)
+
+    def _quantized_inputs(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        params = [p.output_params() for p in self._input_producers]
+        return [quantize_to_int(x, p.scale, p.dtype) for x, p in zip(xs, params)]
+
+    def _binary(self, float_fn: Any, int_fn: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not self.simulating():
+            return self.activation_post_process(float_fn(x, y))
+        qa, qb = self._quantized_inputs([x, y])
+        return integer_tensor_to_float(int_fn(qa, qb, self.integer_params(), self.requant_rule), self.output_params())
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._binary(torch.add, intf.int_add, x, y)
+
+    def sub(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._binary(torch.sub, intf.int_sub, x, y)
+
+    def mul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._binary(torch.mul, intf.int_mul, x, y)
+
+    def cat(self, xs: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
         if not self.simulating():
-            return self.activation_post_process(torch.add(x, y))
-        p = self.add_params()
-        qa = quantize_to_int(x, p.a.scale, p.a.dtype)
-        qb = quantize_to_int(y, p.b.scale, p.b.dtype)
-        q = self.requant_rule.requantize(
-            [(qa, torch.tensor(p.multiplier_a)), (qb, torch.tensor(p.multiplier_b))],
-            torch.tensor(p.shift), p.output.dtype)
-        return integer_tensor_to_float(q, p.output)
+            return self.activation_post_process(torch.cat(list(xs), dim=dim))
+        qs = self._quantized_inputs(list(xs))
+        return integer_tensor_to_float(intf.int_cat(qs, self.integer_params(), self.requant_rule, dim),
+                                       self.output_params())
+
+    def extra_repr(self) -> str:
+        return f"method={self.method or '?'}, march={self.march}"

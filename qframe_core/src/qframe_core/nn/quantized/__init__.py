@@ -1,8 +1,9 @@
 """Integer modules produced by convert, and ``FloatFunctional`` for float models."""
 
 from .functional_modules import FloatFunctional
+from .pooling import AvgPool2d, ScalePreserving
 from .qfunctional import QFunctional
 from .stubs import DeQuantize, Quantize
 from .weighted import Conv2d, Linear
 
-__all__ = ["Conv2d", "DeQuantize", "FloatFunctional", "Linear", "QFunctional", "Quantize"]
+__all__ = ["AvgPool2d", "ScalePreserving", "Conv2d", "DeQuantize", "FloatFunctional", "Linear", "QFunctional", "Quantize"]

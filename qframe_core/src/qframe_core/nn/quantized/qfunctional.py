@@ -1,46 +1,67 @@
-"""Integer FloatFunctional (``QFunctional``)."""
+"""Integer FloatFunctional (``QFunctional``): add on the march's kernel; sub, mul, cat in exact torch integer ops."""
 
 from __future__ import annotations
+
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
+from .. import integer_functional as intf
 from .kernels import as_array, dtype_name, march_kernels
 
 
 class QFunctional(nn.Module):
-    """Integer tensor operations with the rescaling the march's kernels do."""
+    """Integer tensor operation of one call site, with the march's rescaling."""
 
     _qframe_leaf = True
 
-    def __init__(self, march: str, name: str) -> None:
+    def __init__(self, march: str, name: str, method: str, params: Any) -> None:
         super().__init__()
         self.march = march
         self.qframe_name = name
+        self.method = method
+        self.params = params
 
     @classmethod
     def from_qat(cls, qat: nn.Module) -> QFunctional:
-        mod = cls(qat.march, qat.qframe_name)
-        p = qat.add_params()
-        mod.multiplier_a, mod.multiplier_b, mod.shift = p.multiplier_a, p.multiplier_b, p.shift
-        mod.register_buffer("out_scale", p.output.scale.detach().clone().float())
-        mod.out_dtype = p.output.dtype
-        return mod
+        return cls(qat.march, qat.qframe_name, qat.method, qat.integer_params())
 
     def output_params(self) -> QuantParams:
-        return QuantParams(self.out_scale, self.out_dtype, None)
+        return self.params.output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("QFunctional is not called directly: use one of its methods")
 
+    def _check(self, method: str) -> None:
+        if method != self.method:
+            raise RuntimeError(f"{self.qframe_name}: converted for {self.method!r}, called as {method!r}")
+
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._check("add")
+        p = self.params
         a, b = torch.broadcast_tensors(x, y)
         out = march_kernels(self.march).add(
             as_array(a, "input 0", self.qframe_name), as_array(b, "input 1", self.qframe_name),
-            self.multiplier_a, self.multiplier_b, self.shift, dtype_name(self.out_dtype.bits),
-            self.out_dtype.quant_min, self.out_dtype.quant_max)
+            p.multiplier_a, p.multiplier_b, p.shift, dtype_name(p.output.dtype.bits),
+            p.output.dtype.quant_min, p.output.dtype.quant_max)
         return torch.from_numpy(out)
 
+    def _torch_int(self, method: str, fn: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._check(method)
+        out = fn(*args, self.params, resolve_march(self.march).requant, **kwargs)
+        return out.to(self.params.output.dtype.torch_dtype)
+
+    def sub(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._torch_int("sub", intf.int_sub, x, y)
+
+    def mul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._torch_int("mul", intf.int_mul, x, y)
+
+    def cat(self, xs: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
+        return self._torch_int("cat", intf.int_cat, list(xs), dim=dim)
+
     def extra_repr(self) -> str:
-        return f"out_dtype={self.out_dtype}, march={self.march}"
+        return f"method={self.method}, out_dtype={self.params.output.dtype}, march={self.march}"

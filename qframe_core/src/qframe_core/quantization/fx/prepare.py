@@ -30,7 +30,13 @@ from .graph_utils import describe, module_name_of, module_of, op_key, op_nodes, 
 from .qconfig_resolution import QConfigResolver
 from .tracer import is_torch_stub, symbolic_trace
 
-_FUNCTIONAL_ADDS = (operator.add, torch.add, operator.iadd)
+#: functional spellings turned into generated FloatFunctional modules: method -> (functions, tensor methods)
+FUNCTIONAL_TO_METHOD: dict[str, tuple[tuple, tuple[str, ...]]] = {
+    "add": ((operator.add, torch.add, operator.iadd), ("add",)),
+    "sub": ((operator.sub, torch.sub, operator.isub), ("sub",)),
+    "mul": ((operator.mul, torch.mul, operator.imul), ("mul",)),
+    "cat": ((torch.cat, torch.concat), ()),
+}
 
 DEFAULT_WAY_OUT = ("keep it outside the QuantStub/DeQuantStub region (float), or change the model to use an op "
                    "the march supports")
@@ -58,27 +64,47 @@ def _scope_of(gm: fx.GraphModule, node: fx.Node) -> str:
     return ""
 
 
-def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
-    """Give every tensor ``a + b`` / ``torch.add`` its own generated FloatFunctional.
+def _functional_method(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    for method, (functions, tensor_methods) in FUNCTIONAL_TO_METHOD.items():
+        if node.op == "call_function" and node.target in functions:
+            return method
+        if node.op == "call_method" and node.target in tensor_methods and module_of(gm, node) is None:
+            return method
+    return None
 
-    The module is named ``_generated_add_N`` inside the module where the add
+
+def _functional_args(method: str, node: fx.Node) -> Optional[tuple[tuple, dict]]:
+    """Arguments for the FloatFunctional method, or None when the call is not tensor-on-tensor."""
+    if method == "cat":
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, fx.Node) for t in tensors):
+            return None
+        return (list(tensors),), {"dim": dim}
+    if node.kwargs or len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args):
+        return None  # a constant operand: no generated module (the op table decides whether it can run)
+    return tuple(node.args), {}
+
+
+def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
+    """Give every tensor ``a + b``, ``a - b``, ``a * b``, ``torch.cat`` its own generated FloatFunctional.
+
+    The module is named ``_generated_<op>_N`` inside the module where the op
     was written, so ``module_name`` qconfigs of that module apply to it.
     """
-    count = 0
+    counts: dict[str, int] = {}
     for node in list(gm.graph.nodes):
-        is_add = (node.op == "call_function" and node.target in _FUNCTIONAL_ADDS) or (
-            node.op == "call_method" and node.target == "add" and module_of(gm, node) is None)
-        if not is_add or node.kwargs or len(node.args) != 2:
+        method = _functional_method(gm, node)
+        call = _functional_args(method, node) if method else None
+        if call is None:
             continue
-        if not all(isinstance(a, fx.Node) for a in node.args):
-            continue  # adding a constant: no generated module (the op table decides whether it can run)
         scope = _scope_of(gm, node)
-        name = f"{scope + '.' if scope else ''}_generated_add_{count}"
-        count += 1
+        name = f"{scope + '.' if scope else ''}_generated_{method}_{counts.get(method, 0)}"
+        counts[method] = counts.get(method, 0) + 1
         gm.add_submodule(name, FloatFunctional())
         with gm.graph.inserting_before(node):
             owner = gm.graph.get_attr(name)
-            new = gm.graph.call_method("add", (owner, *node.args))
+            new = gm.graph.call_method(method, (owner, *call[0]), call[1])
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
@@ -89,6 +115,8 @@ def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
 
 # -- passes 4-6 ---------------------------------------------------------------------------
 def _producer_dtype(m: nn.Module) -> QuantDType:
+    if not hasattr(m, "activation_post_process") and getattr(m, "_input_producers", None):
+        return _producer_dtype(m._input_producers[0])  # scale-preserving: its input's dtype
     fq = getattr(m, "activation_post_process", None)
     return fq.dtype if fq is not None else qint32
 
@@ -154,9 +182,10 @@ def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver) -
         qat = lowering.qat_module.from_float(mod, qconfig, march)
         if isinstance(qat, QATModule):
             qat.set_names(name)
-        fq = getattr(qat, "activation_post_process", None)
-        out_dtype = fq.dtype if fq is not None else qint32
-        if lowering.output_dtypes and out_dtype not in lowering.output_dtypes and not is_dequant_stub(mod):
+        # a module without activation_post_process (ReLU6, …) outputs its input's dtype: checked at binding
+        has_own_output = hasattr(qat, "activation_post_process")
+        out_dtype = _producer_dtype(qat)
+        if has_own_output and lowering.output_dtypes and out_dtype not in lowering.output_dtypes:
             problems.add(f"{name!r} ({lowering.op_name})", f"output dtype {out_dtype} is not supported on march "
                          f"{march!r} (allowed: {', '.join(map(str, lowering.output_dtypes))})",
                          "use a qconfig with an allowed activation dtype")
@@ -194,6 +223,8 @@ def _bind_inputs(gm: fx.GraphModule, march: str, float_ops: dict[str, Any]) -> N
             continue  # its input is the float model input
         producers = [_producer(gm, i, march, f"{name!r}") for i in tensor_inputs(node)]
         mod.bind_inputs(producers)
+        if node.op == "call_method":
+            mod.method = str(node.target)
         lowering = registry.lowering(march, op_key(gm, node, module_key=float_ops[name]))
         for i, p in enumerate(producers):
             dt = _producer_dtype(p)

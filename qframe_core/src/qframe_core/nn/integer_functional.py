@@ -1,0 +1,87 @@
+"""Integer semantics of FloatFunctional's add, sub, mul and cat.
+
+``*_params`` turn float scales into the integers a march computes with
+(its :class:`~qframe_core.numerics.RequantRule`); ``int_*`` apply them in
+torch.  QAT simulation (VALIDATION state) and the integer model both call
+these, so they cannot drift; ``add`` additionally runs on the march's C++
+kernel in the integer model, tested bit-exact against :func:`int_add`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+import torch
+
+from ..numerics import RequantRule
+from ..quantization.fake_quantize import QuantParams
+from .requant_params import requant_multipliers
+
+
+@attrs.frozen
+class BinaryIntParams:
+    """``out = clamp(round_shift(a * ma ± b * mb, shift))`` (add/sub) or ``round_shift(a * b * ma, shift)`` (mul)."""
+
+    a: QuantParams
+    b: QuantParams
+    output: QuantParams
+    multiplier_a: int
+    multiplier_b: int
+    shift: int
+
+
+@attrs.frozen
+class CatIntParams:
+    """Each input requantized to the output scale with its own multiplier and shift."""
+
+    inputs: tuple[QuantParams, ...]
+    output: QuantParams
+    multipliers: tuple[int, ...]
+    shifts: tuple[int, ...]
+
+
+def sum_params(rule: RequantRule, a: QuantParams, b: QuantParams, out: QuantParams, what: str) -> BinaryIntParams:
+    """Parameters of ``a + b`` and ``a - b``: both operands rescaled with one shared shift."""
+    m, shift = requant_multipliers(rule, [a.scale, b.scale], out.scale, what=what)
+    return BinaryIntParams(a, b, out, int(m[0, 0]), int(m[0, 1]), int(shift[0]))
+
+
+def mul_params(rule: RequantRule, a: QuantParams, b: QuantParams, out: QuantParams, what: str) -> BinaryIntParams:
+    """Parameters of ``a * b``: the product of the integers rescaled by ``sa * sb / so``."""
+    m, shift = requant_multipliers(rule, [a.scale.double() * b.scale.double()], out.scale, what=what)
+    return BinaryIntParams(a, b, out, int(m[0, 0]), 0, int(shift[0]))
+
+
+def cat_params(rule: RequantRule, inputs: Sequence[QuantParams], out: QuantParams, what: str) -> CatIntParams:
+    ms, ss = [], []
+    for p in inputs:
+        m, s = requant_multipliers(rule, [p.scale], out.scale, what=what)
+        ms.append(int(m[0, 0]))
+        ss.append(int(s[0]))
+    return CatIntParams(tuple(inputs), out, tuple(ms), tuple(ss))
+
+
+def _t(v: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.int64, device=like.device)
+
+
+def int_add(qa: torch.Tensor, qb: torch.Tensor, p: BinaryIntParams, rule: RequantRule) -> torch.Tensor:
+    return rule.requantize([(qa, _t(p.multiplier_a, qa)), (qb, _t(p.multiplier_b, qa))], _t(p.shift, qa),
+                           p.output.dtype)
+
+
+def int_sub(qa: torch.Tensor, qb: torch.Tensor, p: BinaryIntParams, rule: RequantRule) -> torch.Tensor:
+    return rule.requantize([(qa, _t(p.multiplier_a, qa)), (qb, _t(-p.multiplier_b, qa))], _t(p.shift, qa),
+                           p.output.dtype)
+
+
+def int_mul(qa: torch.Tensor, qb: torch.Tensor, p: BinaryIntParams, rule: RequantRule) -> torch.Tensor:
+    prod = qa.to(torch.int64) * qb.to(torch.int64)
+    return rule.requantize([(prod, _t(p.multiplier_a, qa))], _t(p.shift, qa), p.output.dtype)
+
+
+def int_cat(qs: Sequence[torch.Tensor], p: CatIntParams, rule: RequantRule, dim: int) -> torch.Tensor:
+    parts = [rule.requantize([(q, _t(m, q))], _t(s, q), p.output.dtype)
+             for q, m, s in zip(qs, p.multipliers, p.shifts)]
+    return torch.cat(parts, dim=dim)

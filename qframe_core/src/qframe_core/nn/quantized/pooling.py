@@ -1,0 +1,67 @@
+"""Integer pooling and scale-preserving ops (exact torch integer arithmetic)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...march import resolve_march
+from ...numerics import float_bound_to_int
+from ...quantization.fake_quantize import QuantParams
+from ..integer_pooling import int_avg_pool
+
+
+class ScalePreserving(nn.Module):
+    """Max pooling, ReLU6/Hardtanh and friends on integer tensors, at the input's scale."""
+
+    _qframe_leaf = True
+
+    def __init__(self, float_module: nn.Module, params: QuantParams, name: str) -> None:
+        super().__init__()
+        self.float_module = float_module
+        self.params = params
+        self.qframe_name = name
+
+    @classmethod
+    def from_qat(cls, qat: nn.Module) -> ScalePreserving:
+        return cls(qat.float_module, qat.input_params(0), qat.qframe_name)
+
+    def output_params(self) -> QuantParams:
+        return self.params
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        if q.is_floating_point():
+            raise TypeError(f"{self.qframe_name}: expects an integer tensor, got {q.dtype}")
+        m = self.float_module
+        if isinstance(m, nn.Hardtanh):  # ReLU6 included: bounds in integer units of this scale
+            return q.clamp(float_bound_to_int(m.min_val, self.params.scale),
+                           float_bound_to_int(m.max_val, self.params.scale))
+        # selection ops (max pool, …) are exact on integers held in float64
+        return torch.round(m(q.to(torch.float64))).to(q.dtype)
+
+
+class AvgPool2d(nn.Module):
+    """Integer AvgPool2d / AdaptiveAvgPool2d (see :mod:`qframe_core.nn.integer_pooling`)."""
+
+    _qframe_leaf = True
+
+    def __init__(self, float_module: nn.Module, inp: QuantParams, out: QuantParams, march: str, name: str) -> None:
+        super().__init__()
+        self.float_module = float_module
+        self.inp, self.out = inp, out
+        self.march = march
+        self.qframe_name = name
+
+    @classmethod
+    def from_qat(cls, qat: nn.Module) -> AvgPool2d:
+        return cls(qat.float_module, qat.input_params(0), qat.output_params(), qat.march, qat.qframe_name)
+
+    def output_params(self) -> QuantParams:
+        return self.out
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        if q.is_floating_point():
+            raise TypeError(f"{self.qframe_name}: expects an integer tensor, got {q.dtype}")
+        out = int_avg_pool(q, self.float_module, self.inp, self.out, resolve_march(self.march).requant,
+                           what=f"{self.qframe_name} ({self.march})")
+        return out.to(self.out.dtype.torch_dtype)

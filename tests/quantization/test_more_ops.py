@@ -1,0 +1,130 @@
+"""Pooling, ReLU6, sub, mul and cat: integer model == QAT validation, and an independent reference."""
+
+import copy
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from qframe_core.errors import UnsupportedOpError
+from qframe_core.march import march, resolve_march
+from qframe_core.quantization import (
+    DeQuantStub,
+    FakeQuantState,
+    QuantStub,
+    convert_fx,
+    prepare_qat_fx,
+    set_fake_quantize,
+)
+from qframe_core.quantization.qconfig import default_qat_8bit_fake_quant_qconfig as Q8
+
+
+class OpsNet(nn.Module):
+    def __init__(self, adaptive: bool):
+        super().__init__()
+        self.quant = QuantStub()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.a = nn.Conv2d(8, 8, 1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.relu6 = nn.ReLU6()
+        self.avg = nn.AdaptiveAvgPool2d((2, 3)) if adaptive else nn.AvgPool2d(3, 2, 1, count_include_pad=False)
+        self.dequant = DeQuantStub()
+
+    def forward(self, x):
+        x = self.relu6(self.pool(self.conv(self.quant(x))))  # standalone ReLU6 (not after a conv)
+        a, b = self.a(x), self.b(x)
+        y = torch.cat([a * b, a - b, x], dim=1)
+        return self.dequant(self.avg(y))
+
+
+@pytest.mark.parametrize("m,adaptive", [("bernoulli2", False), ("bayes", False), ("bayes", True)])
+def test_integer_model_equals_qat_validation(m, adaptive):
+    torch.manual_seed(3)
+    model = OpsNet(adaptive).eval()
+    x = torch.randn(3, 3, 13, 11) * 3
+    with march(m):
+        q = prepare_qat_fx(copy.deepcopy(model), {"": Q8})
+    names = {type(mod).__name__ for mod in q.modules()}
+    assert {"AvgPool2d", "ScalePreserving", "FloatFunctional"} <= names
+    assert {"_generated_mul_0", "_generated_sub_0", "_generated_cat_0"} <= set(dict(q.named_children()))
+    q.eval()
+    set_fake_quantize(q, FakeQuantState.CALIBRATION)
+    q(x)
+    set_fake_quantize(q, FakeQuantState.VALIDATION)
+    expected = q(x)
+    got = convert_fx(q)(x)
+    assert torch.equal(got, expected), (got - expected).abs().max()
+    cos = torch.nn.functional.cosine_similarity(got.flatten(), model(x).flatten(), dim=0)
+    assert cos > 0.98
+
+
+def _ref_round_shift(v, s, half_up):
+    x = Fraction(int(v), 2 ** int(s))
+    fl = x.numerator // x.denominator
+    frac = x - fl
+    if frac != Fraction(1, 2):
+        return fl + (1 if frac > Fraction(1, 2) else 0)
+    return fl + 1 if half_up or fl % 2 else fl
+
+
+@pytest.mark.parametrize("m", ["bernoulli2", "bayes"])
+def test_avg_pool_against_a_loop_reference(m):
+    from qframe_core.dtype import qint8
+    from qframe_core.nn.integer_pooling import int_avg_pool
+    from qframe_core.quantization.fake_quantize import QuantParams
+
+    rule = resolve_march(m).requant
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(-128, 128, (1, 2, 7, 6), generator=g)
+    inp, out = QuantParams(torch.tensor([0.05]), qint8), QuantParams(torch.tensor([0.031]), qint8)
+    pool = nn.AvgPool2d(3, 2, 1, count_include_pad=False)
+    got = int_avg_pool(q, pool, inp, out, rule, "test").numpy()
+    qn = q.numpy()
+    want = np.zeros_like(got)
+    for c in range(2):
+        for i in range(got.shape[2]):
+            for j in range(got.shape[3]):
+                rows = [r for r in range(2 * i - 1, 2 * i + 2) if 0 <= r < 7]
+                cols = [k for k in range(2 * j - 1, 2 * j + 2) if 0 <= k < 6]
+                total = int(sum(qn[0, c, r, k] for r in rows for k in cols))
+                div = len(rows) * len(cols)
+                mult, shift = rule.multipliers(torch.tensor([[0.05 / (div * 0.031)]], dtype=torch.float64))
+                y = _ref_round_shift(total * int(mult), int(shift), m == "bernoulli2")
+                want[0, c, i, j] = min(max(y, -128), 127)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_relu6_snaps_to_the_input_grid():
+    from qframe_core.dtype import qint8
+    from qframe_core.numerics import relu6_bound
+
+    scale = torch.tensor([0.07])
+    assert relu6_bound(scale) == 86  # 6 / 0.07 = 85.71 -> 86
+    assert relu6_bound(torch.tensor([0.1])) == 60
+    assert qint8.quant_max == 127
+
+
+def test_table_rules_for_pooling():
+    class Adaptive(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = QuantStub()
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.dequant = DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.pool(self.quant(x)))
+
+    with march("bernoulli2"), pytest.raises(UnsupportedOpError, match="AdaptiveAvgPool2d is not supported on bernoulli2"):
+        prepare_qat_fx(Adaptive(), {"": Q8})
+
+    class BigPool(Adaptive):
+        def __init__(self):
+            super().__init__()
+            self.pool = nn.MaxPool2d(65)
+
+    with march("bernoulli2"), pytest.raises(UnsupportedOpError, match=r"kernel_size=65 breaks 1<=kernel<=64"):
+        prepare_qat_fx(BigPool(), {"": Q8})
