@@ -19,7 +19,7 @@ import contextlib
 import contextvars
 import importlib
 from types import ModuleType
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import attrs
 
@@ -41,6 +41,9 @@ class MarchSpec:
         kernels: import path of the compiled integer kernel module
             (loaded on first use by :meth:`load_kernels`).
         max_rank: the largest tensor rank the target supports (None = any).
+        lookup: how non-linear ops are computed — a
+            :class:`~qframe_core.lookup.DirectTable` or
+            :class:`~qframe_core.lookup.SegmentTable` (None: the march has none).
     """
 
     name: str
@@ -49,6 +52,7 @@ class MarchSpec:
     requant: RequantRule
     kernels: str
     max_rank: Optional[int] = None
+    lookup: Optional[Any] = None
 
     def load_kernels(self) -> ModuleType:
         """Import and return this march's kernel extension module."""

@@ -99,6 +99,13 @@ def clamp_lowerings(march: str, ops: Sequence[type], dtypes: Sequence[QuantDType
                             note="bounds become round(bound / scale)")
 
 
+def lookup_lowerings(march: str, modules: Sequence[type], functions: Sequence[str], dtypes: Sequence[QuantDType],
+                     note: str = "computed by the march's lookup table") -> list[OpLowering]:
+    """Non-linear ops computed by table lookup: module classes and functional names (``"exp"``…)."""
+    keys = [*modules, *(f"torch.{name}" for name in functions)]
+    return module_lowerings(march, keys, qat.LookupTable, quantized.LookupTable, dtypes, dtypes, note=note)
+
+
 def value_preserving_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:
     return passthrough_lowerings(march, VALUE_PRESERVING_OPS, (*dtypes, *_int32(dtypes)),
                                  note="runs on the integer tensor at the input's scale")

@@ -5,6 +5,7 @@ from torch import nn
 from qframe_core import op_rows
 from qframe_core.dtype import qint8, qint16, qint32
 from qframe_core.lowering import Limit
+from qframe_core.nn.unary import LOOKUP_MODULES, UNARY_FUNCTIONS
 
 from .spec import NAME
 
@@ -42,6 +43,9 @@ def lowerings():
                                                                  Limit("padding", 0, 256, "padding<=256"))),
         *op_rows.avg_pool_lowerings(NAME, (nn.AdaptiveAvgPool2d,), (qint8,)),
         *op_rows.clamp_lowerings(NAME, (nn.ReLU6,), ACT),
+        # "参考 torch.acos: qint8, qint16, 底层查表实现"
+        *op_rows.lookup_lowerings(NAME, LOOKUP_MODULES, tuple(UNARY_FUNCTIONS), ACT,
+                                  note="segment table (piecewise linear, int16 capable); 底层查表实现，有精度风险"),
         *op_rows.value_preserving_lowerings(NAME, ACT),
     ]
 

@@ -1,6 +1,7 @@
 """The bayes target as data."""
 
 from qframe_core.dtype import qint8, qint16
+from qframe_core.lookup import SegmentTable
 from qframe_core.march import MarchSpec
 from qframe_core.numerics import RequantRule, Rounding
 
@@ -12,4 +13,6 @@ SPEC = MarchSpec(
     activation_dtypes=(qint8, qint16),
     requant=RequantRule(multiplier_bits=32, rounding=Rounding.HALF_EVEN),
     kernels="qframe_march_bayes._kernels",
+    # non-linear ops: piecewise-linear segments over a dense region, saturating tails, int16 capable
+    lookup=SegmentTable(max_segments=1024, frac_bits=16),
 )

@@ -32,6 +32,16 @@ def lowerings():
                                "use an AvgPool2d with the kernel equal to the input size, or pool after the "
                                "DeQuantStub"),
         *op_rows.clamp_lowerings(NAME, (nn.ReLU6,), ACT),
+        # "torch.exp: qint8, 使用查表拼凑"; Sigmoid, Tanh, SiLU, GELU refer to torch.exp
+        *op_rows.lookup_lowerings(NAME, (nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU), ("exp", "sigmoid", "tanh", "silu", "gelu"),
+                                  ACT, note="256-entry table indexed by the int8 input (使用查表拼凑)"),
+        *unsupported_lowerings(
+            NAME, (nn.ELU, nn.SELU, nn.Softplus, nn.Hardsigmoid, nn.Hardswish, nn.Mish, nn.LeakyReLU,
+                   *(f"torch.{n}" for n in ("log", "sqrt", "rsqrt", "reciprocal", "erf", "sin", "cos", "tan", "asin",
+                                            "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "ceil",
+                                            "floor", "elu", "selu", "softplus", "hardsigmoid", "hardswish", "mish",
+                                            "leaky_relu"))),
+            "not supported on bernoulli2 (op table: 不支持)", "run it after the DeQuantStub, or target bayes"),
         *op_rows.value_preserving_lowerings(NAME, ACT),
     ]
 

@@ -1,6 +1,7 @@
 """The bernoulli2 target as data."""
 
 from qframe_core.dtype import qint8
+from qframe_core.lookup import DirectTable
 from qframe_core.march import MarchSpec
 from qframe_core.numerics import RequantRule, Rounding
 
@@ -13,4 +14,6 @@ SPEC = MarchSpec(
     requant=RequantRule(multiplier_bits=16, rounding=Rounding.HALF_UP),
     kernels="qframe_march_bernoulli2._kernels",
     max_rank=4,
+    # non-linear ops: a 256-entry table indexed by the int8 input
+    lookup=DirectTable(entries=256),
 )

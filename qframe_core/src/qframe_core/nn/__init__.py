@@ -2,5 +2,6 @@
 integer modules (``quantized``, including ``FloatFunctional``)."""
 
 from . import intrinsic, qat, quantized
+from .unary import Unary
 
-__all__ = ["intrinsic", "qat", "quantized"]
+__all__ = ["Unary", "intrinsic", "qat", "quantized"]

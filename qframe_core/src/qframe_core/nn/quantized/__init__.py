@@ -1,9 +1,10 @@
 """Integer modules produced by convert, and ``FloatFunctional`` for float models."""
 
 from .functional_modules import FloatFunctional
+from .lookup import LookupTable
 from .pooling import AvgPool2d, ScalePreserving
 from .qfunctional import QFunctional
 from .stubs import DeQuantize, Quantize
 from .weighted import Conv2d, Linear
 
-__all__ = ["AvgPool2d", "ScalePreserving", "Conv2d", "DeQuantize", "FloatFunctional", "Linear", "QFunctional", "Quantize"]
+__all__ = ["LookupTable", "AvgPool2d", "ScalePreserving", "Conv2d", "DeQuantize", "FloatFunctional", "Linear", "QFunctional", "Quantize"]

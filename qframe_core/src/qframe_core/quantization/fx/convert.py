@@ -14,8 +14,9 @@ from typing import Any
 from torch import fx, nn
 
 from ...errors import QframeError
+from ...lowering import op_display_name
 from ...registry import registry
-from .graph_utils import module_name_of, op_key, op_nodes
+from .graph_utils import module_name_of, op_nodes
 
 
 def convert_fx(model: fx.GraphModule, inplace: bool = False) -> fx.GraphModule:
@@ -41,10 +42,10 @@ def convert_fx(model: fx.GraphModule, inplace: bool = False) -> fx.GraphModule:
         name = module_name_of(node)
         if name is None or name in new_modules or name not in float_ops:
             continue
-        lowering = registry.lowering(march, op_key(gm, node, module_key=float_ops[name]))
+        lowering = registry.lowering(march, float_ops[name])
         if lowering is None or lowering.quantized_module is None:
             raise QframeError(f"{name!r}: march {march!r} no longer lists a lowering for "
-                              f"{float_ops[name].__name__}; was the march plugin changed since prepare?")
+                              f"{op_display_name(float_ops[name])}; was the march plugin changed since prepare?")
         new_modules[name] = lowering.quantized_module.from_qat(gm.get_submodule(name))
     for name, mod in new_modules.items():
         gm.add_submodule(name, mod)

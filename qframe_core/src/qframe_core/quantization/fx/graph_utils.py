@@ -42,7 +42,8 @@ def op_key(gm: fx.GraphModule, node: fx.Node, module_key: Optional[type] = None)
     the *float* class prepare recorded).
     """
     if node.op == "call_module":
-        return module_key or type(gm.get_submodule(node.target))
+        mod = gm.get_submodule(node.target)
+        return module_key or getattr(mod, "lowering_key", None) or type(mod)
     if node.op == "call_function":
         return node.target
     if node.op == "call_method":

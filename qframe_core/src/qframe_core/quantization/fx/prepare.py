@@ -20,6 +20,7 @@ from ...dtype import QuantDType, qint32
 from ...errors import UnsupportedOpError
 from ...lowering import LoweringKind, OpLowering, op_display_name
 from ...march import MarchLike, resolve_march
+from ...nn import unary
 from ...nn.qat.base import QATModule
 from ...nn.quantized.functional_modules import FloatFunctional
 from ...registry import registry
@@ -86,28 +87,51 @@ def _functional_args(method: str, node: fx.Node) -> Optional[tuple[tuple, dict]]
     return tuple(node.args), {}
 
 
+def _unary_name(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    if node.op == "call_function" and node.target in unary.FUNCTION_ALIASES:
+        return unary.FUNCTION_ALIASES[node.target]
+    if node.op == "call_method" and node.target in unary.METHOD_NAMES and module_of(gm, node) is None:
+        return str(node.target)
+    return None
+
+
+def _replace_with_module(gm: fx.GraphModule, node: fx.Node, stem: str, module: nn.Module, counts: dict,
+                         method: Optional[str], args: tuple, kwargs: dict) -> None:
+    scope = _scope_of(gm, node)
+    name = f"{scope + '.' if scope else ''}_generated_{stem}_{counts.get(stem, 0)}"
+    counts[stem] = counts.get(stem, 0) + 1
+    gm.add_submodule(name, module)
+    with gm.graph.inserting_before(node):
+        if method is None:
+            new = gm.graph.call_module(name, args, kwargs)
+        else:
+            new = gm.graph.call_method(method, (gm.graph.get_attr(name), *args), kwargs)
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+
+
 def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
-    """Give every tensor ``a + b``, ``a - b``, ``a * b``, ``torch.cat`` its own generated FloatFunctional.
+    """Give every tensor ``a + b``, ``a - b``, ``a * b``, ``torch.cat`` its own generated FloatFunctional,
+    and every functional non-linear op (``torch.exp``, ``x.sigmoid()``, ``F.silu`` …) a generated ``Unary``.
 
     The module is named ``_generated_<op>_N`` inside the module where the op
     was written, so ``module_name`` qconfigs of that module apply to it.
     """
     counts: dict[str, int] = {}
     for node in list(gm.graph.nodes):
+        name = _unary_name(gm, node)
+        if name is not None:
+            rest = list(node.args[1:])
+            if node.args and isinstance(node.args[0], fx.Node) and not any(isinstance(a, fx.Node) for a in rest) \
+                    and not any(isinstance(v, fx.Node) for v in node.kwargs.values()):
+                _replace_with_module(gm, node, name, unary.Unary(name, *rest, **dict(node.kwargs)), counts, None,
+                                     (node.args[0],), {})
+            continue
         method = _functional_method(gm, node)
         call = _functional_args(method, node) if method else None
-        if call is None:
-            continue
-        scope = _scope_of(gm, node)
-        name = f"{scope + '.' if scope else ''}_generated_{method}_{counts.get(method, 0)}"
-        counts[method] = counts.get(method, 0) + 1
-        gm.add_submodule(name, FloatFunctional())
-        with gm.graph.inserting_before(node):
-            owner = gm.graph.get_attr(name)
-            new = gm.graph.call_method(method, (owner, *call[0]), call[1])
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
+        if call is not None:
+            _replace_with_module(gm, node, method, FloatFunctional(), counts, method, call[0], call[1])
     gm.graph.lint()
     gm.recompile()
     return gm
@@ -175,7 +199,7 @@ def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver) -
                          "give it a qconfig, or place a DeQuantStub before it and a QuantStub after it")
             continue
         swaps[name] = (lowering, mod, qconfig)
-        float_ops[name] = type(mod)
+        float_ops[name] = key
     problems.raise_if_any()
 
     for name, (lowering, mod, qconfig) in swaps.items():
@@ -225,7 +249,7 @@ def _bind_inputs(gm: fx.GraphModule, march: str, float_ops: dict[str, Any]) -> N
         mod.bind_inputs(producers)
         if node.op == "call_method":
             mod.method = str(node.target)
-        lowering = registry.lowering(march, op_key(gm, node, module_key=float_ops[name]))
+        lowering = registry.lowering(march, float_ops[name])
         for i, p in enumerate(producers):
             dt = _producer_dtype(p)
             if lowering is not None and lowering.input_dtypes and dt not in lowering.input_dtypes:
