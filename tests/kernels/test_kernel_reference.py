@@ -51,6 +51,13 @@ CONV_CASES = [
     (1, 3, 5, 5, 7, 3, 3, (1, 1), (1, 1), (1, 1), 1, "int8", "int32", True, None),
     (1, 40, 17, 19, 37, 3, 3, (1, 1), (1, 1), (1, 1), 1, "int8", "int8", True, None),
     (3, 12, 4, 4, 12, 4, 4, (3, 3), (3, 3), (1, 1), 3, "int8", "int8", True, None),
+    # larger shapes: several GEMM panels / row blocks, vector-epilogue tails, K not a multiple of 4
+    (1, 24, 9, 11, 40, 1, 1, (1, 1), (0, 0), (1, 1), 1, "int8", "int8", True, "int8"),  # 1x1 direct im2col
+    (2, 16, 13, 13, 72, 3, 3, (2, 2), (1, 1), (1, 1), 1, "int8", "int16", True, None),
+    (1, 9, 20, 19, 20, 5, 5, (1, 1), (2, 2), (1, 1), 1, "int8", "int8", True, "int16"),  # K = 225
+    (1, 32, 17, 23, 32, 3, 3, (1, 1), (1, 1), (1, 1), 32, "int8", "int8", True, "int8"),  # depthwise, residual
+    (1, 32, 15, 15, 32, 3, 3, (2, 2), (1, 1), (1, 1), 32, "int16", "int8", True, None),  # depthwise int16
+    (1, 20, 12, 12, 36, 3, 3, (1, 1), (1, 1), (1, 1), 1, "int16", "int16", True, "int16"),
 ]
 
 
@@ -70,17 +77,27 @@ def _conv_case_args(rng, march, case):
     return (x, wt, bias, stride, padding, dilation, groups, mult, shift, odt), kwargs
 
 
-def check_all_conv_cases(seed=0):
-    """Used in-process and from subprocesses that force a GEMM path."""
+def _with_packed(mod, args):
+    """conv2d args with the weight replaced by its PackedWeight (same groups)."""
+    args = list(args)
+    args[1] = mod.pack_conv2d_weight(args[1], args[6])
+    return tuple(args)
+
+
+def check_all_conv_cases(seed=0, packed=True):
+    """Used in-process and from subprocesses that force a GEMM path; with packed=True
+    every case also runs with weights from pack_conv2d_weight."""
     rng = np.random.default_rng(seed)
     for march, mod in MODULES.items():
         for case in CONV_CASES:
             args, kwargs = _conv_case_args(rng, march, case)
+            variants = [("array", args)] + ([("packed", _with_packed(mod, args))] if packed else [])
             for cmin, cmax in ((None, None), (0, None), (0, 6)):
-                got = mod.conv2d(*args, cmin, cmax, **kwargs)
                 want = ref.conv2d(march, *args, cmin, cmax, **kwargs)
-                assert got.dtype == want.dtype and got.shape == want.shape, (march, case)
-                np.testing.assert_array_equal(got, want, err_msg=f"{march} {case} clamp=({cmin},{cmax})")
+                for kind, a in variants:
+                    got = mod.conv2d(*a, cmin, cmax, **kwargs)
+                    assert got.dtype == want.dtype and got.shape == want.shape, (march, case)
+                    np.testing.assert_array_equal(got, want, err_msg=f"{march} {case} {kind} clamp=({cmin},{cmax})")
 
 
 @pytest.mark.parametrize("march", MARCHES)
@@ -89,8 +106,10 @@ def test_module_attributes(march):
     assert mod.MARCH == march
     assert mod.MULTIPLIER_BITS == ref.MARCH_RULES[march][0]
     feats = mod.cpu_features()
-    assert set(feats) == {"avx2", "avx512bw", "avx512vnni", "openmp_threads", "kernel"}
+    assert set(feats) == {"avx2", "avx512bw", "avx512vnni", "openmp_threads", "kernel", "kernel_int8"}
     assert feats["kernel"] in {"scalar", "avx2", "avx512bw", "avx512vnni"}
+    want8 = "avx512vnni_u8s8" if feats["kernel"] == "avx512vnni" else feats["kernel"]
+    assert feats["kernel_int8"] == want8
     assert feats["openmp_threads"] >= 1
 
 
@@ -100,11 +119,13 @@ def test_conv2d_matches_reference(march, case):
     mod = MODULES[march]
     rng = np.random.default_rng(hash((march, str(case))) % 2**32)
     args, kwargs = _conv_case_args(rng, march, case)
+    packed_args = _with_packed(mod, args)
     for cmin, cmax in ((None, None), (0, None), (0, 6), (-5, 100)):
-        got = mod.conv2d(*args, cmin, cmax, **kwargs)
         want = ref.conv2d(march, *args, cmin, cmax, **kwargs)
-        assert got.dtype == want.dtype
-        np.testing.assert_array_equal(got, want)
+        for a in (args, packed_args):
+            got = mod.conv2d(*a, cmin, cmax, **kwargs)
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("kernel", ["scalar", "avx2", "avx512bw", "avx512vnni"])
@@ -119,6 +140,8 @@ def test_every_gemm_path_is_exact(kernel):
         "import tests.kernels.test_kernel_reference as t;"
         "import qframe_march_bayes._kernels as k;"
         f"assert k.cpu_features()['kernel'] == {kernel!r}, k.cpu_features();"
+        "t.check_all_conv_cases(1, packed=False); t.check_linear_cases(1, packed=False);"
+        "t.check_packed_weights();"
         "t.check_all_conv_cases(1); t.check_linear_cases(1)"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
@@ -175,23 +198,27 @@ def test_conv2d_zero_batch(march):
     assert out.shape == (0, 3) and out.dtype == np.int32
 
 
-def check_linear_cases(seed=0):
+def check_linear_cases(seed=0, packed=True):
     rng = np.random.default_rng(seed)
     for march, mod in MODULES.items():
         for m, k, n, idt, odt in ((1, 1, 1, "int8", "int8"), (3, 17, 5, "int8", "int16"), (64, 129, 33, "int8", "int8"),
+                                  (70, 64, 20, "int8", "int8"), (33, 38, 17, "int16", "int8"),
                                   (7, 600, 13, "int16", "int16"), (5, 31, 40, "int16", "int32"), (2, 3, 2, "int8", "int32")):
             x = rand_int(rng, idt, (m, k))
             w = rand_int(rng, np.int8, (n, k))
             bias = rand_int(rng, np.int32, (n,), -(2**24), 2**24)
             mult = rng.integers(0, max_mult(march), size=n, endpoint=True).astype(np.int32)
             shift = rng.integers(8, 40, size=n).astype(np.int32)
+            weights = [w] + ([mod.pack_linear_weight(w)] if packed else [])
             for cmin, cmax in ((None, None), (0, None)):
-                got = mod.linear(x, w, bias, mult, shift, odt, cmin, cmax)
                 want = ref.linear(march, x, w, bias, mult, shift, odt, cmin, cmax)
-                np.testing.assert_array_equal(got, want, err_msg=f"{march} {(m, k, n, idt, odt)}")
+                for wt in weights:
+                    got = mod.linear(x, wt, bias, mult, shift, odt, cmin, cmax)
+                    np.testing.assert_array_equal(got, want, err_msg=f"{march} {(m, k, n, idt, odt)} {type(wt)}")
             if odt == "int32":
-                got = mod.linear(x, w, None, None, None, "int32", None, None)
-                np.testing.assert_array_equal(got, ref.linear(march, x, w, None, None, None, "int32"))
+                want = ref.linear(march, x, w, None, None, None, "int32")
+                for wt in weights:
+                    np.testing.assert_array_equal(mod.linear(x, wt, None, None, None, "int32", None, None), want)
 
 
 @pytest.mark.parametrize("march", MARCHES)
@@ -423,3 +450,96 @@ def test_fuzz_conv2d_never_crashes(march, xdt, wdt, n, c, h, w, o, kh, kw, cw, s
         return
     want = ref.conv2d(march, x, wt, None, stride, padding, dilation, groups, mult_a, shift_a, out_dtype)
     np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------------------------------------- packed weights
+
+def check_packed_weights(seed=3):
+    """PackedWeight: reusable across calls and input dtypes, picklable, equal to the array path."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    for march, mod in MODULES.items():
+        wt = rand_int(rng, np.int8, (24, 8, 3, 3))
+        pw = mod.pack_conv2d_weight(wt, 2)
+        assert pw.op == "conv2d" and pw.march == march and pw.shape == (24, 8, 3, 3) and pw.groups == 2
+        assert pw.nbytes >= wt.size and march in repr(pw)
+        np.testing.assert_array_equal(pw.weight(), wt)
+        mult = rng.integers(0, max_mult(march), size=24, endpoint=True).astype(np.int32)
+        shift = rng.integers(10, 30, size=24).astype(np.int32)
+        for idt in ("int8", "int16", "int8"):  # int16 packs its layout on first use; int8 again after
+            x = rand_int(rng, idt, (2, 16, 7, 6))
+            want = ref.conv2d(march, x, wt, None, (1, 1), (1, 1), (1, 1), 2, mult, shift, "int8")
+            for p in (pw, pickle.loads(pickle.dumps(pw)), copy.deepcopy(pw)):
+                got = mod.conv2d(x, p, None, (1, 1), (1, 1), (1, 1), 2, mult, shift, "int8", None, None)
+                np.testing.assert_array_equal(got, want)
+        lw = rand_int(rng, np.int8, (9, 13))
+        pl = mod.pack_linear_weight(lw)
+        x = rand_int(rng, np.int8, (5, 13))
+        np.testing.assert_array_equal(mod.linear(x, pickle.loads(pickle.dumps(pl)), None, None, None, "int32"),
+                                      ref.linear(march, x, lw, None, None, None, "int32"))
+        # the pack holds a copy: changing the array afterwards does not change it
+        lw2 = lw.copy()
+        pl2 = mod.pack_linear_weight(lw2)
+        lw2[:] = 0
+        np.testing.assert_array_equal(mod.linear(x, pl2, None, None, None, "int32"),
+                                      ref.linear(march, x, lw, None, None, None, "int32"))
+
+
+def test_packed_weights():
+    check_packed_weights()
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_packed_weight_bad_inputs(march):
+    mod = MODULES[march]
+    other = MODULES["bayes" if march == "bernoulli2" else "bernoulli2"]
+    w4 = np.ones((6, 2, 3, 3), np.int8)
+    x = np.ones((1, 4, 5, 5), np.int8)
+    ones = np.ones(6, np.int32)
+    conv = dict(bias=None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), multiplier=ones, shift=ones,
+                out_dtype="int8")
+    cases = [
+        (lambda: mod.pack_conv2d_weight(w4.astype(np.float32), 2), TypeError, "pack_conv2d_weight", "weight"),
+        (lambda: mod.pack_conv2d_weight(w4[0], 2), ValueError, "pack_conv2d_weight", "weight"),
+        (lambda: mod.pack_conv2d_weight(w4.transpose(0, 1, 3, 2)[:, :, ::2], 2), ValueError, "pack_conv2d_weight",
+         "C-contiguous"),
+        (lambda: mod.pack_conv2d_weight(w4, 4), ValueError, "pack_conv2d_weight", "groups"),
+        (lambda: mod.pack_conv2d_weight(w4, 0), ValueError, "pack_conv2d_weight", "groups"),
+        (lambda: mod.pack_conv2d_weight(w4, 2.0), TypeError, "pack_conv2d_weight", "groups"),
+        (lambda: mod.pack_conv2d_weight(np.ones((6, 2, 0, 3), np.int8), 2), ValueError, "pack_conv2d_weight",
+         "kernel"),
+        (lambda: mod.pack_conv2d_weight([[1]], 1), TypeError, "pack_conv2d_weight", "weight"),
+        (lambda: mod.pack_linear_weight(np.ones((3, 4), np.int16)), TypeError, "pack_linear_weight", "weight"),
+        (lambda: mod.pack_linear_weight(np.ones((3, 4, 1), np.int8)), ValueError, "pack_linear_weight", "weight"),
+        (lambda: mod.conv2d(x, mod.pack_conv2d_weight(w4, 2), groups=1, **conv), ValueError, "conv2d", "groups"),
+        (lambda: mod.conv2d(x, mod.pack_conv2d_weight(w4, 1), groups=1, **conv), ValueError, "conv2d", "weight"),
+        (lambda: mod.conv2d(x, mod.pack_linear_weight(np.ones((6, 18), np.int8)), groups=2, **conv), ValueError,
+         "conv2d", "pack_conv2d_weight"),
+        (lambda: mod.conv2d(x, other.pack_conv2d_weight(w4, 2), groups=2, **conv), TypeError, "conv2d", "weight"),
+        (lambda: mod.linear(np.ones((2, 5), np.int8), mod.pack_linear_weight(np.ones((3, 4), np.int8)), None, None,
+                            None, "int32"), ValueError, "linear", "weight"),
+        (lambda: mod.linear(np.ones((2, 4), np.int8), mod.pack_conv2d_weight(w4, 2), None, None, None, "int32"),
+         ValueError, "linear", "pack_linear_weight"),
+    ]
+    for fn, exc, owner, needle in cases:
+        with pytest.raises(exc) as info:
+            fn()
+        msg = str(info.value)
+        assert msg.startswith(owner + ":"), msg
+        assert needle in msg, msg
+    import pickle
+
+    state = mod.pack_conv2d_weight(w4, 2).__getstate__()
+    bad = mod.PackedWeight.__new__(mod.PackedWeight)
+    with pytest.raises(ValueError, match="PackedWeight.__setstate__"):
+        bad.__setstate__((state[0], "nomarch", state[2], state[3]))
+    with pytest.raises(ValueError, match="PackedWeight.__setstate__.*op"):
+        bad.__setstate__(("matmul", march, state[2], state[3]))
+    with pytest.raises(ValueError, match="PackedWeight.__setstate__"):
+        bad.__setstate__(state[:3])
+    with pytest.raises(TypeError, match="PackedWeight.__setstate__.*weight"):
+        bad.__setstate__((state[0], march, state[2].astype(np.float32), state[3]))
+    # a pickled PackedWeight of one march loads only into that march
+    assert pickle.loads(pickle.dumps(other.pack_linear_weight(np.ones((2, 2), np.int8)))).march == other.MARCH

@@ -17,6 +17,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -270,6 +271,94 @@ inline py::array make_out(DType d, const std::vector<int64_t>& shape) {
     }
 }
 
+// Weights packed once for the GEMM kernels of this process (the Python
+// class PackedWeight).  Holds a private copy of the int8 weights (used by the
+// direct depthwise loop, for pickling and for packing the int16-activation
+// layout on first use) and the packed layout(s).  Immutable from Python.
+struct PackedWeight {
+    std::string op;  // "conv2d" or "linear"
+    std::string march;
+    std::vector<int64_t> shape;
+    int64_t groups = 1;
+    std::vector<int8_t> raw;
+    PackedGemmWeight p8, p16;
+
+    int64_t rows() const { return shape[0] / groups; }
+    int64_t K() const {
+        int64_t k = 1;
+        for (size_t i = 1; i < shape.size(); ++i) k *= shape[i];
+        return k;
+    }
+    bool direct() const { return op == "conv2d" && conv2d_uses_direct(shape[0], groups); }
+    // Packed layout for activations of `in` (int8 / int16); packs on first use.
+    // Called with the GIL held, so lazy packing is not racy.
+    const PackedGemmWeight* get(DType in) {
+        if (direct()) return nullptr;
+        const GemmKernel& kern = in == DType::Int8 ? gemm_kernel_for<int8_t>() : gemm_kernel_for<int16_t>();
+        for (PackedGemmWeight* p : {&p8, &p16})
+            if (p->kern == &kern) return p;
+        PackedGemmWeight& slot = in == DType::Int8 ? p8 : p16;
+        pack_gemm_weight(slot, kern, raw.data(), groups, rows(), K());
+        return &slot;
+    }
+    size_t nbytes() const { return raw.size() + p8.nbytes() + p16.nbytes(); }
+};
+
+template <class Policy>
+std::shared_ptr<PackedWeight> make_packed(const char* fn, const std::string& op, const py::object& weight,
+                                          int64_t groups) {
+    const bool conv = op == "conv2d";
+    Arr w = get_array(fn, "weight", weight, {DType::Int8}, conv ? 4 : 2,
+                      conv ? "[O, C // groups, KH, KW]" : "[N, K]");
+    if (groups < 1) value_err(fn, "argument 'groups' must be >= 1, got " + std::to_string(groups));
+    if (w.shape[0] % groups != 0)
+        value_err(fn, "argument 'groups' = " + std::to_string(groups) +
+                          " must divide the output channels O = weight.shape[0] = " + std::to_string(w.shape[0]));
+    if (conv && (w.shape[2] < 1 || w.shape[3] < 1))
+        value_err(fn, "argument 'weight' must have a non-empty kernel, got shape " + shape_str(w.shape));
+    auto pw = std::make_shared<PackedWeight>();
+    pw->op = op;
+    pw->march = Policy::name;
+    pw->shape = w.shape;
+    pw->groups = groups;
+    const int8_t* src = static_cast<const int8_t*>(w.data());
+    pw->raw.assign(src, src + w.size());
+    {
+        py::gil_scoped_release nogil;
+        pw->get(DType::Int8);  // the usual case is packed now; int16 on first use
+    }
+    return pw;
+}
+
+// The weight argument of conv2d/linear: an int8 array or a PackedWeight of `op`.
+struct WeightArg {
+    std::vector<int64_t> shape;
+    const int8_t* data = nullptr;
+    std::shared_ptr<PackedWeight> packed;  // null for a plain array
+    std::optional<Arr> arr;
+};
+
+template <class Policy>
+inline WeightArg get_weight(const char* fn, const py::handle& obj, int rank, const char* layout) {
+    WeightArg r;
+    if (py::isinstance<PackedWeight>(obj)) {
+        r.packed = obj.cast<std::shared_ptr<PackedWeight>>();
+        if (r.packed->op != fn)
+            value_err(fn, "argument 'weight' is a PackedWeight made by pack_" + r.packed->op +
+                              "_weight; pass one made by pack_" + std::string(fn) + "_weight");
+        if (r.packed->march != Policy::name)
+            value_err(fn, "argument 'weight' is a PackedWeight of march '" + r.packed->march + "', this is march '" +
+                              Policy::name + "'");
+        r.shape = r.packed->shape;
+        r.data = r.packed->raw.data();
+        return r;
+    }
+    r.arr = get_array(fn, "weight", obj, {DType::Int8}, rank, layout);
+    r.shape = r.arr->shape;
+    r.data = static_cast<const int8_t*>(r.arr->data());
+    return r;
+}
+
 // Requantization parameters of conv2d / linear (multiplier/shift/bias).
 template <class Policy>
 struct EpilogueArgs {
@@ -312,7 +401,7 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
                     const py::object& residual, const py::object& residual_multiplier) {
     const char* fn = "conv2d";
     Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, 4, "[N, C, H, W]");
-    Arr w = get_array(fn, "weight", weight, {DType::Int8}, 4, "[O, C // groups, KH, KW]");
+    WeightArg w = get_weight<Policy>(fn, weight, 4, "[O, C // groups, KH, KW]");
     Conv2dShape s{};
     s.N = x.shape[0]; s.C = x.shape[1]; s.H = x.shape[2]; s.W = x.shape[3];
     s.O = w.shape[0]; s.KH = w.shape[2]; s.KW = w.shape[3];
@@ -321,6 +410,9 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
     std::tie(s.dh, s.dw) = get_pair(fn, "dilation", dilation, 1);
     s.groups = get_int(fn, "groups", groups_o);
     if (s.groups < 1) value_err(fn, "argument 'groups' must be >= 1, got " + std::to_string(s.groups));
+    if (w.packed && w.packed->groups != s.groups)
+        value_err(fn, "argument 'groups' = " + std::to_string(s.groups) + " does not match the PackedWeight, packed "
+                      "with groups = " + std::to_string(w.packed->groups) + " (pack_conv2d_weight(weight, groups))");
     if (s.C % s.groups != 0)
         value_err(fn, "argument 'groups' = " + std::to_string(s.groups) + " must divide the input channels C = " +
                           std::to_string(s.C));
@@ -364,9 +456,10 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
     py::array out = make_out(od, oshape);
     void* optr = out.mutable_data();
     const void* xp = x.data();
-    const int8_t* wp = static_cast<const int8_t*>(w.data());
+    const int8_t* wp = w.data;
     const void* rp = res ? res->data() : nullptr;
     const DType rdt = res ? res->dt : DType::Int8;
+    const PackedGemmWeight* pk = w.packed ? w.packed->get(x.dt) : nullptr;
     {
         py::gil_scoped_release nogil;
         dispatch_in8_16(x.dt, [&](auto tin) {
@@ -377,7 +470,7 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
                     dispatch_in8_16(rdt, [&](auto tres) {
                         using TRes = decltype(tres);
                         conv2d<Policy, TIn, TOut, TRes>(s, static_cast<const TIn*>(xp), wp,
-                                                        static_cast<const TRes*>(rp), e.q, static_cast<TOut*>(optr));
+                                                        static_cast<const TRes*>(rp), e.q, static_cast<TOut*>(optr), pk);
                     });
                 }
             });
@@ -392,7 +485,7 @@ py::array linear_py(const py::object& input, const py::object& weight, const py:
                     const py::object& clamp_min, const py::object& clamp_max) {
     const char* fn = "linear";
     Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, 2, "[M, K]");
-    Arr w = get_array(fn, "weight", weight, {DType::Int8}, 2, "[N, K]");
+    WeightArg w = get_weight<Policy>(fn, weight, 2, "[N, K]");
     const int64_t M = x.shape[0], K = x.shape[1], N = w.shape[0];
     if (w.shape[1] != K)
         value_err(fn, "argument 'weight' has shape " + shape_str(w.shape) + " but input has K = " + std::to_string(K) +
@@ -402,7 +495,8 @@ py::array linear_py(const py::object& input, const py::object& weight, const py:
     py::array out = make_out(od, {M, N});
     void* optr = out.mutable_data();
     const void* xp = x.data();
-    const int8_t* wp = static_cast<const int8_t*>(w.data());
+    const int8_t* wp = w.data;
+    const PackedGemmWeight* pk = w.packed ? w.packed->get(x.dt) : nullptr;
     {
         py::gil_scoped_release nogil;
         dispatch_in8_16(x.dt, [&](auto tin) {
@@ -410,7 +504,8 @@ py::array linear_py(const py::object& input, const py::object& weight, const py:
             dispatch_out(od, [&](auto tout) {
                 using TOut = decltype(tout);
                 if constexpr (!std::is_same_v<TOut, int64_t>)
-                    linear<Policy, TIn, TOut>(static_cast<const TIn*>(xp), wp, M, K, N, e.q, static_cast<TOut*>(optr));
+                    linear<Policy, TIn, TOut>(static_cast<const TIn*>(xp), wp, M, K, N, e.q, static_cast<TOut*>(optr),
+                                              pk);
             });
         });
     }
@@ -527,6 +622,7 @@ py::dict cpu_features_py() {
     d["avx512vnni"] = f.avx512vnni;
     d["openmp_threads"] = max_threads();
     d["kernel"] = std::string(gemm_kernel().name);
+    d["kernel_int8"] = std::string(gemm_kernel_for<int8_t>().name);
     return d;
 }
 
@@ -563,6 +659,58 @@ void bind_kernels(pybind11::module_& m) {
           py::arg("clamp_max") = py::none(),
           "out = clamp(round_shift(x*multiplier, shift)); x int32/int64, multiplier/shift int32 of length 1 or "
           "x.shape[axis].");
+    py::class_<bind::PackedWeight, std::shared_ptr<bind::PackedWeight>>(
+        m, "PackedWeight", py::module_local(),
+        "int8 weights packed once for this process's GEMM kernels (pack_conv2d_weight / pack_linear_weight); pass "
+        "it as the 'weight' of conv2d / linear.  Picklable (stores the int8 weights; repacks on load).")
+        .def_property_readonly("op", [](const bind::PackedWeight& p) { return p.op; })
+        .def_property_readonly("march", [](const bind::PackedWeight& p) { return p.march; })
+        .def_property_readonly("shape", [](const bind::PackedWeight& p) {
+            py::tuple t(p.shape.size());
+            for (size_t i = 0; i < p.shape.size(); ++i) t[i] = p.shape[i];
+            return t;
+        })
+        .def_property_readonly("groups", [](const bind::PackedWeight& p) { return p.groups; })
+        .def_property_readonly("kernel", [](const bind::PackedWeight& p) {
+            return p.direct() ? std::string("direct") : std::string(p.p8.kern ? p.p8.kern->name : "none");
+        })
+        .def_property_readonly("nbytes", [](const bind::PackedWeight& p) { return p.nbytes(); })
+        .def("weight", [](const bind::PackedWeight& p) {
+            py::array_t<int8_t> a(std::vector<py::ssize_t>(p.shape.begin(), p.shape.end()));
+            if (!p.raw.empty()) std::memcpy(a.mutable_data(), p.raw.data(), p.raw.size());
+            return a;
+        }, "A copy of the int8 weights.")
+        .def("__repr__", [](const bind::PackedWeight& p) {
+            return "PackedWeight(op='" + p.op + "', march='" + p.march + "', shape=" + bind::shape_str(p.shape) +
+                   ", groups=" + std::to_string(p.groups) + ")";
+        })
+        .def(py::pickle(
+            [](const bind::PackedWeight& p) {
+                py::array_t<int8_t> a(std::vector<py::ssize_t>(p.shape.begin(), p.shape.end()));
+                if (!p.raw.empty()) std::memcpy(a.mutable_data(), p.raw.data(), p.raw.size());
+                return py::make_tuple(p.op, p.march, a, p.groups);
+            },
+            [](const py::tuple& t) {
+                const char* fn = "PackedWeight.__setstate__";
+                if (t.size() != 4) bind::value_err(fn, "expected a 4-tuple (op, march, weight, groups)");
+                const std::string op = t[0].cast<std::string>();
+                const std::string mch = t[1].cast<std::string>();
+                if (mch != Policy::name)
+                    bind::value_err(fn, "a PackedWeight of march '" + mch + "' cannot be loaded by march '" +
+                                        Policy::name + "'");
+                if (op != "conv2d" && op != "linear") bind::value_err(fn, "unknown op '" + op + "'");
+                return bind::make_packed<Policy>(fn, op, t[2], bind::get_int(fn, "groups", t[3]));
+            }));
+    m.def("pack_conv2d_weight",
+          [](const py::object& weight, const py::object& groups) {
+              const char* fn = "pack_conv2d_weight";
+              return bind::make_packed<Policy>(fn, "conv2d", weight, bind::get_int(fn, "groups", groups));
+          },
+          py::arg("weight"), py::arg("groups") = 1,
+          "Pack int8 conv weights [O, C//groups, KH, KW] once; pass the result as conv2d's weight (same groups).");
+    m.def("pack_linear_weight",
+          [](const py::object& weight) { return bind::make_packed<Policy>("pack_linear_weight", "linear", weight, 1); },
+          py::arg("weight"), "Pack int8 linear weights [N, K] once; pass the result as linear's weight.");
     m.def("cpu_features", &bind::cpu_features_py<Policy>,
           "CPU features seen at run time and the GEMM path selected ('kernel').");
 }

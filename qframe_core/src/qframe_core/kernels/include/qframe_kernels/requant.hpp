@@ -9,10 +9,15 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
 #include "rounding.hpp"
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#endif
 
 namespace qframe_kernels {
 
@@ -108,6 +113,176 @@ inline void requant_row(const TAcc* acc, int64_t n, int64_t bias, int64_t m, int
         out[j] = static_cast<TOut>(y);
     }
 }
+
+// ---------------------------------------------------------------- vector epilogues
+// requant_row for int32 accumulators with AVX-512F / AVX2, lane-exact with the
+// scalar definition: v = acc + bias in int64; when every lane of a vector has
+// v in [-2**31, 2**31) (always, for real layers), p = v*m + r*rm is formed
+// with 32x32->64 signed multiplies (|p| < 2**62 + 2**46), rounded with the
+// march rule by 64-bit arithmetic shifts, clamped and narrowed.  Vectors
+// with an out-of-range lane, and the tail, take the scalar path.
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+namespace detail {
+
+template <class Rounding>
+struct VecRound512;
+template <>
+struct VecRound512<RoundHalfUp> {
+    __attribute__((target("avx512f"))) static inline __m512i apply(__m512i p, __m128i cnt, __m512i half, __m512i) {
+        return _mm512_sra_epi64(_mm512_add_epi64(p, half), cnt);
+    }
+};
+template <>
+struct VecRound512<RoundHalfEven> {
+    __attribute__((target("avx512f"))) static inline __m512i apply(__m512i p, __m128i cnt, __m512i half,
+                                                                   __m512i mask) {
+        const __m512i q = _mm512_sra_epi64(p, cnt);
+        const __m512i r = _mm512_and_si512(p, mask);
+        const __m512i one = _mm512_set1_epi64(1);
+        const __mmask8 up = _mm512_cmpgt_epi64_mask(r, half) |
+                            (_mm512_cmpeq_epi64_mask(r, half) & _mm512_test_epi64_mask(q, one));
+        return _mm512_mask_add_epi64(q, up, q, one);
+    }
+};
+
+template <class TRes>
+__attribute__((target("avx512f,avx512bw"))) inline __m512i load_res8_512(const TRes* r) {
+    if constexpr (sizeof(TRes) == 1)
+        return _mm512_cvtepi8_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r)));
+    else
+        return _mm512_cvtepi16_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r)));
+}
+
+template <class TOut>
+__attribute__((target("avx512f,avx512bw"))) inline void store8_512(TOut* out, __m512i y) {
+    if constexpr (sizeof(TOut) == 1)
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm512_cvtepi64_epi8(y));
+    else if constexpr (sizeof(TOut) == 2)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi64_epi16(y));
+    else
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi64_epi32(y));
+}
+
+template <class Rounding, class TRes, class TOut>
+__attribute__((target("avx512f,avx512bw"))) void requant_row_avx512(const int32_t* acc, int64_t n, int64_t bias,
+                                                                    int64_t m, int s, const TRes* res, int64_t rm,
+                                                                    int64_t lo, int64_t hi, TOut* out) {
+    constexpr int64_t lim = static_cast<int64_t>(1) << 31;
+    int64_t j = 0;
+    if (m < lim && (res == nullptr || rm < lim)) {
+        const __m512i vb = _mm512_set1_epi64(bias), vm = _mm512_set1_epi64(m), vrm = _mm512_set1_epi64(rm);
+        const __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
+        const __m512i vmin = _mm512_set1_epi64(-lim), vmax = _mm512_set1_epi64(lim - 1);
+        const __m512i half = _mm512_set1_epi64((static_cast<int64_t>(1) << s) >> 1);
+        const __m512i mask = _mm512_set1_epi64((static_cast<int64_t>(1) << s) - 1);
+        const __m128i cnt = _mm_cvtsi32_si128(s);
+        for (; j + 8 <= n; j += 8) {
+            const __m512i v =
+                _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + j))), vb);
+            if (_mm512_cmpgt_epi64_mask(v, vmax) | _mm512_cmplt_epi64_mask(v, vmin)) {
+                requant_row<Rounding>(acc + j, 8, bias, m, s, res ? res + j : res, rm, lo, hi, out + j);
+                continue;
+            }
+            __m512i p = _mm512_mul_epi32(v, vm);
+            if (res) p = _mm512_add_epi64(p, _mm512_mul_epi32(load_res8_512(res + j), vrm));
+            __m512i y = s == 0 ? p : VecRound512<Rounding>::apply(p, cnt, half, mask);
+            y = _mm512_min_epi64(_mm512_max_epi64(y, vlo), vhi);
+            store8_512(out + j, y);
+        }
+    }
+    if (j < n) requant_row<Rounding>(acc + j, n - j, bias, m, s, res ? res + j : res, rm, lo, hi, out + j);
+}
+
+// AVX2 helpers: 4 int64 lanes.
+__attribute__((target("avx2"))) inline __m256i sra64_avx2(__m256i x, __m128i cnt) {
+    const __m256i sign = _mm256_cmpgt_epi64(_mm256_setzero_si256(), x);
+    return _mm256_xor_si256(_mm256_srl_epi64(_mm256_xor_si256(x, sign), cnt), sign);
+}
+
+template <class Rounding>
+struct VecRound256;
+template <>
+struct VecRound256<RoundHalfUp> {
+    __attribute__((target("avx2"))) static inline __m256i apply(__m256i p, __m128i cnt, __m256i half, __m256i) {
+        return sra64_avx2(_mm256_add_epi64(p, half), cnt);
+    }
+};
+template <>
+struct VecRound256<RoundHalfEven> {
+    __attribute__((target("avx2"))) static inline __m256i apply(__m256i p, __m128i cnt, __m256i half, __m256i mask) {
+        const __m256i q = sra64_avx2(p, cnt);
+        const __m256i r = _mm256_and_si256(p, mask);
+        const __m256i one = _mm256_set1_epi64x(1);
+        const __m256i up = _mm256_or_si256(
+            _mm256_cmpgt_epi64(r, half),
+            _mm256_and_si256(_mm256_cmpeq_epi64(r, half), _mm256_cmpeq_epi64(_mm256_and_si256(q, one), one)));
+        return _mm256_sub_epi64(q, up);  // up is 0 / -1
+    }
+};
+
+template <class TRes>
+__attribute__((target("avx2"))) inline __m256i load_res4_256(const TRes* r) {
+    if constexpr (sizeof(TRes) == 1) {
+        int32_t v;
+        std::memcpy(&v, r, 4);
+        return _mm256_cvtepi8_epi64(_mm_cvtsi32_si128(v));
+    } else {
+        return _mm256_cvtepi16_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r)));
+    }
+}
+
+template <class TOut>
+__attribute__((target("avx2"))) inline void store4_256(TOut* out, __m256i y) {
+    // y is clamped to TOut's range: take the low 32 bits of each lane, then narrow.
+    const __m128i d = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(y, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
+    if constexpr (sizeof(TOut) == 4) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), d);
+    } else if constexpr (sizeof(TOut) == 2) {
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packs_epi32(d, d));
+    } else {
+        const __m128i w = _mm_packs_epi32(d, d);
+        const int32_t b = _mm_cvtsi128_si32(_mm_packs_epi16(w, w));
+        std::memcpy(out, &b, 4);
+    }
+}
+
+__attribute__((target("avx2"))) inline __m256i clamp64_avx2(__m256i y, __m256i lo, __m256i hi) {
+    y = _mm256_blendv_epi8(y, lo, _mm256_cmpgt_epi64(lo, y));
+    return _mm256_blendv_epi8(y, hi, _mm256_cmpgt_epi64(y, hi));
+}
+
+template <class Rounding, class TRes, class TOut>
+__attribute__((target("avx2"))) void requant_row_avx2(const int32_t* acc, int64_t n, int64_t bias, int64_t m, int s,
+                                                      const TRes* res, int64_t rm, int64_t lo, int64_t hi, TOut* out) {
+    constexpr int64_t lim = static_cast<int64_t>(1) << 31;
+    int64_t j = 0;
+    if (m < lim && (res == nullptr || rm < lim)) {
+        const __m256i vb = _mm256_set1_epi64x(bias), vm = _mm256_set1_epi64x(m), vrm = _mm256_set1_epi64x(rm);
+        const __m256i vlo = _mm256_set1_epi64x(lo), vhi = _mm256_set1_epi64x(hi);
+        const __m256i vmin = _mm256_set1_epi64x(-lim), vmax = _mm256_set1_epi64x(lim - 1);
+        const __m256i half = _mm256_set1_epi64x((static_cast<int64_t>(1) << s) >> 1);
+        const __m256i mask = _mm256_set1_epi64x((static_cast<int64_t>(1) << s) - 1);
+        const __m128i cnt = _mm_cvtsi32_si128(s);
+        for (; j + 4 <= n; j += 4) {
+            const __m256i v = _mm256_add_epi64(
+                _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(acc + j))), vb);
+            if (!_mm256_testz_si256(_mm256_or_si256(_mm256_cmpgt_epi64(v, vmax), _mm256_cmpgt_epi64(vmin, v)),
+                                    _mm256_set1_epi64x(-1))) {
+                // a lane with v outside [-2**31, 2**31): the scalar path is exact
+                requant_row<Rounding>(acc + j, 4, bias, m, s, res ? res + j : res, rm, lo, hi, out + j);
+                continue;
+            }
+            __m256i p = _mm256_mul_epi32(v, vm);
+            if (res) p = _mm256_add_epi64(p, _mm256_mul_epi32(load_res4_256(res + j), vrm));
+            __m256i y = s == 0 ? p : VecRound256<Rounding>::apply(p, cnt, half, mask);
+            store4_256(out + j, clamp64_avx2(y, vlo, vhi));
+        }
+    }
+    if (j < n) requant_row<Rounding>(acc + j, n - j, bias, m, s, res ? res + j : res, rm, lo, hi, out + j);
+}
+
+}  // namespace detail
+#endif
 
 // Raw mode: clamp(saturate_int32(acc + bias), lo, hi).
 template <class TAcc, class TOut>
