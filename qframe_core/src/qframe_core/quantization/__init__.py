@@ -3,11 +3,12 @@
 from .fake_quantize import FakeQuantize, FakeQuantState, load_observer_params, set_fake_quantize
 from .fx import convert_fx, fuse_fx, prepare_qat_fx
 from .observer import ObserverBase
+from .prepare_with_setter import prepare
 from .qconfig import QConfig, get_default_qat_qconfig, get_default_qconfig
 from .stubs import DeQuantStub, QuantStub
 
 __all__ = [
     "DeQuantStub", "FakeQuantState", "FakeQuantize", "ObserverBase", "QConfig", "QuantStub", "convert_fx",
-    "fuse_fx", "get_default_qat_qconfig", "get_default_qconfig", "load_observer_params", "prepare_qat_fx",
+    "fuse_fx", "get_default_qat_qconfig", "get_default_qconfig", "load_observer_params", "prepare", "prepare_qat_fx",
     "set_fake_quantize",
 ]

@@ -31,17 +31,22 @@ def _node_matches(gm: fx.GraphModule, node: fx.Node, matcher: Any) -> bool:
     return False
 
 
-def match_chain(gm: fx.GraphModule, start: fx.Node, pattern: FusionPattern) -> Optional[tuple[list[fx.Node], Optional[fx.Node]]]:
-    """The nodes of ``pattern`` starting at ``start`` and the residual input of its add, or None."""
+def match_chain(gm: fx.GraphModule, start: fx.Node, pattern: FusionPattern,
+                single_use: bool = True) -> Optional[tuple[list[fx.Node], Optional[fx.Node]]]:
+    """The nodes of ``pattern`` starting at ``start`` and the residual input of its add, or None.
+
+    With ``single_use=False`` a chain link may have other users too (it then cannot be
+    fused; model checks use this to report fusable-but-unfused chains).
+    """
     if not _node_matches(gm, start, pattern.sequence[0]):
         return None
     chain, other = [start], None
     cur = start
     for matcher in pattern.sequence[1:]:
-        users = list(cur.users)
-        if len(users) != 1 or not _node_matches(gm, users[0], matcher):
+        candidates = [u for u in cur.users if _node_matches(gm, u, matcher)]
+        if not candidates or (single_use and len(cur.users) != 1):
             return None
-        nxt = users[0]
+        nxt = candidates[0]
         ins = tensor_inputs(nxt)
         if matcher == "add":
             if len(ins) != 2 or ins[0] is ins[1] or nxt.kwargs:
