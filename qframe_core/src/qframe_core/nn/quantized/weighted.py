@@ -13,6 +13,12 @@ from .kernels import as_array, dtype_name, march_kernels, to_int32
 
 
 class _WeightedQuantized(nn.Module):
+    """Holds the integer parameters as buffers (what state_dict saves) and the
+    weights packed for the march's GEMM kernels (a ``PackedWeight``, packed in
+    ``from_qat`` and reused by every forward).  The pack is derived data: it
+    is not saved, and it is rebuilt on first use after unpickling, deepcopy,
+    ``load_state_dict`` or any in-place change of the ``weight`` buffer."""
+
     _qframe_leaf = True
 
     def __init__(self, p: WeightedIntParams, march: str, name: str) -> None:
@@ -30,6 +36,31 @@ class _WeightedQuantized(nn.Module):
         self.out_ch_axis = p.output.ch_axis
         self.clamp_min = p.clamp_min
         self.clamp_max = p.clamp_max
+        self._packed = None
+        self._packed_key = None
+
+    def _pack(self, k):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def packed_weight(self):
+        """The ``PackedWeight`` of the current ``weight`` buffer (packed once, repacked if it changed)."""
+        w = self.weight
+        key = (self.march, w.data_ptr(), w._version, tuple(w.shape))
+        if self._packed is None or self._packed_key != key:
+            self._packed = self._pack(march_kernels(self.march))
+            self._packed_key = key
+        return self._packed
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_packed"] = None
+        state["_packed_key"] = None
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("_packed", None)
+        self.__dict__.setdefault("_packed_key", None)
 
     def output_params(self) -> QuantParams:
         return QuantParams(self.out_scale, self.out_dtype, self.out_ch_axis)
@@ -53,14 +84,18 @@ class Conv2d(_WeightedQuantized):
     def from_qat(cls, qat: nn.Module) -> Conv2d:
         mod = cls(qat.integer_params(), qat.march, qat.qframe_name)
         mod.stride, mod.padding, mod.dilation, mod.groups = qat.stride, qat.padding, qat.dilation, qat.groups
+        mod.packed_weight()
         return mod
+
+    def _pack(self, k):
+        return k.pack_conv2d_weight(self.weight.detach().contiguous().numpy(), int(self.groups))
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         k = march_kernels(self.march)
         lo, hi = self._clamp_bounds()
         raw = self.multiplier is None
         out = k.conv2d(
-            as_array(x, "input", self.qframe_name), self.weight.numpy(), to_int32(self.bias),
+            as_array(x, "input", self.qframe_name), self.packed_weight(), to_int32(self.bias),
             tuple(self.stride), tuple(self.padding), tuple(self.dilation), int(self.groups),
             None if raw else self.multiplier.numpy(), None if raw else self.shift.numpy(),
             dtype_name(self.out_dtype.bits), lo, hi,
@@ -79,7 +114,12 @@ class Linear(_WeightedQuantized):
 
     @classmethod
     def from_qat(cls, qat: nn.Module) -> Linear:
-        return cls(qat.integer_params(), qat.march, qat.qframe_name)
+        mod = cls(qat.integer_params(), qat.march, qat.qframe_name)
+        mod.packed_weight()
+        return mod
+
+    def _pack(self, k):
+        return k.pack_linear_weight(self.weight.detach().contiguous().numpy())
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         if other is not None:
@@ -90,7 +130,7 @@ class Linear(_WeightedQuantized):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         out = k.linear(
-            as_array(x2, "input", self.qframe_name), self.weight.numpy(), to_int32(self.bias),
+            as_array(x2, "input", self.qframe_name), self.packed_weight(), to_int32(self.bias),
             None if raw else self.multiplier.numpy(), None if raw else self.shift.numpy(),
             dtype_name(self.out_dtype.bits), lo, hi,
         )
