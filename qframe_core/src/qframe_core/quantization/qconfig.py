@@ -15,9 +15,11 @@ import attrs
 import torch
 
 from .fake_quantize import FakeQuantize
+from .lsq import LSQFakeQuantize
 
 #: fake-quant implementations selectable by name in get_default_qconfig
-FAKE_QUANT_CLASSES: dict[str, type] = {"fake_quant": FakeQuantize}
+#: (``"lsq"``: learned step size, see :mod:`qframe_core.quantization.lsq`)
+FAKE_QUANT_CLASSES: dict[str, type] = {"fake_quant": FakeQuantize, "lsq": LSQFakeQuantize}
 
 
 @attrs.frozen
@@ -43,7 +45,8 @@ def _fake_quant_factory(name: Optional[str], observer: Optional[str], qkwargs: O
         return None
     if name not in FAKE_QUANT_CLASSES:
         raise ValueError(f"unknown fake_quant {name!r}: choose one of {sorted(FAKE_QUANT_CLASSES)} or None")
-    return FAKE_QUANT_CLASSES[name].with_args(observer=observer, **{**defaults, **(qkwargs or {})})
+    # qkwargs may name the observer too (the seeds pass {"observer": FixedScaleObserver, "scale": ...})
+    return FAKE_QUANT_CLASSES[name].with_args(**{"observer": observer, **defaults, **(qkwargs or {})})
 
 
 _ACTIVATION_DEFAULTS = {"dtype": "qint8", "qscheme": torch.per_tensor_symmetric, "ch_axis": -1}
@@ -63,7 +66,12 @@ def get_default_qconfig(
 
     Activations default to per-tensor qint8, weights to per-output-channel qint8
     (``ch_axis=0``).  ``activation_fake_quant=None`` (or observer None) gives a
-    high-precision int32 output.
+    high-precision int32 output.  ``*_fake_quant`` is a key of
+    :data:`FAKE_QUANT_CLASSES` (``"fake_quant"`` or ``"lsq"``); ``*_observer`` is a
+    registered observer name (``"min_max"``, ``"percentile"``, ``"mse"``, ``"kl"``,
+    ``"mix"``, ``"fixed_scale"`` with qframe-observers).  ``*_qkwargs`` go to the
+    fake-quantize and its observer, and may override the observer
+    (``{"observer": FixedScaleObserver, "scale": 1 / 2 ** 15, "dtype": qint16}``).
     """
     return QConfig(
         activation=_fake_quant_factory(activation_fake_quant, activation_observer, activation_qkwargs,
@@ -87,3 +95,7 @@ default_qat_out_8bit_fake_quant_qconfig = get_default_qat_qconfig(activation_fak
 default_calib_out_8bit_fake_quant_qconfig = get_default_calib_qconfig(activation_fake_quant=None)
 default_qat_8bit_weight_32bit_out_fake_quant_qconfig = get_default_qat_qconfig(activation_fake_quant=None)
 default_calib_8bit_weight_32bit_out_fake_quant_qconfig = get_default_calib_qconfig(activation_fake_quant=None)
+#: LSQ (learned step size) for activations and weights; see :mod:`qframe_core.quantization.lsq`
+default_qat_8bit_lsq_quant_qconfig = get_default_qat_qconfig(activation_fake_quant="lsq", weight_fake_quant="lsq")
+default_qat_8bit_weight_32bit_out_lsq_quant_qconfig = get_default_qat_qconfig(activation_fake_quant=None,
+                                                                              weight_fake_quant="lsq")
