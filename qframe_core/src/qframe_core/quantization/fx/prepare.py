@@ -28,6 +28,7 @@ from ..qconfig import QConfig
 from ..stubs import DeQuantStub, QuantStub
 from .fuse import fuse_graph
 from .graph_utils import describe, module_name_of, module_of, op_key, op_nodes, quantized_region, tensor_inputs
+from .hybrid import insert_hybrid_boundaries
 from .qconfig_resolution import QConfigResolver
 from .tracer import is_torch_stub, symbolic_trace
 
@@ -39,8 +40,8 @@ FUNCTIONAL_TO_METHOD: dict[str, tuple[tuple, tuple[str, ...]]] = {
     "cat": ((torch.cat, torch.concat), ()),
 }
 
-DEFAULT_WAY_OUT = ("keep it outside the QuantStub/DeQuantStub region (float), or change the model to use an op "
-                   "the march supports")
+DEFAULT_WAY_OUT = ("run it on the CPU with prepare_qat_fx(..., hybrid=True), keep it outside the "
+                   "QuantStub/DeQuantStub region (float), or change the model to use an op the march supports")
 
 
 def is_quant_stub(m: nn.Module) -> bool:
@@ -53,15 +54,12 @@ def is_dequant_stub(m: nn.Module) -> bool:
 
 # -- pass 3 -----------------------------------------------------------------------------
 def _scope_of(gm: fx.GraphModule, node: fx.Node) -> str:
+    """The qualified name of the module whose forward wrote ``node`` ("" at the top level)."""
     stack = node.meta.get("nn_module_stack") or {}
     for value in reversed(list(stack.values())):
         path = value[0] if isinstance(value, tuple) else None
-        if isinstance(path, str) and path:
-            try:
-                gm.get_submodule(path)
-                return path
-            except AttributeError:
-                continue
+        if isinstance(path, str) and path and all(part.isidentifier() or part.isdigit() for part in path.split(".")):
+            return path
     return ""
 
 
@@ -278,7 +276,10 @@ def prepare_qat_fx(
         prepare_custom_config_dict: ``{"preserved_attributes": [names]}`` copies
             those attributes of ``model`` onto the result.
         optimize_graph: share cat input/output scales (not available yet).
-        hybrid, hybrid_dict: CPU/float islands inside the quantized region (not available yet).
+        hybrid: keep ops the march cannot run (and those of ``hybrid_dict``) float, inserting
+            ``<op>_input_dequant`` / ``<producer>_activation_post_process`` boundaries
+            (see :mod:`.hybrid`); without it such ops are an error.
+        hybrid_dict: ``{"module_name": [...], "module_type": [...]}`` of ops to run on the CPU.
         march: overrides the current march.
 
     Returns:
@@ -289,9 +290,8 @@ def prepare_qat_fx(
         TraceError: when torch.fx cannot trace the model.
     """
     spec = resolve_march(march)
-    if hybrid or hybrid_dict:
-        raise NotImplementedError("prepare_qat_fx(hybrid=True) is not available yet: keep float parts outside the "
-                                  "QuantStub/DeQuantStub region for now")
+    if hybrid_dict and not hybrid:
+        raise ValueError("prepare_qat_fx: hybrid_dict is only used with hybrid=True")
     if optimize_graph:
         raise NotImplementedError("prepare_qat_fx(optimize_graph=True) is not available yet")
     resolver = QConfigResolver(model, qconfig_dict)
@@ -301,6 +301,7 @@ def prepare_qat_fx(
     if gm.meta.get("qframe_fused_for") != spec.name:
         fuse_graph(gm, spec.name)
     functionals_to_modules(gm)
+    cpu_ops = insert_hybrid_boundaries(gm, spec.name, resolver, hybrid_dict) if hybrid else []
     float_ops = _check_and_swap(gm, spec.name, resolver)
     _bind_inputs(gm, spec.name, float_ops)
     for attr in preserved:
@@ -308,5 +309,6 @@ def prepare_qat_fx(
     gm.meta["qframe_march"] = spec.name
     gm.meta["qframe_stage"] = "qat"
     gm.meta["qframe_float_ops"] = float_ops
+    gm.meta["qframe_cpu_ops"] = cpu_ops
     gm.recompile()
     return gm

@@ -1,0 +1,133 @@
+"""Hybrid models: the seeds' example, boundaries named as the seeds print them, integer == QAT validation."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from qframe_core.errors import UnsupportedOpError
+from qframe_core.march import march
+from qframe_core.quantization import (
+    DeQuantStub,
+    FakeQuantState,
+    QuantStub,
+    convert_fx,
+    load_observer_params,
+    prepare_qat_fx,
+    set_fake_quantize,
+)
+from qframe_core.quantization.qconfig import (
+    default_calib_8bit_fake_quant_qconfig,
+    default_calib_out_8bit_fake_quant_qconfig,
+    default_qat_8bit_fake_quant_qconfig,
+    default_qat_out_8bit_fake_quant_qconfig,
+)
+
+
+class _ConvBlock(nn.Module):
+    def __init__(self, channels=3):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 1)
+        self.prelu = torch.nn.PReLU()
+
+    def forward(self, input):
+        x = self.conv(input)
+        x = self.prelu(x)
+        return torch.nn.functional.selu(x)
+
+
+class _SeluModule(nn.Module):
+    def forward(self, input):
+        return torch.nn.functional.selu(input)
+
+
+class HybridModel(nn.Module):
+    """The seeds' hybrid example (dev guide, 异构模型指南)."""
+
+    def __init__(self, channels=3):
+        super().__init__()
+        self.quant = QuantStub()
+        self.conv0 = nn.Conv2d(channels, channels, 1)
+        self.prelu = torch.nn.PReLU()
+        self.conv1 = _ConvBlock(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 1)
+        self.conv3 = nn.Conv2d(channels, channels, 1)
+        self.conv4 = nn.Conv2d(channels, channels, 1)
+        self.selu = _SeluModule()
+        self.dequant = DeQuantStub()
+        self.identity = torch.nn.Identity()
+
+    def forward(self, input):
+        x = self.quant(input)
+        x = self.conv0(x)
+        x = self.identity(x)
+        x = self.prelu(x)
+        x = torch.nn.functional.selu(x)
+        x = self.conv1(x)
+        x = self.conv2(x)
+        x = self.conv3(x)
+        x = self.identity(x)
+        x = self.conv4(x)
+        x = self.selu(x)
+        return self.dequant(x)
+
+
+HYBRID_DICT = {"module_name": ["conv1.conv", "conv3"], "module_type": [_SeluModule]}
+
+
+@pytest.mark.parametrize("m", ["bernoulli2", "bayes"])
+def test_seed_hybrid_example(m):
+    torch.manual_seed(0)
+    data = torch.rand(1, 3, 16, 16)
+    model = HybridModel()
+    float_res = model(data)
+    with march(m):
+        calib = prepare_qat_fx(copy.deepcopy(model), {
+            "": default_calib_8bit_fake_quant_qconfig,
+            "module_name": [("conv4", default_calib_out_8bit_fake_quant_qconfig)]}, hybrid=True, hybrid_dict=HYBRID_DICT)
+        qat = prepare_qat_fx(copy.deepcopy(model), {
+            "": default_qat_8bit_fake_quant_qconfig,
+            "module_name": [("conv4", default_qat_out_8bit_fake_quant_qconfig)]}, hybrid=True, hybrid_dict=HYBRID_DICT)
+    children = dict(qat.named_children())
+    # boundaries named as the seeds print them (functional selu became a generated module)
+    assert {"prelu_input_dequant", "conv3_input_dequant", "conv3_activation_post_process",
+            "selu__generated_selu_2_input_dequant"} <= set(children)
+    # selu runs on bayes (segment table) but not on bernoulli2: the quantizing stub before conv2 moves
+    before_conv2 = "conv1__generated_selu_1_activation_post_process" if m == "bernoulli2" else \
+        "conv1_prelu_activation_post_process"
+    assert before_conv2 in children
+    assert qat.graph.find_nodes(op="call_module", target="conv3_activation_post_process")[0].next.target == "identity"
+    # CPU ops stay float modules; BPU ops are QAT modules
+    assert type(qat.conv3) is nn.Conv2d and type(qat.conv1.conv) is nn.Conv2d and type(qat.prelu) is nn.PReLU
+    assert type(qat.conv0).__module__.startswith("qframe_core.nn.qat")
+    assert type(qat.conv2).__module__.startswith("qframe_core.nn.qat")
+    assert qat.conv4.activation_post_process is None  # high-precision BPU output
+    assert "conv3" in qat.meta["qframe_cpu_ops"]
+
+    calib.eval()
+    set_fake_quantize(calib, FakeQuantState.CALIBRATION)
+    for _ in range(3):
+        calib(torch.rand(1, 3, 16, 16))
+    load_observer_params(calib, qat)
+    qat.eval()
+    set_fake_quantize(qat, FakeQuantState.VALIDATION)
+    expected = qat(data)
+    quantized = convert_fx(qat)
+    got = quantized(data)
+    assert torch.equal(got, expected), (got - expected).abs().max()
+    assert torch.nn.functional.cosine_similarity(got.flatten(), float_res.flatten(), dim=0) > 0.99
+    assert type(quantized.conv3) is nn.Conv2d  # still float after convert
+
+
+def test_without_hybrid_the_unsupported_op_is_an_error_that_suggests_it():
+    with march("bayes"), pytest.raises(UnsupportedOpError, match=r"'prelu' \(torch.nn.PReLU\).*hybrid=True"):
+        prepare_qat_fx(HybridModel(), {"": default_qat_8bit_fake_quant_qconfig})
+
+
+def test_hybrid_dict_needs_hybrid_and_known_keys():
+    with march("bayes"), pytest.raises(ValueError, match="only used with hybrid=True"):
+        prepare_qat_fx(HybridModel(), {"": default_qat_8bit_fake_quant_qconfig}, hybrid_dict=HYBRID_DICT)
+    with march("bayes"), pytest.raises(ValueError, match="unknown keys"):
+        prepare_qat_fx(HybridModel(), {"": default_qat_8bit_fake_quant_qconfig}, hybrid=True,
+                       hybrid_dict={"module_names": ["conv3"]})
