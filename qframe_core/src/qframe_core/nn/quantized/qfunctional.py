@@ -10,7 +10,8 @@ from torch import nn
 from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
 from .. import integer_functional as intf
-from .kernels import as_array, dtype_name, march_kernels
+from . import ops
+from .kernels import dtype_name
 
 
 class QFunctional(nn.Module):
@@ -42,12 +43,8 @@ class QFunctional(nn.Module):
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._check("add")
         p = self.params
-        a, b = torch.broadcast_tensors(x, y)
-        out = march_kernels(self.march).add(
-            as_array(a, "input 0", self.qframe_name), as_array(b, "input 1", self.qframe_name),
-            p.multiplier_a, p.multiplier_b, p.shift, dtype_name(p.output.dtype.bits),
-            p.output.dtype.quant_min, p.output.dtype.quant_max)
-        return torch.from_numpy(out)
+        return ops.add(self.march, x, y, p.multiplier_a, p.multiplier_b, p.shift, dtype_name(p.output.dtype.bits),
+                       p.output.dtype.quant_min, p.output.dtype.quant_max, self.qframe_name)
 
     def _torch_int(self, method: str, fn: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         self._check(method)
