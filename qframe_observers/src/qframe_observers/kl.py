@@ -82,7 +82,10 @@ class KLObserver(HistogramObserverBase):
     (:func:`kl_divergences`) runs on the first step and then every
     ``update_interval`` steps, on all data seen so far.  The threshold is the
     upper edge of the best candidate's last bin, ``i * hist_max / bins``
-    (first minimum), capped at the observed maximum.
+    (first minimum), capped at the observed maximum.  Exact zeros are left out of
+    the divergence: they quantize exactly at any scale, and a post-ReLU spike in
+    bin 0 would otherwise push the search to the smallest candidates (NVIDIA's
+    implementation copies bin 1 into bin 0 for the same reason).
 
     ``update_interval`` larger than the number of calibration steps does not
     leave the observer without parameters (the first step's answer stands), but
@@ -146,6 +149,9 @@ class KLObserver(HistogramObserverBase):
                               f"'mse' or 'percentile' observer for this dtype", RuntimeWarning, stacklevel=2)
                 self._warned_levels = True
             return amax.double()
+        # exact zeros (a post-ReLU spike) quantize exactly at any scale: leave them out of P and Q
+        hist = hist.clone()
+        hist[:, 0] = (hist[:, 0] - self.synced_zeros().to(hist)).clamp(min=0)
         div = kl_divergences(hist, self.levels)
         best = div.argmin(dim=1) + self.levels  # bins kept
         return best.double() * hist_max.double().to(hist.device) / self.bins

@@ -8,6 +8,7 @@ any third-party one).  It keeps, per tensor (``C = 1``) or per channel
 * ``hist`` — ``[C, bins]`` float64 counts of ``|x|`` over ``[0, hist_max)``;
 * ``hist_max`` — ``[C]`` upper edge of the histogram range;
 * ``amax`` — ``[C]`` exact running maximum of ``|x|``;
+* ``zeros`` — ``[C]`` how many of the counts in bin 0 are exact zeros (a post-ReLU spike);
 * ``steps`` — number of ``forward`` calls that saw data.
 
 Symmetric quantization only depends on ``|x|``, so one-sided histograms spend
@@ -93,8 +94,9 @@ def histogram_quantization_error(hist: torch.Tensor, hist_max: torch.Tensor, thr
     """Sum of squared quantize-dequantize errors of the histogrammed ``|x|`` for each candidate threshold.
 
     The candidate threshold ``T`` gives the scale ``s = T / ((quant_max - quant_min) / 2)``
-    (qframe's symmetric rule); a magnitude ``v`` dequantizes to
-    ``s * min(round(v / s), quant_max)``.  Counts are taken as uniformly spread
+    (qframe's symmetric rule); a magnitude ``v`` dequantizes to ``s * round(v / s)``
+    saturated at ``T`` — the mean of the positive (``quant_max * s``) and negative
+    (``|quant_min| * s``) clip levels, since the histogram does not keep signs.  Counts are taken as uniformly spread
     inside their bin and the error is integrated exactly over each bin (closed
     form), so the figure stays accurate when the step is smaller than a bin.
 
@@ -116,7 +118,7 @@ def histogram_quantization_error(hist: torch.Tensor, hist_max: torch.Tensor, thr
         width = hist_max[blk].double().reshape(-1, 1, 1) / b  # [c,1,1]
         edges = torch.arange(b + 1, dtype=torch.float64, device=hist.device).reshape(1, 1, -1) * width
         s = (thresholds[blk].double() / half_range).clamp(min=1e-30).unsqueeze(-1)  # [c,M,1]
-        prim = _error_primitive(edges, s, quant_max * s)  # [c,M,B+1]
+        prim = _error_primitive(edges, s, half_range * s)  # [c,M,B+1]; clip at the mean of |qmin|, qmax
         per_bin = prim[..., 1:] - prim[..., :-1]
         density = torch.where(width > 0, h.unsqueeze(1) / width.clamp(min=1e-300), torch.zeros_like(width))
         out[blk] = (per_bin * density).sum(-1)
@@ -149,6 +151,7 @@ class HistogramObserverBase(ObserverBase):
         self.register_buffer("hist", torch.zeros(n, bins, dtype=torch.float64, device=device))
         self.register_buffer("hist_max", torch.zeros(n, device=device))
         self.register_buffer("amax", torch.zeros(n, device=device))
+        self.register_buffer("zeros", torch.zeros(n, dtype=torch.float64, device=device))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long, device=device))
         self._version = 0
         self._cached: Optional[tuple[int, torch.Tensor]] = None
@@ -161,6 +164,7 @@ class HistogramObserverBase(ObserverBase):
         self.hist = torch.zeros(n, self.bins, dtype=torch.float64, device=dev)
         self.hist_max = torch.zeros(n, device=dev)
         self.amax = torch.zeros(n, device=dev)
+        self.zeros = torch.zeros(n, dtype=torch.float64, device=dev)
         self.steps.zero_()
         self._version += 1
 
@@ -196,12 +200,15 @@ class HistogramObserverBase(ObserverBase):
             self.hist = torch.zeros(c, self.bins, dtype=torch.float64, device=dev)
             self.hist_max = torch.zeros(c, device=dev)
             self.amax = torch.zeros(c, device=dev)
+            self.zeros = torch.zeros(c, dtype=torch.float64, device=dev)
         row_max = row_max.to(self.hist_max.device)
         if self.steps.item() == 0:
             self.hist_max = row_max.clone()
         elif bool((row_max > self.hist_max).any()):
             self._grow(row_max)
         self.amax = torch.maximum(self.amax, row_max)
+        if finite is not None:
+            mags = torch.where(finite, mags, torch.ones_like(mags))  # binned into the dump column
         self._accumulate(mags.to(self.hist.device), finite)
         self.steps += 1
         self._version += 1
@@ -226,19 +233,26 @@ class HistogramObserverBase(ObserverBase):
         c, b = mags.shape[0], self.bins
         hm = self.hist_max.reshape(-1, 1)
         factor = torch.where(hm > 0, b / hm.clamp(min=1e-38), torch.zeros_like(hm))
-        idx = (mags * factor).to(torch.int32).clamp_(0, b - 1)  # floor for |x| >= 0; |x| == hist_max -> last bin
-        cols = b
+        self.zeros += (mags.shape[1] - torch.count_nonzero(mags, dim=1)).to(self.zeros.dtype)
+        # floor(|x| * bins / hist_max) in [0, bins]; |x| == hist_max lands in column `bins`, folded below
+        idx = mags.mul_(factor).to(torch.int32)
+        cols = b + 1
         if finite is not None:
-            idx = torch.where(finite, idx, torch.full_like(idx, b))  # non-finite -> a dump column
-            cols = b + 1
+            idx = torch.where(finite, idx, torch.full_like(idx, b + 1))  # non-finite -> a dump column
+            cols = b + 2
         if c > 1:
             idx = idx + torch.arange(c, device=idx.device, dtype=idx.dtype).reshape(-1, 1) * cols
-        counts = torch.bincount(idx.reshape(-1), minlength=c * cols).reshape(c, cols)[:, :b]
-        self.hist += counts.to(self.hist.dtype)
+        counts = torch.bincount(idx.reshape(-1), minlength=c * cols).reshape(c, cols).to(self.hist.dtype)
+        counts[:, b - 1] += counts[:, b]
+        self.hist += counts[:, :b]
 
     # -- results ---------------------------------------------------------------------
     def has_data(self) -> bool:
         return self.hist.shape[0] > 0 and bool((self.hist.sum() > 0).item())
+
+    def synced_zeros(self) -> torch.Tensor:
+        """``[C]`` exact-zero counts (inside bin 0), summed across processes when ``is_sync_quantize``."""
+        return self.sync(self.zeros, "sum")
 
     def synced_histogram(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(hist, hist_max, amax)``, summed/maxed across processes when ``is_sync_quantize``.
