@@ -13,7 +13,12 @@ from .base import QATModule, make_fake_quant
 
 
 class QuantStub(QATModule):
-    """Fake-quantizes the model input; a fixed ``scale`` bypasses calibration."""
+    """Fake-quantizes the model input; a fixed ``scale`` bypasses calibration.
+
+    A QuantStub placed inside the quantized region (where one stage of a segmented
+    deployment ends) records the scale of the value it receives instead of
+    calibrating its own, and passes the value through.
+    """
 
     def __init__(self, activation_post_process: FakeQuantize, march: str) -> None:
         super().__init__()
@@ -32,9 +37,25 @@ class QuantStub(QATModule):
         return cls(fq, march)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._input_producers:
+            # inside the quantized region (segmented deployment): keep and record the incoming scale, so the
+            # next stage's input scale is the previous stage's output scale and the stages chain exactly
+            self._record_incoming()
+            return x
         return self.activation_post_process(x)
 
+    def _record_incoming(self) -> None:
+        incoming = self.input_params(0)
+        fq = self.activation_post_process
+        if fq.scale.shape != incoming.scale.shape:
+            fq.scale = incoming.scale.detach().clone().to(fq.scale.device)
+        else:
+            fq.scale.copy_(incoming.scale.detach())
+        fq.calibrated.fill_(True)
+
     def output_params(self) -> QuantParams:
+        if self._input_producers:
+            self._record_incoming()
         return self.activation_post_process.quant_params()
 
 

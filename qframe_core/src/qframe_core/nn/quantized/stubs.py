@@ -11,7 +11,11 @@ from ..qat.base import integer_tensor_to_float
 
 
 class Quantize(nn.Module):
-    """``clamp(round(x / scale))`` into the integer dtype — the same rule as fake quantization."""
+    """``clamp(round(x / scale))`` into the integer dtype — the same rule as fake quantization.
+
+    Integer input (a previous stage's output in a segmented deployment) is already at
+    this scale and passes through.
+    """
 
     _qframe_leaf = True
 
@@ -29,7 +33,8 @@ class Quantize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
-            raise TypeError(f"Quantize: expects float input, got {x.dtype}")
+            # integer data from a previous stage, already at this (recorded) scale
+            return x.to(self.dtype.torch_dtype)
         return quantize_to_int(x, self.scale, self.dtype).to(self.dtype.torch_dtype)
 
     def extra_repr(self) -> str:

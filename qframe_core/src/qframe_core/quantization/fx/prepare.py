@@ -234,6 +234,22 @@ def _producer(gm: fx.GraphModule, node: fx.Node, march: str, consumer: str) -> n
         )
 
 
+def _bind_segment_boundary(gm: fx.GraphModule, node: fx.Node, mod: nn.Module, march: str, name: str) -> None:
+    """A QuantStub fed by a quantized value marks a segment boundary: it records that value's scale."""
+    ins = tensor_inputs(node)
+    if not ins:
+        return
+    try:
+        producer = _producer(gm, ins[0], march, f"{name!r}")
+    except UnsupportedOpError:
+        return  # a float input: an ordinary QuantStub
+    if mod.activation_post_process.fixed_scale:
+        raise UnsupportedOpError(
+            f"{name!r}: a QuantStub inside the quantized region (a segment boundary) records the scale of its "
+            f"input, so it cannot have a fixed scale: create it with QuantStub(scale=None)")
+    mod.bind_inputs([producer])
+
+
 def _bind_inputs(gm: fx.GraphModule, march: str, float_ops: dict[str, Any]) -> None:
     problems = _Problems(march)
     for node in op_nodes(gm):
@@ -242,7 +258,8 @@ def _bind_inputs(gm: fx.GraphModule, march: str, float_ops: dict[str, Any]) -> N
         if not isinstance(mod, QATModule) or name not in float_ops:
             continue
         if float_ops[name] is QuantStub or (isinstance(float_ops[name], type) and float_ops[name].__name__ == "QuantStub"):
-            continue  # its input is the float model input
+            _bind_segment_boundary(gm, node, mod, march, name)
+            continue
         producers = [_producer(gm, i, march, f"{name!r}") for i in tensor_inputs(node)]
         mod.bind_inputs(producers)
         if node.op == "call_method":

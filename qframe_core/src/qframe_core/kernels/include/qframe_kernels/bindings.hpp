@@ -298,7 +298,10 @@ struct PackedWeight {
         for (PackedGemmWeight* p : {&p8, &p16})
             if (p->kern == &kern) return p;
         PackedGemmWeight& slot = in == DType::Int8 ? p8 : p16;
-        pack_gemm_weight(slot, kern, raw.data(), groups, rows(), K());
+        if (op == "conv2d")
+            pack_conv2d_gemm_weight(slot, kern, raw.data(), shape[0], shape[1], shape[2], shape[3], groups);
+        else
+            pack_gemm_weight(slot, kern, raw.data(), groups, rows(), K());
         return &slot;
     }
     size_t nbytes() const { return raw.size() + p8.nbytes() + p16.nbytes(); }

@@ -74,6 +74,26 @@ inline void pack_gemm_weight(PackedGemmWeight& pw, const GemmKernel& kern, const
                pw.comp.empty() ? nullptr : pw.comp.data() + g * rows);
 }
 
+// Channels of one group rounded up to the kernel's k-group (2 or 4), so that
+// a k-group never straddles two kernel taps.
+inline int64_t conv_group_channels(int64_t Cg, int kgroup) { return (Cg + kgroup - 1) / kgroup * kgroup; }
+
+// Conv weights [O, Cg, KH, KW] packed for `kern` with the GEMM reduction
+// ordered (kh, kw, c) and c padded to conv_group_channels (zero weights), the
+// order in which conv2d's channels-last activation panels are built.
+inline void pack_conv2d_gemm_weight(PackedGemmWeight& pw, const GemmKernel& kern, const int8_t* w, int64_t O,
+                                    int64_t Cg, int64_t KH, int64_t KW, int64_t groups) {
+    const int64_t CgP = conv_group_channels(Cg, kern.kgroup);
+    const int64_t K = KH * KW * CgP;
+    std::vector<int8_t> re(static_cast<size_t>(std::max<int64_t>(O * K, 1)), 0);
+    for (int64_t o = 0; o < O; ++o)
+        for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t kh = 0; kh < KH; ++kh)
+                for (int64_t kw = 0; kw < KW; ++kw)
+                    re[o * K + (kh * KW + kw) * CgP + c] = w[((o * Cg + c) * KH + kh) * KW + kw];
+    pack_gemm_weight(pw, kern, re.data(), groups, O / groups, K);
+}
+
 namespace detail {
 
 // out row = requant(acc + bias) for output channel o; `bias` already holds
@@ -106,93 +126,85 @@ inline void finish_row(Isa isa, const TAcc* acc, int64_t n, int64_t o, int64_t b
     requant_row<R>(acc, n, bias, m, s, res, rm, q.range.lo, q.range.hi, out);
 }
 
-// Values of input tap (c's plane, kh, kw) at output pixels [p0, p0+np): dst[j], 0 in the padding.
-template <class TIn>
-inline void gather_row(const Conv2dShape& s, const TIn* plane, int64_t kh, int64_t kw, int64_t p0, int64_t np,
-                       TIn* dst) {
-    int64_t oh = p0 / s.Wo, ow = p0 % s.Wo;
-    int64_t j = 0;
-    while (j < np) {
-        const int64_t seg = std::min(np - j, s.Wo - ow);
-        const int64_t ih = oh * s.sh - s.ph + kh * s.dh;
-        TIn* d = dst + j;
+constexpr int kMaxNR = 64;
+
+// Channels-last, padded copy of the input for the GEMM path:
+//   X[n][ih + ph][iw + pw][g][c]   (Hp x Wp pixels, groups x CgP channels)
+// holding the k-group encoding of each value (E = uint8_t: x + 128 for u8
+// quads; E = int16_t: x for int16 pairs); padding pixels and padding channels
+// hold the encoding of 0.  One k-group of B is then one 4-byte load.
+template <class TIn, class E>
+inline void prepare_channels_last(const Conv2dShape& s, const TIn* in, int64_t CgP, E* X) {
+    const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
+    const int64_t Cg = s.C / s.groups;
+    const int64_t pix = s.groups * CgP;  // elements per pixel
+    const int64_t rows = s.N * Hp;
+    const E zero = sizeof(E) == 1 ? E(128) : E(0);
+#pragma omp parallel for schedule(static) if (rows * Wp * pix > 65536)
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t n = r / Hp, hp = r % Hp;
+        E* dst = X + r * Wp * pix;
+        const int64_t ih = hp - s.ph;
         if (ih < 0 || ih >= s.H) {
-            std::fill(d, d + seg, TIn(0));
-        } else {
-            const TIn* row = plane + ih * s.W;
-            const int64_t iw0 = ow * s.sw - s.pw + kw * s.dw;  // iw = iw0 + q * sw
-            int64_t qlo = iw0 >= 0 ? 0 : (-iw0 + s.sw - 1) / s.sw;
-            int64_t qhi = iw0 >= s.W ? 0 : (s.W - 1 - iw0) / s.sw + 1;
-            qlo = std::min(qlo, seg);
-            qhi = std::max(qlo, std::min(qhi, seg));
-            std::fill(d, d + qlo, TIn(0));
-            const TIn* src = row + iw0;
-            if (s.sw == 1) {
-                std::memcpy(d + qlo, src + qlo, static_cast<size_t>(qhi - qlo) * sizeof(TIn));
-            } else {
-                for (int64_t q = qlo; q < qhi; ++q) d[q] = src[q * s.sw];
-            }
-            std::fill(d + qhi, d + seg, TIn(0));
+            std::fill(dst, dst + Wp * pix, zero);
+            continue;
         }
-        j += seg;
-        ++oh;
-        ow = 0;
+        std::fill(dst, dst + s.pw * pix, zero);
+        std::fill(dst + (s.pw + s.W) * pix, dst + Wp * pix, zero);
+        if (CgP != Cg)
+            for (int64_t iw = 0; iw < s.W; ++iw)
+                for (int64_t g = 0; g < s.groups; ++g)
+                    std::fill(dst + (s.pw + iw) * pix + g * CgP + Cg, dst + (s.pw + iw) * pix + (g + 1) * CgP, zero);
+        E* d0 = dst + s.pw * pix;
+        for (int64_t g = 0; g < s.groups; ++g) {
+            for (int64_t c = 0; c < Cg; ++c) {
+                const TIn* src = in + ((n * s.C + g * Cg + c) * s.H + ih) * s.W;
+                E* d = d0 + g * CgP + c;
+                if constexpr (sizeof(E) == 1) {
+                    for (int64_t iw = 0; iw < s.W; ++iw) d[iw * pix] = static_cast<E>(static_cast<uint8_t>(src[iw]) ^ 0x80u);
+                } else {
+                    for (int64_t iw = 0; iw < s.W; ++iw) d[iw * pix] = static_cast<E>(src[iw]);
+                }
+            }
+        }
     }
 }
 
-constexpr int kMaxNR = 64;
-
-// im2col of one panel of output pixels [p0, p0+np) for image n, group g, in
-// the B layout of `kern` (int16 pairs, or u8 quads x + 128).
-template <class TIn>
-inline void im2col_panel(const Conv2dShape& s, const TIn* in, int64_t n, int64_t g, int64_t p0, int64_t np,
-                         const GemmKernel& kern, int32_t* B) {
-    static const TIn zeros[kMaxNR] = {};
-    const int nr = kern.nr, kg = kern.kgroup;
-    const int64_t Cg = s.C / s.groups;
-    const int64_t KK = s.KH * s.KW;
-    const int64_t K = Cg * KK;
-    const int64_t Kg = kgroups(K, kg);
-    const int64_t HW = s.H * s.W;
-    const TIn* base = in + (n * s.C + g * Cg) * HW;
-    // 1x1, stride 1, no padding: output pixel p reads input pixel p.
-    const bool direct = KK == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0 && s.Ho == s.H && s.Wo == s.W;
-    TIn rows[4][kMaxNR];
-    for (int64_t gi = 0; gi < Kg; ++gi) {
-        const TIn* rp[4];
-        for (int i = 0; i < kg; ++i) {
-            const int64_t k = gi * kg + i;
-            if (k >= K) {
-                rp[i] = zeros;
-                continue;
-            }
-            const int64_t c = k / KK;
-            const TIn* plane = base + c * HW;
-            if (direct) {
-                rp[i] = plane + p0;
-            } else {
-                const int64_t kh = (k / s.KW) % s.KH, kw = k % s.KW;
-                gather_row<TIn>(s, plane, kh, kw, p0, np, rows[i]);
-                rp[i] = rows[i];
+// B panel of output pixels [p0, p0+np) for image n, group g from the
+// channels-last copy X (see prepare_channels_last); reduction order (kh, kw, c).
+template <class E>
+inline void panel_channels_last(const Conv2dShape& s, const E* X, int64_t CgP, int kg, int64_t n, int64_t g,
+                                int64_t p0, int64_t np, int nr, int32_t* B) {
+    const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
+    const int64_t pix = s.groups * CgP;
+    const int64_t CgQ = CgP / kg;  // k-groups per tap
+    const E* Xn = X + n * Hp * Wp * pix + g * CgP;
+    int64_t off[kMaxNR];
+    {
+        int64_t oh = p0 / s.Wo, ow = p0 % s.Wo;
+        for (int64_t j = 0; j < np; ++j) {
+            off[j] = (oh * s.sh * Wp + ow * s.sw) * pix;
+            if (++ow == s.Wo) {
+                ow = 0;
+                ++oh;
             }
         }
-        int32_t* dst = B + gi * nr;
-        if (kg == 4) {
-            const TIn *r0 = rp[0], *r1 = rp[1], *r2 = rp[2], *r3 = rp[3];
-            for (int64_t j = 0; j < np; ++j)
-                dst[j] = static_cast<int32_t>(
-                    ((static_cast<uint32_t>(static_cast<uint8_t>(r0[j]))) |
-                     (static_cast<uint32_t>(static_cast<uint8_t>(r1[j])) << 8) |
-                     (static_cast<uint32_t>(static_cast<uint8_t>(r2[j])) << 16) |
-                     (static_cast<uint32_t>(static_cast<uint8_t>(r3[j])) << 24)) ^ 0x80808080u);
-        } else {
-            const TIn *r0 = rp[0], *r1 = rp[1];
-            for (int64_t j = 0; j < np; ++j)
-                dst[j] = static_cast<int32_t>((static_cast<uint32_t>(static_cast<uint16_t>(r0[j]))) |
-                                              (static_cast<uint32_t>(static_cast<uint16_t>(r1[j])) << 16));
-        }
-        for (int64_t j = np; j < nr; ++j) dst[j] = 0;
     }
+    const int64_t Kg = s.KH * s.KW * CgQ;
+    for (int64_t kh = 0; kh < s.KH; ++kh) {
+        for (int64_t kw = 0; kw < s.KW; ++kw) {
+            const E* Xt = Xn + (kh * s.dh * Wp + kw * s.dw) * pix;
+            int32_t* Bt = B + (kh * s.KW + kw) * CgQ * nr;
+            for (int64_t j = 0; j < np; ++j) {
+                const E* src = Xt + off[j];
+                int32_t* d = Bt + j;
+                for (int64_t q = 0; q < CgQ; ++q) std::memcpy(d + q * nr, src + q * kg, 4);
+            }
+        }
+    }
+    if (np < nr)
+        for (int64_t gi = 0; gi < Kg; ++gi)
+            for (int64_t j = np; j < nr; ++j) B[gi * nr + j] = 0;
 }
 
 // Direct convolution accumulation for one (n, o) output plane; used when a
@@ -250,6 +262,54 @@ __attribute__((target("avx512f,avx512bw"))) void direct_accumulate_avx512(const 
 }
 #endif
 
+#ifdef QFRAME_KERNELS_X86
+// int8 input, int32 accumulators, unit width stride: one (n, o) plane with
+// all kernel taps accumulated in registers, 16 output pixels per vector.
+// The group's input channels are first copied into zero-padded rows (width
+// W + 2*pw + 16, so vector loads past the right edge read zeros).
+__attribute__((target("avx512f,avx512bw"))) inline void direct_plane_s8_avx512(const Conv2dShape& s, const int8_t* in,
+                                                                             const int8_t* w, int64_t n, int64_t o,
+                                                                             int32_t* acc) {
+    const int64_t Cg = s.C / s.groups, Og = s.O / s.groups;
+    const int64_t g = o / Og;
+    const int64_t Wb = s.W + 2 * s.pw + 16;
+    int8_t* pad = thread_scratch<int8_t, 5>(std::max<int64_t>(Cg * s.H * Wb, 1));
+    for (int64_t c = 0; c < Cg; ++c) {
+        const int8_t* plane = in + (n * s.C + g * Cg + c) * s.H * s.W;
+        for (int64_t ih = 0; ih < s.H; ++ih) {
+            int8_t* d = pad + (c * s.H + ih) * Wb;
+            std::memset(d, 0, static_cast<size_t>(s.pw));
+            std::memcpy(d + s.pw, plane + ih * s.W, static_cast<size_t>(s.W));
+            std::memset(d + s.pw + s.W, 0, static_cast<size_t>(s.pw + 16));
+        }
+    }
+    const int64_t taps = Cg * s.KH * s.KW;
+    const int8_t* wo = w + o * taps;
+    for (int64_t oh = 0; oh < s.Ho; ++oh) {
+        for (int64_t ow0 = 0; ow0 < s.Wo; ow0 += 16) {
+            __m512i v = _mm512_setzero_si512();
+            for (int64_t c = 0; c < Cg; ++c) {
+                for (int64_t kh = 0; kh < s.KH; ++kh) {
+                    const int64_t ih = oh * s.sh - s.ph + kh * s.dh;
+                    if (ih < 0 || ih >= s.H) continue;
+                    const int8_t* row = pad + (c * s.H + ih) * Wb + ow0;
+                    const int8_t* wk = wo + (c * s.KH + kh) * s.KW;
+                    for (int64_t kw = 0; kw < s.KW; ++kw) {
+                        const __m512i x = _mm512_cvtepi8_epi32(
+                            _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + kw * s.dw)));
+                        v = _mm512_add_epi32(v, _mm512_mullo_epi32(x, _mm512_set1_epi32(wk[kw])));
+                    }
+                }
+            }
+            const int64_t left = s.Wo - ow0;
+            const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xffff)
+                                           : static_cast<__mmask16>((1u << left) - 1u);
+            _mm512_mask_storeu_epi32(acc + oh * s.Wo + ow0, m, v);
+        }
+    }
+}
+#endif
+
 template <class Policy, class TIn, class TOut, class TRes, class Acc>
 void conv2d_direct(Isa isa, const Conv2dShape& s, const TIn* in, const int8_t* w, const TRes* res,
                    const RequantArgs& q, TOut* out) {
@@ -260,13 +320,24 @@ void conv2d_direct(Isa isa, const Conv2dShape& s, const TIn* in, const int8_t* w
     for (int64_t t = 0; t < planes; ++t) {
         Acc* acc = thread_scratch<Acc, 3>(std::max<int64_t>(P, 1));
         const int64_t n = t / s.O, o = t % s.O;
+        bool done = false;
 #ifdef QFRAME_KERNELS_X86
-        if (isa == Isa::Avx512) direct_accumulate_avx512<TIn, Acc>(s, in, w, n, o, acc);
-        else if (isa == Isa::Avx2) direct_accumulate_avx2<TIn, Acc>(s, in, w, n, o, acc);
-        else direct_accumulate_base<TIn, Acc>(s, in, w, n, o, acc);
+        if constexpr (std::is_same_v<TIn, int8_t> && std::is_same_v<Acc, int32_t>) {
+            // |acc| <= taps * 2**14 < 2**31 (callers use int32 only for K <= 131071)
+            if (isa == Isa::Avx512 && s.sw == 1 && s.pw < (int64_t(1) << 20)) {
+                direct_plane_s8_avx512(s, in, w, n, o, acc);
+                done = true;
+            }
+        }
+        if (!done) {
+            if (isa == Isa::Avx512) direct_accumulate_avx512<TIn, Acc>(s, in, w, n, o, acc);
+            else if (isa == Isa::Avx2) direct_accumulate_avx2<TIn, Acc>(s, in, w, n, o, acc);
+            else direct_accumulate_base<TIn, Acc>(s, in, w, n, o, acc);
+        }
 #else
         direct_accumulate_base<TIn, Acc>(s, in, w, n, o, acc);
 #endif
+        (void)done;
         const int64_t obase = (n * s.O + o) * P;
         finish_row<Policy>(isa, static_cast<const Acc*>(acc), P, o, q.bias ? q.bias[o] : 0,
                            res ? res + obase : res, q, out + obase);
@@ -301,27 +372,39 @@ void conv2d(const Conv2dShape& s, const TIn* in, const int8_t* w, const TRes* re
     }
     PackedGemmWeight local;
     if (packed == nullptr || packed->kern != &kern) {
-        pack_gemm_weight(local, kern, w, s.groups, Og, K);
+        pack_conv2d_gemm_weight(local, kern, w, s.O, Cg, s.KH, s.KW, s.groups);
         packed = &local;
     }
     const PackedGemmWeight& pw = *packed;
+    const int kg = kern.kgroup;
+    const int64_t CgP = conv_group_channels(Cg, kg);
+    const int64_t Kp = s.KH * s.KW * CgP;
+    const int64_t xelems = s.N * (s.H + 2 * s.ph) * (s.W + 2 * s.pw) * s.groups * CgP;
     const int nr = kern.nr;
     const Isa isa = kern.isa;
-    gemm_driver(
-        kern, s.N * s.groups, Og, K, P, chunk_groups<TIn>(kern),
-        [&](int64_t b) { return pw.group(b % s.groups); },
-        [&](int64_t b, int64_t p0, int64_t np, int32_t* B) {
-            detail::im2col_panel<TIn>(s, in, b / s.groups, b % s.groups, p0, np, kern, B);
-        },
-        [&](int64_t b, int64_t m0, int64_t mrows, int64_t p0, int64_t np, const auto* C) {
-            const int64_t n = b / s.groups, g = b % s.groups;
-            for (int64_t r = 0; r < mrows; ++r) {
-                const int64_t o = g * Og + m0 + r;
-                const int64_t obase = (n * s.O + o) * P + p0;
-                const int64_t bias = (q.bias ? q.bias[o] : 0) - pw.comp_of(o);
-                detail::finish_row<Policy>(isa, C + r * nr, np, o, bias, res ? res + obase : res, q, out + obase);
-            }
-        });
+    auto run = [&](auto e) {
+        using E = decltype(e);
+        E* X = thread_scratch<E, 4>(std::max<int64_t>(xelems, 1));
+        detail::prepare_channels_last<TIn, E>(s, in, CgP, X);
+        gemm_driver(
+            kern, s.N * s.groups, Og, Kp, P, chunk_groups<TIn>(kern),
+            [&](int64_t b) { return pw.group(b % s.groups); },
+            [&](int64_t b, int64_t p0, int64_t np, int32_t* B) {
+                detail::panel_channels_last<E>(s, X, CgP, kg, b / s.groups, b % s.groups, p0, np, nr, B);
+            },
+            [&](int64_t b, int64_t m0, int64_t mrows, int64_t p0, int64_t np, const auto* C) {
+                const int64_t n = b / s.groups, g = b % s.groups;
+                for (int64_t r = 0; r < mrows; ++r) {
+                    const int64_t o = g * Og + m0 + r;
+                    const int64_t obase = (n * s.O + o) * P + p0;
+                    const int64_t bias = (q.bias ? q.bias[o] : 0) - pw.comp_of(o);
+                    detail::finish_row<Policy>(isa, C + r * nr, np, o, bias, res ? res + obase : res, q,
+                                               out + obase);
+                }
+            });
+    };
+    if (kg == 4) run(uint8_t{});
+    else run(int16_t{});
 }
 
 }  // namespace qframe_kernels

@@ -132,16 +132,16 @@ struct VecRound512<RoundHalfUp> {
         return _mm512_sra_epi64(_mm512_add_epi64(p, half), cnt);
     }
 };
+// Half to even without compares: with q = p >> s (floor),
+//   (p + 2**(s-1) - 1 + (q & 1)) >> s
+// is q + 1 when the remainder r > 2**(s-1), q when r < 2**(s-1), and q + (q & 1)
+// on a tie -- round half to even.  `half` holds 2**(s-1) - 1 here (s >= 1).
 template <>
 struct VecRound512<RoundHalfEven> {
-    __attribute__((target("avx512f"))) static inline __m512i apply(__m512i p, __m128i cnt, __m512i half,
-                                                                   __m512i mask) {
-        const __m512i q = _mm512_sra_epi64(p, cnt);
-        const __m512i r = _mm512_and_si512(p, mask);
-        const __m512i one = _mm512_set1_epi64(1);
-        const __mmask8 up = _mm512_cmpgt_epi64_mask(r, half) |
-                            (_mm512_cmpeq_epi64_mask(r, half) & _mm512_test_epi64_mask(q, one));
-        return _mm512_mask_add_epi64(q, up, q, one);
+    __attribute__((target("avx512f"))) static inline __m512i apply(__m512i p, __m128i cnt, __m512i half_m1,
+                                                                   __m512i) {
+        const __m512i odd = _mm512_and_si512(_mm512_srl_epi64(p, cnt), _mm512_set1_epi64(1));
+        return _mm512_sra_epi64(_mm512_add_epi64(_mm512_add_epi64(p, half_m1), odd), cnt);
     }
 };
 
@@ -173,13 +173,18 @@ __attribute__((target("avx512f,avx512bw"))) void requant_row_avx512(const int32_
         const __m512i vb = _mm512_set1_epi64(bias), vm = _mm512_set1_epi64(m), vrm = _mm512_set1_epi64(rm);
         const __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
         const __m512i vmin = _mm512_set1_epi64(-lim), vmax = _mm512_set1_epi64(lim - 1);
-        const __m512i half = _mm512_set1_epi64((static_cast<int64_t>(1) << s) >> 1);
+        const int64_t h = (static_cast<int64_t>(1) << s) >> 1;
+        const __m512i half = _mm512_set1_epi64(std::is_same_v<Rounding, RoundHalfEven> ? h - 1 : h);
         const __m512i mask = _mm512_set1_epi64((static_cast<int64_t>(1) << s) - 1);
         const __m128i cnt = _mm_cvtsi32_si128(s);
+        const __m512i two31 = _mm512_set1_epi64(lim), two32 = _mm512_set1_epi64(2 * lim);
+        (void)vmin;
+        (void)vmax;
         for (; j + 8 <= n; j += 8) {
             const __m512i v =
                 _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + j))), vb);
-            if (_mm512_cmpgt_epi64_mask(v, vmax) | _mm512_cmplt_epi64_mask(v, vmin)) {
+            // v in [-2**31, 2**31)  <=>  (unsigned)(v + 2**31) < 2**32
+            if (_mm512_cmpge_epu64_mask(_mm512_add_epi64(v, two31), two32)) {
                 requant_row<Rounding>(acc + j, 8, bias, m, s, res ? res + j : res, rm, lo, hi, out + j);
                 continue;
             }
@@ -208,15 +213,10 @@ struct VecRound256<RoundHalfUp> {
     }
 };
 template <>
-struct VecRound256<RoundHalfEven> {
-    __attribute__((target("avx2"))) static inline __m256i apply(__m256i p, __m128i cnt, __m256i half, __m256i mask) {
-        const __m256i q = sra64_avx2(p, cnt);
-        const __m256i r = _mm256_and_si256(p, mask);
-        const __m256i one = _mm256_set1_epi64x(1);
-        const __m256i up = _mm256_or_si256(
-            _mm256_cmpgt_epi64(r, half),
-            _mm256_and_si256(_mm256_cmpeq_epi64(r, half), _mm256_cmpeq_epi64(_mm256_and_si256(q, one), one)));
-        return _mm256_sub_epi64(q, up);  // up is 0 / -1
+struct VecRound256<RoundHalfEven> {  // same identity as VecRound512<RoundHalfEven>; half = 2**(s-1) - 1
+    __attribute__((target("avx2"))) static inline __m256i apply(__m256i p, __m128i cnt, __m256i half_m1, __m256i) {
+        const __m256i odd = _mm256_and_si256(_mm256_srl_epi64(p, cnt), _mm256_set1_epi64x(1));
+        return sra64_avx2(_mm256_add_epi64(_mm256_add_epi64(p, half_m1), odd), cnt);
     }
 };
 
@@ -260,7 +260,8 @@ __attribute__((target("avx2"))) void requant_row_avx2(const int32_t* acc, int64_
         const __m256i vb = _mm256_set1_epi64x(bias), vm = _mm256_set1_epi64x(m), vrm = _mm256_set1_epi64x(rm);
         const __m256i vlo = _mm256_set1_epi64x(lo), vhi = _mm256_set1_epi64x(hi);
         const __m256i vmin = _mm256_set1_epi64x(-lim), vmax = _mm256_set1_epi64x(lim - 1);
-        const __m256i half = _mm256_set1_epi64x((static_cast<int64_t>(1) << s) >> 1);
+        const int64_t h = (static_cast<int64_t>(1) << s) >> 1;
+        const __m256i half = _mm256_set1_epi64x(std::is_same_v<Rounding, RoundHalfEven> ? h - 1 : h);
         const __m256i mask = _mm256_set1_epi64x((static_cast<int64_t>(1) << s) - 1);
         const __m128i cnt = _mm_cvtsi32_si128(s);
         for (; j + 4 <= n; j += 4) {
