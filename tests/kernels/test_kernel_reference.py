@@ -58,6 +58,9 @@ CONV_CASES = [
     (1, 32, 17, 23, 32, 3, 3, (1, 1), (1, 1), (1, 1), 32, "int8", "int8", True, "int8"),  # depthwise, residual
     (1, 32, 15, 15, 32, 3, 3, (2, 2), (1, 1), (1, 1), 32, "int16", "int8", True, None),  # depthwise int16
     (1, 20, 12, 12, 36, 3, 3, (1, 1), (1, 1), (1, 1), 1, "int16", "int16", True, "int16"),
+    (1, 8, 11, 13, 8, 3, 3, (2, 1), (2, 1), (2, 1), 4, "int8", "int8", True, None),  # 2 in / 2 out per group
+    (2, 6, 9, 40, 6, 5, 5, (1, 1), (2, 2), (1, 1), 6, "int8", "int16", False, "int16"),  # wide rows, 5x5
+    (1, 4, 7, 37, 4, 1, 3, (1, 1), (0, 3), (1, 3), 4, "int8", "int8", True, None),  # wide padding + dilation
 ]
 
 
