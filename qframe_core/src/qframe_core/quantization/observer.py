@@ -26,10 +26,27 @@ Contract:
   whose size depends on the data (per-channel) are resized on load.
 * ``averaging_constant`` c: the first observation sets the statistic, later
   ones move it by ``stat += c * (new - stat)`` (c = 1 keeps the latest only,
-  c = 0 freezes it after the first batch).
+  c = 0 freezes it after the first batch) — for observers whose statistic is
+  a running min/max (:meth:`ObserverBase.moving_average`).  Histogram
+  observers (:class:`~qframe_core.quantization.histogram.HistogramObserverBase`)
+  weight every element equally instead; they accept the argument and say so.
 * With ``is_sync_quantize=True`` and ``torch.distributed`` initialised,
   statistics are all-reduced (:meth:`ObserverBase.sync`) before use, so all
   ranks compute the same scale.
+* It may be called after every batch: ``FakeQuantize.observe`` runs
+  ``forward`` then ``calculate_qparams`` each step of CALIBRATION and QAT, so
+  both must be cheap (vectorized, bounded memory) and work on CPU and CUDA.
+
+Building blocks for observers:
+
+* :class:`ObserverBase` (this module): argument checks, ``finite_view``,
+  ``channel_min_max``, ``moving_average``, ``sync``, ``scale_from_amax``,
+  ``no_data_error``;
+* :mod:`qframe_core.quantization.histogram`: ``HistogramObserverBase`` (an
+  online ``|x|`` histogram per tensor or per channel, exact range growth;
+  implement ``compute_threshold``), ``histogram_percentile`` and
+  ``histogram_quantization_error`` (exact L2 error of candidate thresholds);
+* :class:`FixedScaleObserver` (re-exported here, as in the seeds): a given scale.
 """
 
 from __future__ import annotations
@@ -197,3 +214,9 @@ class ObserverBase(nn.Module):
     def extra_repr(self) -> str:
         return (f"dtype={self.dtype}, qscheme={self.qscheme}, ch_axis={self.ch_axis}, "
                 f"averaging_constant={self.averaging_constant}")
+
+
+# the seeds import FixedScaleObserver from ``quantization.observer``
+from .fixed_scale import FixedScaleObserver  # noqa: E402
+
+__all__ = ["FixedScaleObserver", "ObserverBase"]
