@@ -92,9 +92,9 @@ def test_seed_hybrid_example(m):
     children = dict(qat.named_children())
     # boundaries named as the seeds print them (functional selu became a generated module)
     assert {"prelu_input_dequant", "conv3_input_dequant", "conv3_activation_post_process",
-            "selu__generated_selu_2_input_dequant"} <= set(children)
+            "selu__generated_selu_0_input_dequant"} <= set(children)
     # selu runs on bayes (segment table) but not on bernoulli2: the quantizing stub before conv2 moves
-    before_conv2 = "conv1__generated_selu_1_activation_post_process" if m == "bernoulli2" else \
+    before_conv2 = "conv1__generated_selu_0_activation_post_process" if m == "bernoulli2" else \
         "conv1_prelu_activation_post_process"
     assert before_conv2 in children
     assert qat.graph.find_nodes(op="call_module", target="conv3_activation_post_process")[0].next.target == "identity"

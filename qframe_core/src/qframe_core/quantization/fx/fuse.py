@@ -11,10 +11,11 @@ from typing import Any, Optional
 
 from torch import fx, nn
 
+from ...errors import MarchNotSetError
 from ...lowering import OP_ALIASES, FusionPattern
-from ...march import MarchLike, resolve_march
+from ...march import MarchLike, get_march, resolve_march
 from ...registry import registry
-from .graph_utils import module_of, tensor_inputs
+from .graph_utils import generated_name, module_of, scope_of, tensor_inputs
 from .tracer import symbolic_trace
 
 
@@ -59,18 +60,33 @@ def match_chain(gm: fx.GraphModule, start: fx.Node, pattern: FusionPattern,
     return chain, other
 
 
+def _fused_name(gm: fx.GraphModule, chain: list[fx.Node]) -> str:
+    """Where the fused module lives: the conv's name, or — when an add is fused — the add's
+    module (a FloatFunctional's name, or ``_generated_add_N`` as the seeds print)."""
+    for n in chain:
+        if n.op == "call_method" and module_of(gm, n) is not None:
+            return str(n.args[0].target)
+        if n.op in ("call_function", "call_method") and n is not chain[0]:
+            if any(n.target is f for f in OP_ALIASES["add"]["functions"]) or n.target in OP_ALIASES["add"]["methods"]:
+                return generated_name(gm, scope_of(n), "add")
+    return str(chain[0].target)
+
+
 def _replace_chain(gm: fx.GraphModule, chain: list[fx.Node], other: Optional[fx.Node], pattern: FusionPattern) -> None:
     modules = [gm.get_submodule(n.target) if n.op == "call_module" else None for n in chain]
     fused = pattern.fuser(modules, pattern.activation, pattern.has_add)
     head = chain[0]
-    gm.add_submodule(str(head.target), fused)
-    for n in chain[1:]:
+    name = _fused_name(gm, chain)
+    if name != str(head.target):
+        fused.qconfig_source = str(head.target)  # qconfigs set for the conv apply to what it became
+    for n in chain:
         if n.op == "call_module":  # as the seeds show: absorbed modules become Identity
             gm.add_submodule(str(n.target), nn.Identity())
+    gm.add_submodule(name, fused)
     last = chain[-1]
     args = (head.args[0],) if other is None else (head.args[0], other)
     with gm.graph.inserting_before(last):
-        new = gm.graph.call_module(str(head.target), args=args)
+        new = gm.graph.call_module(name, args=args)
     new.meta = dict(head.meta)
     last.replace_all_uses_with(new)
     owners = [n.args[0] for n in chain if n.op == "call_method" and module_of(gm, n) is not None]
@@ -81,9 +97,13 @@ def _replace_chain(gm: fx.GraphModule, chain: list[fx.Node], other: Optional[fx.
             gm.graph.erase_node(o)
 
 
-def fuse_graph(gm: fx.GraphModule, march: str) -> fx.GraphModule:
-    """Apply the fusion patterns of ``march``, longest first."""
-    patterns = registry.fusion_patterns(march)
+def fuse_graph(gm: fx.GraphModule, march: Optional[str]) -> fx.GraphModule:
+    """Apply the fusion patterns of ``march`` (of every installed march when None), longest first."""
+    if march is None:
+        unique = {p.name: p for m in registry.march_names() for p in registry.fusion_patterns(m)}
+        patterns = sorted(unique.values(), key=lambda p: -len(p.sequence))
+    else:
+        patterns = registry.fusion_patterns(march)
     erased: set[fx.Node] = set()
     # one pass suffices: patterns are tried longest first, and a fused module matches no head
     for node in list(gm.graph.nodes):
@@ -102,11 +122,17 @@ def fuse_graph(gm: fx.GraphModule, march: str) -> fx.GraphModule:
 
 
 def fuse_fx(model: nn.Module, march: Optional[MarchLike] = None) -> fx.GraphModule:
-    """Trace ``model`` and fuse conv/linear + BN + add + ReLU chains for the march.
+    """Trace ``model`` and fuse conv/linear + BN + add + ReLU chains.
 
-    Returns a GraphModule whose fused modules live at the conv's name; the
-    absorbed BN/ReLU modules become ``Identity``.
+    Returns a GraphModule whose fused modules live at the conv's name, or at
+    the add's (``_generated_add_N``) when an add is fused; the absorbed
+    modules become ``Identity``.  With no march given or set, every installed
+    march's patterns apply (prepare then checks what the chosen march runs).
     """
-    spec = resolve_march(march)
     gm = symbolic_trace(model)
-    return fuse_graph(gm, spec.name)
+    if march is None:
+        try:
+            march = get_march()
+        except MarchNotSetError:
+            return fuse_graph(gm, None)
+    return fuse_graph(gm, resolve_march(march).name)

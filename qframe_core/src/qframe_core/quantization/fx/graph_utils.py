@@ -109,3 +109,23 @@ def quantized_region(gm: fx.GraphModule, is_quant_stub: Any, is_dequant_stub: An
         if any(i in region for i in tensor_inputs(node)):
             region.add(node)
     return region
+
+
+def scope_of(node: fx.Node) -> str:
+    """The qualified name of the module whose forward wrote ``node`` ("" at the top level)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    for value in reversed(list(stack.values())):
+        path = value[0] if isinstance(value, tuple) else None
+        if isinstance(path, str) and path and all(part.isidentifier() or part.isdigit() for part in path.split(".")):
+            return path
+    return ""
+
+
+def generated_name(gm: fx.GraphModule, scope: str, stem: str) -> str:
+    """The first free ``<scope>._generated_<stem>_N`` (the seeds' naming of generated modules)."""
+    existing = {name for name, _ in gm.named_modules()}
+    prefix = f"{scope + '.' if scope else ''}_generated_{stem}_"
+    i = 0
+    while f"{prefix}{i}" in existing:
+        i += 1
+    return f"{prefix}{i}"

@@ -27,7 +27,17 @@ from ...registry import registry
 from ..qconfig import QConfig
 from ..stubs import DeQuantStub, QuantStub
 from .fuse import fuse_graph
-from .graph_utils import describe, module_name_of, module_of, op_key, op_nodes, quantized_region, tensor_inputs
+from .graph_utils import (
+    describe,
+    generated_name,
+    module_name_of,
+    module_of,
+    op_key,
+    op_nodes,
+    quantized_region,
+    scope_of,
+    tensor_inputs,
+)
 from .hybrid import insert_hybrid_boundaries
 from .qconfig_resolution import QConfigResolver
 from .tracer import is_torch_stub, symbolic_trace
@@ -53,16 +63,6 @@ def is_dequant_stub(m: nn.Module) -> bool:
 
 
 # -- pass 3 -----------------------------------------------------------------------------
-def _scope_of(gm: fx.GraphModule, node: fx.Node) -> str:
-    """The qualified name of the module whose forward wrote ``node`` ("" at the top level)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    for value in reversed(list(stack.values())):
-        path = value[0] if isinstance(value, tuple) else None
-        if isinstance(path, str) and path and all(part.isidentifier() or part.isdigit() for part in path.split(".")):
-            return path
-    return ""
-
-
 def _functional_method(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     for method, (functions, tensor_methods) in FUNCTIONAL_TO_METHOD.items():
         if node.op == "call_function" and node.target in functions:
@@ -93,11 +93,9 @@ def _unary_name(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     return None
 
 
-def _replace_with_module(gm: fx.GraphModule, node: fx.Node, stem: str, module: nn.Module, counts: dict,
+def _replace_with_module(gm: fx.GraphModule, node: fx.Node, stem: str, module: nn.Module,
                          method: Optional[str], args: tuple, kwargs: dict) -> None:
-    scope = _scope_of(gm, node)
-    name = f"{scope + '.' if scope else ''}_generated_{stem}_{counts.get(stem, 0)}"
-    counts[stem] = counts.get(stem, 0) + 1
+    name = generated_name(gm, scope_of(node), stem)
     gm.add_submodule(name, module)
     with gm.graph.inserting_before(node):
         if method is None:
@@ -116,20 +114,19 @@ def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
     The module is named ``_generated_<op>_N`` inside the module where the op
     was written, so ``module_name`` qconfigs of that module apply to it.
     """
-    counts: dict[str, int] = {}
     for node in list(gm.graph.nodes):
         name = _unary_name(gm, node)
         if name is not None:
             rest = list(node.args[1:])
             if node.args and isinstance(node.args[0], fx.Node) and not any(isinstance(a, fx.Node) for a in rest) \
                     and not any(isinstance(v, fx.Node) for v in node.kwargs.values()):
-                _replace_with_module(gm, node, name, unary.Unary(name, *rest, **dict(node.kwargs)), counts, None,
+                _replace_with_module(gm, node, name, unary.Unary(name, *rest, **dict(node.kwargs)), None,
                                      (node.args[0],), {})
             continue
         method = _functional_method(gm, node)
         call = _functional_args(method, node) if method else None
         if call is not None:
-            _replace_with_module(gm, node, method, FloatFunctional(), counts, method, call[0], call[1])
+            _replace_with_module(gm, node, method, FloatFunctional(), method, call[0], call[1])
     gm.graph.lint()
     gm.recompile()
     return gm
@@ -191,7 +188,8 @@ def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver) -
             problems.add(describe(gm, node), "this module is called more than once; each call needs its own "
                          "quantization parameters", "give every call site its own module instance")
             continue
-        qconfig = resolver.qconfig_for(name, mod)
+        # a fused module named after its add takes the qconfig of the conv/linear it was built from
+        qconfig = resolver.qconfig_for(getattr(mod, "qconfig_source", None) or name, mod)
         if qconfig is None:
             problems.add(describe(gm, node), "its qconfig is None but it sits inside the quantized region",
                          "give it a qconfig, or place a DeQuantStub before it and a QuantStub after it")
