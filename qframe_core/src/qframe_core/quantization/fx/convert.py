@@ -15,6 +15,7 @@ from torch import fx, nn
 
 from ...errors import QframeError
 from ...lowering import op_display_name
+from ...nn.quantized.preserved import PreservedQAT
 from ...registry import registry
 from .graph_utils import module_name_of, op_nodes
 
@@ -46,7 +47,11 @@ def convert_fx(model: fx.GraphModule, inplace: bool = False) -> fx.GraphModule:
         if lowering is None or lowering.quantized_module is None:
             raise QframeError(f"{name!r}: march {march!r} no longer lists a lowering for "
                               f"{op_display_name(float_ops[name])}; was the march plugin changed since prepare?")
-        new_modules[name] = lowering.quantized_module.from_qat(gm.get_submodule(name))
+        qat = gm.get_submodule(name)
+        if getattr(qat, "preserve_qat_mode", False):
+            new_modules[name] = PreservedQAT.from_qat(qat)  # kept in QAT form for debugging
+        else:
+            new_modules[name] = lowering.quantized_module.from_qat(qat)
     for name, mod in new_modules.items():
         gm.add_submodule(name, mod)
     gm.meta["qframe_stage"] = "quantized"

@@ -79,6 +79,8 @@ def _replace_chain(gm: fx.GraphModule, chain: list[fx.Node], other: Optional[fx.
     name = _fused_name(gm, chain)
     if name != str(head.target):
         fused.qconfig_source = str(head.target)  # qconfigs set for the conv apply to what it became
+    if getattr(modules[0], "preserve_qat_mode", False):
+        fused.preserve_qat_mode = True  # the seeds: a fused module inherits it from its conv
     for n in chain:
         if n.op == "call_module":  # as the seeds show: absorbed modules become Identity
             gm.add_submodule(str(n.target), nn.Identity())

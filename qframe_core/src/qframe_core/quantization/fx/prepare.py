@@ -202,6 +202,8 @@ def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver) -
         qat = lowering.qat_module.from_float(mod, qconfig, march)
         if isinstance(qat, QATModule):
             qat.set_names(name)
+        if getattr(mod, "preserve_qat_mode", False):
+            qat.preserve_qat_mode = True
         # a module without activation_post_process (ReLU6, …) outputs its input's dtype: checked at binding
         has_own_output = hasattr(qat, "activation_post_process")
         out_dtype = _producer_dtype(qat)
