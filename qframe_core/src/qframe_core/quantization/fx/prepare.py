@@ -275,6 +275,30 @@ def _bind_inputs(gm: fx.GraphModule, march: str, float_ops: dict[str, Any]) -> N
     problems.raise_if_any()
 
 
+def share_cat_scales(gm: fx.GraphModule, march: str) -> list[str]:
+    """``optimize_graph``: a cat's inputs and output share one scale.
+
+    Each producer of a cat input whose output feeds only that cat gets the cat's
+    output fake-quantize (one module, observed from both sides), so the integer
+    concatenation copies codes unchanged.  Returns the producers that now share.
+    """
+    shared = []
+    for node in op_nodes(gm):
+        cat = module_of(gm, node)
+        if node.op != "call_method" or node.target != "cat" or not isinstance(cat, QATModule):
+            continue
+        for value in tensor_inputs(node):
+            if len(value.users) != 1 or value.op != "call_module":
+                continue
+            producer = gm.get_submodule(value.target)
+            fq = getattr(producer, "activation_post_process", None)
+            if not isinstance(producer, QATModule) or fq is None or fq.fixed_scale:
+                continue
+            producer.activation_post_process = cat.activation_post_process
+            shared.append(str(value.target))
+    return shared
+
+
 def prepare_qat_fx(
     model: nn.Module,
     qconfig_dict: Optional[dict] = None,
@@ -292,7 +316,8 @@ def prepare_qat_fx(
             (see :mod:`.qconfig_resolution`); modules may also carry ``.qconfig``.
         prepare_custom_config_dict: ``{"preserved_attributes": [names]}`` copies
             those attributes of ``model`` onto the result.
-        optimize_graph: share cat input/output scales (not available yet).
+        optimize_graph: give each ``cat`` and the ops producing its inputs one shared output
+            fake-quantize, so the concatenation needs no requantization (see :func:`share_cat_scales`).
         hybrid: keep ops the march cannot run (and those of ``hybrid_dict``) float, inserting
             ``<op>_input_dequant`` / ``<producer>_activation_post_process`` boundaries
             (see :mod:`.hybrid`); without it such ops are an error.
@@ -309,8 +334,6 @@ def prepare_qat_fx(
     spec = resolve_march(march)
     if hybrid_dict and not hybrid:
         raise ValueError("prepare_qat_fx: hybrid_dict is only used with hybrid=True")
-    if optimize_graph:
-        raise NotImplementedError("prepare_qat_fx(optimize_graph=True) is not available yet")
     resolver = QConfigResolver(model, qconfig_dict)
     resolver.check_kinds()
     preserved = list((prepare_custom_config_dict or {}).get("preserved_attributes", []))
@@ -321,6 +344,8 @@ def prepare_qat_fx(
     cpu_ops = insert_hybrid_boundaries(gm, spec.name, resolver, hybrid_dict) if hybrid else []
     float_ops = _check_and_swap(gm, spec.name, resolver)
     _bind_inputs(gm, spec.name, float_ops)
+    if optimize_graph:
+        share_cat_scales(gm, spec.name)
     for attr in preserved:
         setattr(gm, attr, getattr(model, attr))
     gm.meta["qframe_march"] = spec.name
