@@ -13,10 +13,12 @@ and the ratios qframe / torch.  Then whole-model images/s of the quantized
 digits CNN and a ResNet-18-shaped network (1x3x224x224): qframe integer model
 vs the float model vs torch.ao's own int8 model (x86 engine) of the same net.
 
-Timing: every measurement is the median of ``--repeat`` timed calls after
-warm-up calls (the minimum is printed in the raw lines with ``-v``); the
-machine may be shared, so run it twice and compare.  Both libraries use
-``torch.get_num_threads()`` threads (OpenMP for qframe).
+Timing: the candidates of a row are called in interleaved rounds (one call
+each per round, ``--repeat`` rounds after warm-up), so load from other
+processes on a shared machine hits them alike; the table uses the best round
+of each (ratios of medians in parentheses; raw medians/minimums with ``-v``).
+Both libraries use the same threads: torch's intra-op pool and qframe's OpenMP
+(``OMP_NUM_THREADS``); the header prints both and the selected kernel path.
 """
 
 from __future__ import annotations
@@ -29,25 +31,29 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
 
-def _time(fn, repeat: int, warmup: int = 3, budget_s: float = 6.0) -> tuple[float, float]:
-    """(median, min) seconds of fn() over `repeat` calls (fewer if they exceed budget_s)."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def _time_interleaved(fns: dict, repeat: int, warmup: int = 3, budget_s: float = 8.0) -> dict:
+    """{key: (median, min) seconds}: the functions are timed in interleaved rounds (one call
+    of each per round, after warm-up), so load from other processes hits them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {key: [] for key in fns}
     start = time.perf_counter()
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s and len(times) >= 5:
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s and len(times[next(iter(fns))]) >= 5:
             break
-    return statistics.median(times), min(times)
+    return {key: (statistics.median(v), min(v)) for key, v in times.items()}
 
 
 def _cpu_name() -> str:
@@ -90,7 +96,7 @@ def bench_ops(k, repeat: int, verbose: bool) -> list[tuple]:
         w8 = rng.integers(-128, 128, size=(o, c // g, ks, ks)).astype(np.int8)
         bias = rng.integers(-(2**16), 2**16, size=o).astype(np.int32)
         mult, shift = _requant_params(k, o, rng)
-        packed = k.pack_conv2d_weight(w8, g) if hasattr(k, "pack_conv2d_weight") else w8
+        packed = k.pack_conv2d_weight(w8, g)
         ho = (h + 2 * pd - ks) // st + 1
         macs = n * o * ho * ho * (c // g) * ks * ks
 
@@ -121,7 +127,7 @@ def bench_ops(k, repeat: int, verbose: bool) -> list[tuple]:
     w8 = rng.integers(-128, 128, size=(nn_, kk)).astype(np.int8)
     bias = rng.integers(-(2**16), 2**16, size=nn_).astype(np.int32)
     mult, shift = _requant_params(k, nn_, rng)
-    packed = k.pack_linear_weight(w8) if hasattr(k, "pack_linear_weight") else w8
+    packed = k.pack_linear_weight(w8)
 
     def qf():
         return k.linear(x8, packed, bias, mult, shift, "int8", None, None)
@@ -148,16 +154,16 @@ def bench_ops(k, repeat: int, verbose: bool) -> list[tuple]:
 
 
 def _row(name, macs, qf, tf, tq, repeat, verbose):
-    res = {}
-    for key, fn in (("qframe", qf), ("fp32", tf), ("fbgemm", tq)):
-        with torch.no_grad():
-            med, mn = _time(fn, repeat)
-        res[key] = med
-        if verbose:
+    with torch.no_grad():
+        res = _time_interleaved({"qframe": qf, "fp32": tf, "fbgemm": tq}, repeat)
+    if verbose:
+        for key, (med, mn) in res.items():
             print(f"  {name:36s} {key:7s} median {med * 1e3:8.3f} ms  min {mn * 1e3:8.3f} ms", file=sys.stderr)
-    gops = {key: 2 * macs / t / 1e9 for key, t in res.items()}
-    return (name, res["qframe"] * 1e3, gops["qframe"], gops["fp32"], gops["fbgemm"],
-            res["fp32"] / res["qframe"], res["fbgemm"] / res["qframe"])
+    best = {key: mn for key, (med, mn) in res.items()}
+    med = {key: md for key, (md, mn) in res.items()}
+    gops = {key: 2 * macs / t / 1e9 for key, t in best.items()}
+    return (name, best["qframe"] * 1e3, med["qframe"] * 1e3, gops["qframe"], gops["fp32"], gops["fbgemm"],
+            best["fp32"] / best["qframe"], best["fbgemm"] / best["qframe"], med["fbgemm"] / med["qframe"])
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -296,18 +302,22 @@ def bench_models(march: str, repeat: int, verbose: bool, quick: bool) -> list[tu
 
 
 def _model_row(name, batch, float_model, q_model, t_model, x, repeat, verbose):
-    res = {}
-    for key, model in (("qframe", q_model), ("float", float_model), ("torch.ao", t_model)):
-        if key == "torch.ao":
-            torch.backends.quantized.engine = "x86"
-        with torch.no_grad():
-            med, mn = _time(lambda model=model: model(x), repeat, warmup=2, budget_s=15.0)
-        res[key] = med
-        if verbose:
+    def run_ao():
+        torch.backends.quantized.engine = "x86"
+        return t_model(x)
+
+    with torch.no_grad():
+        res = _time_interleaved({"qframe": lambda: q_model(x), "float": lambda: float_model(x), "torch.ao": run_ao},
+                                repeat, warmup=2, budget_s=25.0)
+    if verbose:
+        for key, (med, mn) in res.items():
             print(f"  {name:36s} {key:8s} median {med * 1e3:8.3f} ms  min {mn * 1e3:8.3f} ms", file=sys.stderr)
-    ips = {key: batch / t for key, t in res.items()}
-    return (name, res["qframe"] * 1e3, res["float"] * 1e3, res["torch.ao"] * 1e3, ips["qframe"], ips["float"],
-            ips["torch.ao"], res["float"] / res["qframe"], res["torch.ao"] / res["qframe"])
+    best = {key: mn for key, (med, mn) in res.items()}
+    med = {key: md for key, (md, mn) in res.items()}
+    ips = {key: batch / t for key, t in best.items()}
+    return (name, best["qframe"] * 1e3, best["float"] * 1e3, best["torch.ao"] * 1e3, ips["qframe"], ips["float"],
+            ips["torch.ao"], best["float"] / best["qframe"], best["torch.ao"] / best["qframe"],
+            med["float"] / med["qframe"], med["torch.ao"] / med["qframe"])
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -321,6 +331,8 @@ def main(argv=None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="raw median/min lines on stderr")
     args = ap.parse_args(argv)
     repeat = 5 if args.quick else args.repeat
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
     from qframe_core.nn.quantized.kernels import march_kernels
 
@@ -331,26 +343,29 @@ def main(argv=None) -> int:
     print(f"# threads: torch {torch.get_num_threads()}, qframe OpenMP {feats['openmp_threads']}; "
           f"qframe kernel path: {feats['kernel']} (int8 GEMM: {feats.get('kernel_int8', feats['kernel'])}); "
           f"torch quantized engines: fbgemm (ops), x86 (models)")
-    print(f"# median of up to {repeat} timed calls after warm-up")
+    print(f"# times: best of up to {repeat} interleaved rounds after warm-up (ratios of medians in parentheses);"
+          f" the machine may be shared")
     print()
     rows = bench_ops(k, repeat, args.verbose)
-    hdr = (f"| {'op':36s} | {'qframe ms':>9s} | {'qframe GOP/s':>12s} | {'fp32 GOP/s':>10s} | {'fbgemm GOP/s':>12s} "
-           f"| {'vs fp32':>7s} | {'vs fbgemm':>9s} |")
+    hdr = (f"| {'op':34s} | {'qframe ms':>9s} | {'(median)':>8s} | {'qframe GOP/s':>12s} | {'fp32 GOP/s':>10s} "
+           f"| {'fbgemm GOP/s':>12s} | {'vs fp32':>7s} | {'vs fbgemm':>9s} | {'(median)':>8s} |")
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
-    for name, ms, gq, gf, gt, rf, rt in rows:
-        print(f"| {name:36s} | {ms:9.3f} | {gq:12.1f} | {gf:10.1f} | {gt:12.1f} | {rf:6.2f}x | {rt:8.2f}x |")
+    for name, ms, mmed, gq, gf, gt, rf, rt, rtm in rows:
+        print(f"| {name:34s} | {ms:9.3f} | {mmed:8.3f} | {gq:12.1f} | {gf:10.1f} | {gt:12.1f} | {rf:6.2f}x "
+              f"| {rt:8.2f}x | {rtm:7.2f}x |")
     if args.skip_models:
         return 0
     print()
     mrows = bench_models(args.march, repeat, args.verbose, args.quick)
-    hdr = (f"| {'model':32s} | {'qframe ms':>9s} | {'float ms':>8s} | {'torch.ao int8 ms':>16s} | {'qframe img/s':>12s} "
-           f"| {'float img/s':>11s} | {'torch.ao img/s':>14s} | {'vs float':>8s} | {'vs torch.ao':>11s} |")
+    hdr = (f"| {'model':30s} | {'qframe ms':>9s} | {'float ms':>8s} | {'torch.ao int8 ms':>16s} | {'qframe img/s':>12s} "
+           f"| {'float img/s':>11s} | {'torch.ao img/s':>14s} | {'vs float':>8s} | {'vs torch.ao':>11s} "
+           f"| {'(medians)':>15s} |")
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
-    for name, qm, fm, tm, qi, fi, ti, rf, rt in mrows:
-        print(f"| {name:32s} | {qm:9.2f} | {fm:8.2f} | {tm:16.2f} | {qi:12.1f} | {fi:11.1f} | {ti:14.1f} "
-              f"| {rf:7.2f}x | {rt:10.2f}x |")
+    for name, qm, fm, tm, qi, fi, ti, rf, rt, rfm, rtm in mrows:
+        print(f"| {name:30s} | {qm:9.2f} | {fm:8.2f} | {tm:16.2f} | {qi:12.1f} | {fi:11.1f} | {ti:14.1f} "
+              f"| {rf:7.2f}x | {rt:10.2f}x | {rfm:5.2f}x / {rtm:5.2f}x |")
     return 0
 
 

@@ -144,7 +144,7 @@ def test_every_gemm_path_is_exact(kernel):
         "import qframe_march_bayes._kernels as k;"
         f"assert k.cpu_features()['kernel'] == {kernel!r}, k.cpu_features();"
         "t.check_all_conv_cases(1, packed=False); t.check_linear_cases(1, packed=False);"
-        "t.check_packed_weights();"
+        "t.check_packed_weights(); t.check_overflow_lanes('bayes'); t.check_overflow_lanes('bernoulli2');"
         "t.check_all_conv_cases(1); t.check_linear_cases(1)"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
@@ -546,3 +546,37 @@ def test_packed_weight_bad_inputs(march):
         bad.__setstate__((state[0], march, state[2].astype(np.float32), state[3]))
     # a pickled PackedWeight of one march loads only into that march
     assert pickle.loads(pickle.dumps(other.pack_linear_weight(np.ones((2, 2), np.int8)))).march == other.MARCH
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_requant_epilogue_int32_overflow_lanes(march):
+    check_overflow_lanes(march)
+
+
+def check_overflow_lanes(march):
+    """acc + bias leaves int32 for some lanes only: the vector epilogue must hand exactly those
+    steps to the exact path (weights sum to 0, so the u8 offset does not move the bias)."""
+    mod = MODULES[march]
+    rng = np.random.default_rng(21)
+    x = rand_int(rng, np.int8, (2, 16, 7, 9))
+    w = np.empty((12, 16, 3, 3), np.int8)
+    w.reshape(12, -1)[:, 0::2] = 127
+    w.reshape(12, -1)[:, 1::2] = -127
+    bias = np.full(12, 2**31 - 1 - 3000, np.int32)
+    bias[6:] = -(2**31) + 3000
+    w[6:] *= -1
+    mult = rng.integers(1, max_mult(march), size=12, endpoint=True).astype(np.int32)
+    shift = rng.integers(20, 40, size=12).astype(np.int32)
+    res = rand_int(rng, np.int16, (2, 12, 7, 9))
+    rmult = rng.integers(0, max_mult(march), size=12, endpoint=True).astype(np.int32)
+    for wt in (w, mod.pack_conv2d_weight(w, 1)):
+        for odt in ("int8", "int16", "int32"):
+            got = mod.conv2d(x, wt, bias, (1, 1), (1, 1), (1, 1), 1, mult, shift, odt, None, None, res, rmult)
+            want = ref.conv2d(march, x, w, bias, (1, 1), (1, 1), (1, 1), 1, mult, shift, odt, residual=res,
+                              residual_multiplier=rmult)
+            np.testing.assert_array_equal(got, want)
+    xl = rand_int(rng, np.int8, (40, 144))
+    wl = w.reshape(12, -1).copy()
+    for wt in (wl, mod.pack_linear_weight(wl)):
+        got = mod.linear(xl, wt, bias, mult, shift, "int16", None, None)
+        np.testing.assert_array_equal(got, ref.linear(march, xl, wl, bias, mult, shift, "int16"))

@@ -126,6 +126,26 @@ inline void finish_row(Isa isa, const TAcc* acc, int64_t n, int64_t o, int64_t b
     requant_row<R>(acc, n, bias, m, s, res, rm, q.range.lo, q.range.hi, out);
 }
 
+// `rows` consecutive output channels o0.. of a GEMM tile: acc row r at
+// acc + r*lda, output (and residual) row r at out + r*ldo; bias[r] already
+// includes -comp.  AVX-512 runs the 16-lane tile epilogue.
+template <class Policy, class TAcc, class TRes, class TOut>
+inline void finish_tile(Isa isa, const TAcc* acc, int64_t lda, int64_t rows, int64_t n, int64_t o0,
+                        const int64_t* bias, const TRes* res, int64_t ldo, const RequantArgs& q, TOut* out) {
+#ifdef QFRAME_KERNELS_X86
+    if constexpr (std::is_same_v<TAcc, int32_t>) {
+        if (isa == Isa::Avx512 && q.multiplier != nullptr) {
+            requant_tile_avx512<typename Policy::Rounding>(acc, lda, rows, n, bias, q.multiplier + o0, q.shift + o0,
+                                                           res, res ? q.res_multiplier + o0 : nullptr, q.range.lo,
+                                                           q.range.hi, out, ldo);
+            return;
+        }
+    }
+#endif
+    for (int64_t r = 0; r < rows; ++r)
+        finish_row<Policy>(isa, acc + r * lda, n, o0 + r, bias[r], res ? res + r * ldo : res, q, out + r * ldo);
+}
+
 constexpr int kMaxNR = 64;
 
 // Channels-last, padded copy of the input for the GEMM path:
@@ -339,8 +359,9 @@ void conv2d_direct(Isa isa, const Conv2dShape& s, const TIn* in, const int8_t* w
 #endif
         (void)done;
         const int64_t obase = (n * s.O + o) * P;
-        finish_row<Policy>(isa, static_cast<const Acc*>(acc), P, o, q.bias ? q.bias[o] : 0,
-                           res ? res + obase : res, q, out + obase);
+        const int64_t bias = q.bias ? q.bias[o] : 0;
+        finish_tile<Policy>(isa, static_cast<const Acc*>(acc), 0, 1, P, o, &bias, res ? res + obase : res, 0, q,
+                            out + obase);
     }
 }
 
@@ -394,13 +415,13 @@ void conv2d(const Conv2dShape& s, const TIn* in, const int8_t* w, const TRes* re
             },
             [&](int64_t b, int64_t m0, int64_t mrows, int64_t p0, int64_t np, const auto* C) {
                 const int64_t n = b / s.groups, g = b % s.groups;
-                for (int64_t r = 0; r < mrows; ++r) {
-                    const int64_t o = g * Og + m0 + r;
-                    const int64_t obase = (n * s.O + o) * P + p0;
-                    const int64_t bias = (q.bias ? q.bias[o] : 0) - pw.comp_of(o);
-                    detail::finish_row<Policy>(isa, C + r * nr, np, o, bias, res ? res + obase : res, q,
-                                               out + obase);
-                }
+                const int64_t o0 = g * Og + m0;
+                int64_t bias[detail::kMaxNR];
+                for (int64_t r = 0; r < mrows; ++r)
+                    bias[r] = (q.bias ? q.bias[o0 + r] : 0) - pw.comp_of(o0 + r);
+                const int64_t obase = (n * s.O + o0) * P + p0;
+                detail::finish_tile<Policy>(isa, C, nr, mrows, np, o0, bias, res ? res + obase : res, P, q,
+                                            out + obase);
             });
     };
     if (kg == 4) run(uint8_t{});

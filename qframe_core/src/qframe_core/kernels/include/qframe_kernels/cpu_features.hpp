@@ -26,7 +26,8 @@ inline CpuFeatures detect_cpu_features() {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
     __builtin_cpu_init();
     f.avx2 = __builtin_cpu_supports("avx2");
-    f.avx512bw = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    f.avx512bw = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl");
     f.avx512vnni = f.avx512bw && __builtin_cpu_supports("avx512vnni");
 #endif
     return f;

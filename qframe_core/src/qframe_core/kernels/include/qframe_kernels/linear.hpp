@@ -74,13 +74,15 @@ void linear(const TIn* x, const int8_t* w, int64_t M, int64_t K, int64_t N, cons
         kern, 1, N, K, M, chunk_groups<TIn>(kern), [&](int64_t) { return pw.group(0); },
         [&](int64_t, int64_t p0, int64_t np, int32_t* B) { detail::pack_rows_panel<TIn>(x, K, p0, np, kern, B); },
         [&](int64_t, int64_t m0, int64_t mrows, int64_t p0, int64_t np, const auto* C) {
-            TOut tmp[detail::kMaxNR];
-            for (int64_t r = 0; r < mrows; ++r) {
-                const int64_t o = m0 + r;
-                const int64_t bias = (q.bias ? q.bias[o] : 0) - pw.comp_of(o);
-                detail::finish_row<Policy>(isa, C + r * nr, np, o, bias, static_cast<const int8_t*>(nullptr), q, tmp);
-                TOut* dst = out + p0 * N + o;
-                for (int64_t j = 0; j < np; ++j) dst[j * N] = tmp[j];
+            TOut tmp[detail::kMaxNR * detail::kMaxNR];
+            int64_t bias[detail::kMaxNR];
+            for (int64_t r = 0; r < mrows; ++r) bias[r] = (q.bias ? q.bias[m0 + r] : 0) - pw.comp_of(m0 + r);
+            detail::finish_tile<Policy>(isa, C, nr, mrows, np, m0, bias, static_cast<const int8_t*>(nullptr), nr, q,
+                                        tmp);
+            // tmp is [channel][row of x]; out is [row of x][channel]
+            for (int64_t j = 0; j < np; ++j) {
+                TOut* dst = out + (p0 + j) * N + m0;
+                for (int64_t r = 0; r < mrows; ++r) dst[r] = tmp[r * nr + j];
             }
         });
 }

@@ -198,6 +198,80 @@ __attribute__((target("avx512f,avx512bw"))) void requant_row_avx512(const int32_
     if (j < n) requant_row<Rounding>(acc + j, n - j, bias, m, s, res ? res + j : res, rm, lo, hi, out + j);
 }
 
+// Tile epilogue, 16 int32 lanes per step, for `rows` rows of accumulators
+// (row r at acc + r*lda, its output at out + r*ldo, residual at res + r*ldo)
+// with per-row bias (int64, must fit int32 for the fast path), multiplier,
+// shift and residual multiplier.  v = acc + bias is formed in int32 with an
+// overflow test (lanes that overflow send the 16-lane step to the scalar
+// path); v*m is formed for even and odd lanes with two 32x32->64 multiplies,
+// rounded and clamped in int64, then recombined into int32 lanes and
+// narrowed with masked stores (no tail loop).
+template <class Rounding, class TRes, class TOut>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void requant_tile_avx512(
+    const int32_t* acc, int64_t lda, int64_t rows, int64_t n, const int64_t* bias, const int32_t* mult,
+    const int32_t* shift, const TRes* res, const int32_t* res_mult, int64_t lo, int64_t hi, TOut* out, int64_t ldo) {
+    constexpr bool even = std::is_same_v<Rounding, RoundHalfEven>;
+    const __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
+    const __m512i one = _mm512_set1_epi64(1);
+    for (int64_t r = 0; r < rows; ++r) {
+        const int32_t* a = acc + r * lda;
+        TOut* o = out + r * ldo;
+        const TRes* rr = res ? res + r * ldo : nullptr;
+        const int64_t b = bias[r], m = mult[r];
+        const int s = shift[r];
+        const int64_t rm = res ? static_cast<int64_t>(res_mult[r]) : 0;
+        if (b < INT32_MIN || b > INT32_MAX) {
+            requant_row<Rounding>(a, n, b, m, s, rr, rm, lo, hi, o);
+            continue;
+        }
+        const __m512i vb32 = _mm512_set1_epi32(static_cast<int32_t>(b));
+        const __m512i vm = _mm512_set1_epi64(m), vrm = _mm512_set1_epi64(rm);
+        const int64_t h = (static_cast<int64_t>(1) << s) >> 1;
+        const __m512i half = _mm512_set1_epi64(even ? h - 1 : h);
+        const __m128i cnt = _mm_cvtsi32_si128(s);
+        for (int64_t j = 0; j < n; j += 16) {
+            const int64_t left = n - j;
+            const __mmask16 k = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
+            const __m512i x = _mm512_maskz_loadu_epi32(k, a + j);
+            const __m512i v = _mm512_add_epi32(x, vb32);
+            // signed overflow of x + b: x and b have the same sign and v the other
+            if (_mm512_mask_cmplt_epi32_mask(k, _mm512_and_si512(_mm512_xor_si512(x, v), _mm512_xor_si512(vb32, v)),
+                                             _mm512_setzero_si512())) {
+                requant_row<Rounding>(a + j, std::min<int64_t>(left, 16), b, m, s, rr ? rr + j : rr, rm, lo, hi, o + j);
+                continue;
+            }
+            __m512i pe = _mm512_mul_epi32(v, vm);
+            __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(v, 32), vm);
+            if (rr) {
+                __m512i r32;
+                if constexpr (sizeof(TRes) == 1) r32 = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, rr + j));
+                else r32 = _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, rr + j));
+                pe = _mm512_add_epi64(pe, _mm512_mul_epi32(r32, vrm));
+                po = _mm512_add_epi64(po, _mm512_mul_epi32(_mm512_srli_epi64(r32, 32), vrm));
+            }
+            if (s != 0) {
+                if constexpr (even) {
+                    pe = _mm512_sra_epi64(
+                        _mm512_add_epi64(_mm512_add_epi64(pe, half), _mm512_and_si512(_mm512_srl_epi64(pe, cnt), one)),
+                        cnt);
+                    po = _mm512_sra_epi64(
+                        _mm512_add_epi64(_mm512_add_epi64(po, half), _mm512_and_si512(_mm512_srl_epi64(po, cnt), one)),
+                        cnt);
+                } else {
+                    pe = _mm512_sra_epi64(_mm512_add_epi64(pe, half), cnt);
+                    po = _mm512_sra_epi64(_mm512_add_epi64(po, half), cnt);
+                }
+            }
+            pe = _mm512_min_epi64(_mm512_max_epi64(pe, vlo), vhi);
+            po = _mm512_min_epi64(_mm512_max_epi64(po, vlo), vhi);
+            const __m512i y = _mm512_mask_blend_epi32(static_cast<__mmask16>(0xAAAA), pe, _mm512_slli_epi64(po, 32));
+            if constexpr (sizeof(TOut) == 1) _mm512_mask_cvtepi32_storeu_epi8(o + j, k, y);
+            else if constexpr (sizeof(TOut) == 2) _mm512_mask_cvtepi32_storeu_epi16(o + j, k, y);
+            else _mm512_mask_storeu_epi32(o + j, k, y);
+        }
+    }
+}
+
 // AVX2 helpers: 4 int64 lanes.
 __attribute__((target("avx2"))) inline __m256i sra64_avx2(__m256i x, __m128i cnt) {
     const __m256i sign = _mm256_cmpgt_epi64(_mm256_setzero_si256(), x);
