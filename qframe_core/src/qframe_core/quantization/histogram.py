@@ -5,7 +5,8 @@ histogram-based observers share (``percentile``, ``mse``, ``kl``, ``mix`` and
 any third-party one).  It keeps, per tensor (``C = 1``) or per channel
 (``C`` = size of ``ch_axis``):
 
-* ``hist`` — ``[C, bins]`` float64 counts of ``|x|`` over ``[0, hist_max)``;
+* ``hist`` — ``[C, bins]`` float64 counts of ``|x|``; bin ``j`` holds ``j*w < |x| <= (j+1)*w``
+  (bin 0 also the zeros), ``w = hist_max / bins``;
 * ``hist_max`` — ``[C]`` upper edge of the histogram range;
 * ``amax`` — ``[C]`` exact running maximum of ``|x|``;
 * ``zeros`` — ``[C]`` how many of the counts in bin 0 are exact zeros (a post-ReLU spike);
@@ -19,7 +20,7 @@ is multiplied by ``2**k`` (the smallest ``k`` that covers it) and every old
 bin ``j`` is added into new bin ``j >> k`` — an exact merge, because each old
 bin lies entirely inside one new bin.  Memory is ``C * bins`` float64 whatever
 the amount of data; one ``forward`` is a handful of passes over ``x`` (abs,
-max, one integer index, one ``bincount``), on CPU or CUDA alike.
+max, one integer index, one ``bincount``, which also counts exact zeros), on CPU or CUDA alike.
 
 Every observed finite element has the same weight (the histogram *is* the
 statistic), so ``averaging_constant`` does not apply to these observers; it is
@@ -233,9 +234,8 @@ class HistogramObserverBase(ObserverBase):
         c, b = mags.shape[0], self.bins
         hm = self.hist_max.reshape(-1, 1)
         factor = torch.where(hm > 0, b / hm.clamp(min=1e-38), torch.zeros_like(hm))
-        self.zeros += (mags.shape[1] - torch.count_nonzero(mags, dim=1)).to(self.zeros.dtype)
-        # floor(|x| * bins / hist_max) in [0, bins]; |x| == hist_max lands in column `bins`, folded below
-        idx = mags.mul_(factor).to(torch.int32)
+        # ceil(|x| * bins / hist_max): column 0 holds the exact zeros, column j >= 1 the bin (j-1)*w < |x| <= j*w
+        idx = mags.mul_(factor).ceil_().to(torch.int32)
         cols = b + 1
         if finite is not None:
             idx = torch.where(finite, idx, torch.full_like(idx, b + 1))  # non-finite -> a dump column
@@ -243,8 +243,9 @@ class HistogramObserverBase(ObserverBase):
         if c > 1:
             idx = idx + torch.arange(c, device=idx.device, dtype=idx.dtype).reshape(-1, 1) * cols
         counts = torch.bincount(idx.reshape(-1), minlength=c * cols).reshape(c, cols).to(self.hist.dtype)
-        counts[:, b - 1] += counts[:, b]
-        self.hist += counts[:, :b]
+        self.zeros += counts[:, 0]
+        counts[:, 1] += counts[:, 0]  # zeros belong to bin 0 (kept apart in `zeros` as well)
+        self.hist += counts[:, 1:b + 1]
 
     # -- results ---------------------------------------------------------------------
     def has_data(self) -> bool:
