@@ -118,3 +118,16 @@ def test_importing_core_loads_no_plugin():
             "assert not registry._loaded;"
             "assert not any(m.startswith(('qframe_march', 'qframe_observers', 'qframe_profiler')) for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_plugin_registering_a_name_twice_is_broken_with_a_clear_reason(fresh):
+    class Twice:
+        @hookimpl
+        def qframe_register_observers(self, register):
+            register("same", _Obs)
+            register("same", _Obs)
+
+    with pytest.warns(RuntimeWarning, match="registers observer 'same' twice"):
+        fresh.register_plugin(Twice(), "twice", "twice-dist")
+        fresh.load()
+    assert [b.plugin for b in fresh.broken()] == ["twice"]

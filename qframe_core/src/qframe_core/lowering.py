@@ -68,6 +68,21 @@ class Limit:
         return None
 
 
+@attrs.frozen
+class Allowed:
+    """An attribute that must take one of a few values, e.g. ``Allowed("mode", ("nearest",))``."""
+
+    attr: str
+    values: tuple
+    text: str = ""
+
+    def violated(self, module: nn.Module) -> Optional[str]:
+        value = _find_attr(module, self.attr)
+        if value is None or value in self.values:
+            return None
+        return f"{self.attr}={value!r} breaks {self.text or f'{self.attr} in {self.values}'}"
+
+
 def _find_attr(module: nn.Module, attr: str) -> Any:
     """Look ``attr`` up on the module, or on the conv/linear a fused module wraps."""
     for m in (module, getattr(module, "conv", None), getattr(module, "linear", None)):
@@ -100,7 +115,7 @@ class OpLowering:
     quantized_module: Optional[type] = None
     input_dtypes: tuple[QuantDType, ...] = ()
     output_dtypes: tuple[QuantDType, ...] = ()
-    limits: tuple[Limit, ...] = ()
+    limits: tuple[Any, ...] = ()  # Limit / Allowed records
     note: str = ""
     way_out: str = ""
 

@@ -8,13 +8,15 @@ limits and what it does not support.
 
 from __future__ import annotations
 
-from typing import Sequence
+import operator
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from .dtype import QuantDType
 from .lowering import (
+    Allowed,
     FusionPattern,
     Limit,
     LoweringKind,
@@ -38,6 +40,15 @@ VALUE_PRESERVING_OPS: tuple = (
     nn.Identity, nn.Dropout, nn.Dropout2d, nn.ReLU, nn.Flatten, torch.flatten, torch.relu,
     torch.nn.functional.relu, "Tensor.view", "Tensor.reshape", "Tensor.flatten", "Tensor.relu",
     "Tensor.contiguous", torch.reshape,
+)
+
+#: layout ops: they move or copy elements, so they too run unchanged on integer tensors
+LAYOUT_OPS: tuple = (
+    nn.ZeroPad2d, nn.ReplicationPad2d, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
+    torch.pixel_shuffle, torch.pixel_unshuffle,  # the same objects as F.pixel_shuffle / F.pixel_unshuffle
+    operator.getitem, torch.split, torch.chunk, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
+    "Tensor.split", "Tensor.chunk", "Tensor.permute", "Tensor.transpose", "Tensor.squeeze", "Tensor.unsqueeze",
+    "Tensor.expand", "Tensor.expand_as", "Tensor.repeat", "Tensor.view_as", "Tensor.reshape_as",
 )
 
 
@@ -104,6 +115,18 @@ def lookup_lowerings(march: str, modules: Sequence[type], functions: Sequence[st
     """Non-linear ops computed by table lookup: module classes and functional names (``"exp"``…)."""
     keys = [*modules, *(f"torch.{name}" for name in functions)]
     return module_lowerings(march, keys, qat.LookupTable, quantized.LookupTable, dtypes, dtypes, note=note)
+
+
+def layout_lowerings(march: str, dtypes: Sequence[QuantDType], ops: Sequence[Any] = LAYOUT_OPS) -> list[OpLowering]:
+    """Padding with zeros/replicas, pixel/channel shuffles, slicing, split, permute, expand…"""
+    return passthrough_lowerings(march, ops, dtypes, note="moves or copies elements: same scale")
+
+
+def nearest_upsample_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:
+    """Nearest-neighbour upsampling copies elements (bilinear needs the interpolation lowering)."""
+    return module_lowerings(march, (nn.Upsample, nn.UpsamplingNearest2d), qat.ScalePreserving,
+                            quantized.ScalePreserving, dtypes, dtypes,
+                            (Allowed("mode", ("nearest",), "mode='nearest' (bilinear is not lowered yet)"),))
 
 
 def value_preserving_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:

@@ -190,6 +190,14 @@ class Registry:
             self._pm.unregister(plugin)
             self._mark_broken(name, dist, exc, "registration")
             return
+        seen: set[tuple[str, Any]] = set()
+        for c in pending:
+            if (c.kind, c.key) in seen:
+                self._pm.unregister(plugin)
+                self._mark_broken(name, dist, ValueError(
+                    f"it registers {c.kind.replace('_', ' ')} {c.key!r} twice"), "registration")
+                return
+            seen.add((c.kind, c.key))
         for c in pending:
             self._add(c)
 

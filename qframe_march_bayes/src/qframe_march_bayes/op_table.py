@@ -46,6 +46,8 @@ def lowerings():
         # "参考 torch.acos: qint8, qint16, 底层查表实现"
         *op_rows.lookup_lowerings(NAME, LOOKUP_MODULES, tuple(UNARY_FUNCTIONS), ACT,
                                   note="segment table (piecewise linear, int16 capable); 底层查表实现，有精度风险"),
+        *op_rows.layout_lowerings(NAME, ACT),
+        *op_rows.nearest_upsample_lowerings(NAME, ACT),
         *op_rows.value_preserving_lowerings(NAME, ACT),
     ]
 

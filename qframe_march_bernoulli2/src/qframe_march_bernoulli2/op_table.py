@@ -42,6 +42,8 @@ def lowerings():
                                             "floor", "elu", "selu", "softplus", "hardsigmoid", "hardswish", "mish",
                                             "leaky_relu"))),
             "not supported on bernoulli2 (op table: 不支持)", "run it after the DeQuantStub, or target bayes"),
+        *op_rows.layout_lowerings(NAME, ACT),
+        *op_rows.nearest_upsample_lowerings(NAME, ACT),
         *op_rows.value_preserving_lowerings(NAME, ACT),
     ]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import operator
 from typing import Any, Iterator, Optional
 
 from torch import fx, nn
@@ -11,7 +10,8 @@ from torch import fx, nn
 from ...lowering import op_display_name
 
 #: calls that read metadata (shapes) rather than produce tensors: never quantized
-METADATA_OPS: tuple[Any, ...] = (builtins.getattr, operator.getitem, "Tensor.size", "Tensor.dim", "Tensor.shape",
+#: (``getitem`` is not here: on a quantized tuple, e.g. of ``split``, it is a passthrough)
+METADATA_OPS: tuple[Any, ...] = (builtins.getattr, "Tensor.size", "Tensor.dim", "Tensor.shape",
                                  builtins.len)
 
 
