@@ -61,6 +61,8 @@ CONV_CASES = [
     (1, 8, 11, 13, 8, 3, 3, (2, 1), (2, 1), (2, 1), 4, "int8", "int8", True, None),  # 2 in / 2 out per group
     (2, 6, 9, 40, 6, 5, 5, (1, 1), (2, 2), (1, 1), 6, "int8", "int16", False, "int16"),  # wide rows, 5x5
     (1, 4, 7, 37, 4, 1, 3, (1, 1), (0, 3), (1, 3), 4, "int8", "int8", True, None),  # wide padding + dilation
+    (1, 32, 9, 35, 24, 3, 3, (1, 1), (1, 1), (1, 1), 1, "int8", "int8", True, "int8"),  # 16x16 / 4x4 transposes
+    (1, 64, 5, 16, 16, 3, 3, (2, 2), (1, 1), (1, 1), 2, "int8", "int16", True, None),  # transposes per group
 ]
 
 

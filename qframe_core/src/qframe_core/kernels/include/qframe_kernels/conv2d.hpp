@@ -148,6 +148,56 @@ inline void finish_tile(Isa isa, const TAcc* acc, int64_t lda, int64_t rows, int
 
 constexpr int kMaxNR = 64;
 
+#ifdef QFRAME_KERNELS_X86
+// 16x16 byte transpose (SSE2): out[j][i] = in[i][j] ^ flip.
+inline void transpose16x16_u8(const uint8_t* const* rows, uint8_t* const* outs, uint8_t flip) {
+    __m128i a[16], b[16], c[16], d[16];
+    for (int i = 0; i < 16; ++i) a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i]));
+    for (int k = 0; k < 8; ++k) {
+        b[k] = _mm_unpacklo_epi8(a[2 * k], a[2 * k + 1]);
+        b[k + 8] = _mm_unpackhi_epi8(a[2 * k], a[2 * k + 1]);
+    }
+    for (int k = 0; k < 4; ++k) {
+        c[k] = _mm_unpacklo_epi16(b[2 * k], b[2 * k + 1]);
+        c[k + 4] = _mm_unpackhi_epi16(b[2 * k], b[2 * k + 1]);
+        c[k + 8] = _mm_unpacklo_epi16(b[8 + 2 * k], b[9 + 2 * k]);
+        c[k + 12] = _mm_unpackhi_epi16(b[8 + 2 * k], b[9 + 2 * k]);
+    }
+    for (int G = 0; G < 4; ++G) {
+        d[4 * G + 0] = _mm_unpacklo_epi32(c[4 * G], c[4 * G + 1]);
+        d[4 * G + 1] = _mm_unpacklo_epi32(c[4 * G + 2], c[4 * G + 3]);
+        d[4 * G + 2] = _mm_unpackhi_epi32(c[4 * G], c[4 * G + 1]);
+        d[4 * G + 3] = _mm_unpackhi_epi32(c[4 * G + 2], c[4 * G + 3]);
+    }
+    const __m128i f = _mm_set1_epi8(static_cast<char>(flip));
+    for (int G = 0; G < 4; ++G) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(outs[4 * G + 0]),
+                         _mm_xor_si128(_mm_unpacklo_epi64(d[4 * G], d[4 * G + 1]), f));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(outs[4 * G + 1]),
+                         _mm_xor_si128(_mm_unpackhi_epi64(d[4 * G], d[4 * G + 1]), f));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(outs[4 * G + 2]),
+                         _mm_xor_si128(_mm_unpacklo_epi64(d[4 * G + 2], d[4 * G + 3]), f));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(outs[4 * G + 3]),
+                         _mm_xor_si128(_mm_unpackhi_epi64(d[4 * G + 2], d[4 * G + 3]), f));
+    }
+}
+
+// 4x4 int32 transpose (SSE2): dst[q * ld + j] = src_j[q] for 4 sources of 4 int32.
+inline void transpose4x4_i32(const void* s0, const void* s1, const void* s2, const void* s3, int32_t* dst,
+                             int64_t ld) {
+    const __m128i a = _mm_loadu_si128(static_cast<const __m128i*>(s0));
+    const __m128i b = _mm_loadu_si128(static_cast<const __m128i*>(s1));
+    const __m128i c = _mm_loadu_si128(static_cast<const __m128i*>(s2));
+    const __m128i d = _mm_loadu_si128(static_cast<const __m128i*>(s3));
+    const __m128i ab0 = _mm_unpacklo_epi32(a, b), ab1 = _mm_unpackhi_epi32(a, b);
+    const __m128i cd0 = _mm_unpacklo_epi32(c, d), cd1 = _mm_unpackhi_epi32(c, d);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_unpacklo_epi64(ab0, cd0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + ld), _mm_unpackhi_epi64(ab0, cd0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * ld), _mm_unpacklo_epi64(ab1, cd1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 3 * ld), _mm_unpackhi_epi64(ab1, cd1));
+}
+#endif
+
 // Channels-last, padded copy of the input for the GEMM path:
 //   X[n][ih + ph][iw + pw][g][c]   (Hp x Wp pixels, groups x CgP channels)
 // holding the k-group encoding of each value (E = uint8_t: x + 128 for u8
@@ -177,7 +227,32 @@ inline void prepare_channels_last(const Conv2dShape& s, const TIn* in, int64_t C
                     std::fill(dst + (s.pw + iw) * pix + g * CgP + Cg, dst + (s.pw + iw) * pix + (g + 1) * CgP, zero);
         E* d0 = dst + s.pw * pix;
         for (int64_t g = 0; g < s.groups; ++g) {
-            for (int64_t c = 0; c < Cg; ++c) {
+            int64_t cdone = 0;
+#ifdef QFRAME_KERNELS_X86
+            if constexpr (sizeof(E) == 1 && sizeof(TIn) == 1) {
+                // 16 channels x 16 pixels at a time; leftover pixels/channels below
+                const int64_t W16 = s.W / 16 * 16;
+                cdone = Cg / 16 * 16;
+                for (int64_t c0 = 0; c0 < cdone; c0 += 16) {
+                    const uint8_t* rows_in[16];
+                    uint8_t* rows_out[16];
+                    for (int64_t w0 = 0; w0 < W16; w0 += 16) {
+                        for (int i = 0; i < 16; ++i) {
+                            rows_in[i] = reinterpret_cast<const uint8_t*>(in + ((n * s.C + g * Cg + c0 + i) * s.H + ih) * s.W + w0);
+                            rows_out[i] = reinterpret_cast<uint8_t*>(d0 + (w0 + i) * pix + g * CgP + c0);
+                        }
+                        transpose16x16_u8(rows_in, rows_out, 0x80);
+                    }
+                    for (int64_t c = c0; c < c0 + 16; ++c) {
+                        const TIn* src = in + ((n * s.C + g * Cg + c) * s.H + ih) * s.W;
+                        E* d = d0 + g * CgP + c;
+                        for (int64_t iw = W16; iw < s.W; ++iw)
+                            d[iw * pix] = static_cast<E>(static_cast<uint8_t>(src[iw]) ^ 0x80u);
+                    }
+                }
+            }
+#endif
+            for (int64_t c = cdone; c < Cg; ++c) {
                 const TIn* src = in + ((n * s.C + g * Cg + c) * s.H + ih) * s.W;
                 E* d = d0 + g * CgP + c;
                 if constexpr (sizeof(E) == 1) {
@@ -215,7 +290,16 @@ inline void panel_channels_last(const Conv2dShape& s, const E* X, int64_t CgP, i
         for (int64_t kw = 0; kw < s.KW; ++kw) {
             const E* Xt = Xn + (kh * s.dh * Wp + kw * s.dw) * pix;
             int32_t* Bt = B + (kh * s.KW + kw) * CgQ * nr;
-            for (int64_t j = 0; j < np; ++j) {
+            int64_t j0 = 0;
+#ifdef QFRAME_KERNELS_X86
+            if (CgQ % 4 == 0) {
+                for (; j0 + 4 <= np; j0 += 4)
+                    for (int64_t q = 0; q < CgQ; q += 4)
+                        transpose4x4_i32(Xt + off[j0] + q * kg, Xt + off[j0 + 1] + q * kg, Xt + off[j0 + 2] + q * kg,
+                                         Xt + off[j0 + 3] + q * kg, Bt + q * nr + j0, nr);
+            }
+#endif
+            for (int64_t j = j0; j < np; ++j) {
                 const E* src = Xt + off[j];
                 int32_t* d = Bt + j;
                 for (int64_t q = 0; q < CgQ; ++q) std::memcpy(d + q * nr, src + q * kg, 4);
