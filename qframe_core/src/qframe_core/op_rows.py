@@ -129,8 +129,9 @@ def nearest_upsample_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list
                             (Allowed("mode", ("nearest",), "mode='nearest' (bilinear is not lowered yet)"),))
 
 
-def value_preserving_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:
-    return passthrough_lowerings(march, VALUE_PRESERVING_OPS, (*dtypes, *_int32(dtypes)),
+def value_preserving_lowerings(march: str, dtypes: Sequence[QuantDType], exclude: Sequence[Any] = ()) -> list[OpLowering]:
+    ops = [op for op in VALUE_PRESERVING_OPS if op not in exclude]
+    return passthrough_lowerings(march, ops, (*dtypes, *_int32(dtypes)),
                                  note="runs on the integer tensor at the input's scale")
 
 

@@ -10,6 +10,9 @@ from .spec import NAME
 
 ACT = (qint8,)
 
+#: Tensor methods the table lists as 不支持 on bernoulli2
+NOT_4D = ("Tensor.transpose", "Tensor.expand", "Tensor.repeat", "Tensor.reshape", "Tensor.tile")
+
 
 def lowerings():
     return [
@@ -42,9 +45,11 @@ def lowerings():
                                             "floor", "elu", "selu", "softplus", "hardsigmoid", "hardswish", "mish",
                                             "leaky_relu"))),
             "not supported on bernoulli2 (op table: 不支持)", "run it after the DeQuantStub, or target bayes"),
-        *op_rows.layout_lowerings(NAME, ACT),
+        *op_rows.layout_lowerings(NAME, ACT, [op for op in op_rows.LAYOUT_OPS if op not in NOT_4D]),
+        *unsupported_lowerings(NAME, NOT_4D, "not supported on bernoulli2 (op table: 不支持; it computes 4-D tensors)",
+                               "reshape after the DeQuantStub, or target bayes"),
         *op_rows.nearest_upsample_lowerings(NAME, ACT),
-        *op_rows.value_preserving_lowerings(NAME, ACT),
+        *op_rows.value_preserving_lowerings(NAME, ACT, exclude=NOT_4D),
     ]
 
 
