@@ -48,6 +48,9 @@ def qframe_register_observers(register):
     ``observer_class`` subclasses :class:`qframe_core.quantization.observer.ObserverBase`
     and honours its contract (``forward`` records statistics and returns its
     input unchanged; ``calculate_qparams`` returns ``(scale, zero_point)``).
+    Histogram-based observers can build on
+    :class:`qframe_core.quantization.histogram.HistogramObserverBase` and only
+    implement the threshold search.
     """
 
 

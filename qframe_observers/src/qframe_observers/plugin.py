@@ -10,6 +10,7 @@ def qframe_register_observers(register):
     from .kl import KLObserver
     from .min_max import MinMaxObserver
     from .mix import MixObserver
+    from .moving_average import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
     from .mse import MSEObserver
     from .percentile import PercentileObserver
 
@@ -19,3 +20,6 @@ def qframe_register_observers(register):
     register("kl", KLObserver)
     register("mix", MixObserver)
     register("fixed_scale", FixedScaleObserver)
+    # torch.ao-style names, also reachable as qframe_core.quantization.MovingAverage…Observer (the seeds' path)
+    register("moving_average_min_max", MovingAverageMinMaxObserver)
+    register("moving_average_per_channel_min_max", MovingAveragePerChannelMinMaxObserver)

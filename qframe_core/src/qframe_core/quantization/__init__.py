@@ -12,3 +12,17 @@ __all__ = [
     "fuse_fx", "get_default_qat_qconfig", "get_default_qconfig", "load_observer_params", "prepare", "prepare_qat_fx",
     "set_fake_quantize",
 ]
+
+
+def __getattr__(name: str):
+    """Observer classes by the seeds' import path (``qframe_core.quantization.MovingAverageMinMaxObserver``).
+
+    They are plugin contributions: resolved through the registry on first use, so the core names none.
+    """
+    if name[:1].isupper():
+        from ..registry import registry
+
+        for contribution in registry.contributions("observer"):
+            if contribution.value.cls.__name__ == name:
+                return contribution.value.cls
+    raise AttributeError(f"module 'qframe_core.quantization' has no attribute {name!r}")

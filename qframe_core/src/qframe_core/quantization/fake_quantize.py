@@ -15,6 +15,7 @@ quantized model's dequantized value bit for bit.
 from __future__ import annotations
 
 import enum
+import inspect
 from typing import Any, Callable, Optional, Union
 
 import attrs
@@ -110,6 +111,8 @@ class FakeQuantize(nn.Module):
         if not (isinstance(obs_cls, type) and issubclass(obs_cls, ObserverBase)):
             raise TypeError(f"FakeQuantize: observer must subclass qframe_core.quantization.observer.ObserverBase, "
                             f"got {obs_cls!r}")
+        if scale is not None and "scale" in inspect.signature(obs_cls.__init__).parameters:
+            observer_kwargs.setdefault("scale", scale)  # e.g. FixedScaleObserver: both report the same scale
         self.activation_post_process: ObserverBase = obs_cls(**observer_kwargs)
         obs = self.activation_post_process
         self.dtype: QuantDType = obs.dtype
