@@ -63,6 +63,9 @@ CONV_CASES = [
     (1, 4, 7, 37, 4, 1, 3, (1, 1), (0, 3), (1, 3), 4, "int8", "int8", True, None),  # wide padding + dilation
     (1, 32, 9, 35, 24, 3, 3, (1, 1), (1, 1), (1, 1), 1, "int8", "int8", True, "int8"),  # 16x16 / 4x4 transposes
     (1, 64, 5, 16, 16, 3, 3, (2, 2), (1, 1), (1, 1), 2, "int8", "int16", True, None),  # transposes per group
+    (5, 16, 4, 4, 10, 4, 4, (1, 1), (0, 0), (1, 1), 1, "int8", "int32", True, None),  # 1 pixel per image
+    (3, 16, 5, 5, 24, 3, 3, (2, 2), (1, 1), (1, 1), 1, "int8", "int8", True, "int8"),  # panels span images
+    (4, 6, 3, 5, 9, 2, 2, (1, 1), (0, 1), (1, 1), 3, "int16", "int16", True, "int16"),
 ]
 
 

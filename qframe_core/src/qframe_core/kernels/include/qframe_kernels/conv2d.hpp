@@ -208,80 +208,85 @@ inline void prepare_channels_last(const Conv2dShape& s, const TIn* in, int64_t C
     const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
     const int64_t Cg = s.C / s.groups;
     const int64_t pix = s.groups * CgP;  // elements per pixel
-    const int64_t rows = s.N * Hp;
+    const int64_t HW = s.H * s.W;
     const E zero = sizeof(E) == 1 ? E(128) : E(0);
-#pragma omp parallel for schedule(static) if (rows * Wp * pix > 65536)
-    for (int64_t r = 0; r < rows; ++r) {
-        const int64_t n = r / Hp, hp = r % Hp;
-        E* dst = X + r * Wp * pix;
-        const int64_t ih = hp - s.ph;
-        if (ih < 0 || ih >= s.H) {
-            std::fill(dst, dst + Wp * pix, zero);
-            continue;
-        }
-        std::fill(dst, dst + s.pw * pix, zero);
-        std::fill(dst + (s.pw + s.W) * pix, dst + Wp * pix, zero);
-        if (CgP != Cg)
-            for (int64_t iw = 0; iw < s.W; ++iw)
-                for (int64_t g = 0; g < s.groups; ++g)
-                    std::fill(dst + (s.pw + iw) * pix + g * CgP + Cg, dst + (s.pw + iw) * pix + (g + 1) * CgP, zero);
-        E* d0 = dst + s.pw * pix;
+    const int64_t total = s.N * Hp * Wp * pix;
+    // padding pixels / channels hold the encoding of 0; the rest is overwritten below
+    if (s.ph || s.pw || CgP != Cg) {
+        const int64_t rows = s.N * Hp, rl = Wp * pix;
+#pragma omp parallel for schedule(static) if (total > 262144)
+        for (int64_t r = 0; r < rows; ++r) std::fill(X + r * rl, X + (r + 1) * rl, zero);
+    }
+    constexpr int64_t kChunk = 64;  // input pixels per task
+    const int64_t nch = (HW + kChunk - 1) / kChunk;
+    const int64_t tasks = s.N * nch;
+#pragma omp parallel for schedule(static) if (total > 65536)
+    for (int64_t t = 0; t < tasks; ++t) {
+        const int64_t n = t / nch;
+        const int64_t pb = (t % nch) * kChunk, pe = std::min(HW, pb + kChunk);
+        E* dst[kChunk];
+        for (int64_t p = pb; p < pe; ++p)
+            dst[p - pb] = X + ((n * Hp + p / s.W + s.ph) * Wp + p % s.W + s.pw) * pix;
         for (int64_t g = 0; g < s.groups; ++g) {
+            const TIn* src = in + (n * s.C + g * Cg) * HW;
             int64_t cdone = 0;
 #ifdef QFRAME_KERNELS_X86
             if constexpr (sizeof(E) == 1 && sizeof(TIn) == 1) {
-                // 16 channels x 16 pixels at a time; leftover pixels/channels below
-                const int64_t W16 = s.W / 16 * 16;
                 cdone = Cg / 16 * 16;
+                const int64_t p16 = pb + (pe - pb) / 16 * 16;
                 for (int64_t c0 = 0; c0 < cdone; c0 += 16) {
-                    const uint8_t* rows_in[16];
-                    uint8_t* rows_out[16];
-                    for (int64_t w0 = 0; w0 < W16; w0 += 16) {
+                    const uint8_t* rin[16];
+                    uint8_t* rout[16];
+                    for (int64_t p = pb; p < p16; p += 16) {
                         for (int i = 0; i < 16; ++i) {
-                            rows_in[i] = reinterpret_cast<const uint8_t*>(in + ((n * s.C + g * Cg + c0 + i) * s.H + ih) * s.W + w0);
-                            rows_out[i] = reinterpret_cast<uint8_t*>(d0 + (w0 + i) * pix + g * CgP + c0);
+                            rin[i] = reinterpret_cast<const uint8_t*>(src + (c0 + i) * HW + p);
+                            rout[i] = reinterpret_cast<uint8_t*>(dst[p - pb + i] + g * CgP + c0);
                         }
-                        transpose16x16_u8(rows_in, rows_out, 0x80);
+                        transpose16x16_u8(rin, rout, 0x80);
                     }
-                    for (int64_t c = c0; c < c0 + 16; ++c) {
-                        const TIn* src = in + ((n * s.C + g * Cg + c) * s.H + ih) * s.W;
-                        E* d = d0 + g * CgP + c;
-                        for (int64_t iw = W16; iw < s.W; ++iw)
-                            d[iw * pix] = static_cast<E>(static_cast<uint8_t>(src[iw]) ^ 0x80u);
-                    }
+                    for (int64_t c = c0; c < c0 + 16; ++c)
+                        for (int64_t p = p16; p < pe; ++p)
+                            dst[p - pb][g * CgP + c] = static_cast<E>(static_cast<uint8_t>(src[c * HW + p]) ^ 0x80u);
                 }
             }
 #endif
             for (int64_t c = cdone; c < Cg; ++c) {
-                const TIn* src = in + ((n * s.C + g * Cg + c) * s.H + ih) * s.W;
-                E* d = d0 + g * CgP + c;
-                if constexpr (sizeof(E) == 1) {
-                    for (int64_t iw = 0; iw < s.W; ++iw) d[iw * pix] = static_cast<E>(static_cast<uint8_t>(src[iw]) ^ 0x80u);
-                } else {
-                    for (int64_t iw = 0; iw < s.W; ++iw) d[iw * pix] = static_cast<E>(src[iw]);
+                const TIn* sc = src + c * HW;
+                for (int64_t p = pb; p < pe; ++p) {
+                    if constexpr (sizeof(E) == 1)
+                        dst[p - pb][g * CgP + c] = static_cast<E>(static_cast<uint8_t>(sc[p]) ^ 0x80u);
+                    else
+                        dst[p - pb][g * CgP + c] = static_cast<E>(sc[p]);
                 }
             }
         }
     }
 }
 
-// B panel of output pixels [p0, p0+np) for image n, group g from the
-// channels-last copy X (see prepare_channels_last); reduction order (kh, kw, c).
+// B panel of output pixels [p0, p0+np) of group g from the channels-last
+// copy X (see prepare_channels_last); pixels are numbered over the whole
+// batch (p = n * Ho * Wo + oh * Wo + ow), so a panel may span images.
+// Reduction order (kh, kw, c).
 template <class E>
-inline void panel_channels_last(const Conv2dShape& s, const E* X, int64_t CgP, int kg, int64_t n, int64_t g,
-                                int64_t p0, int64_t np, int nr, int32_t* B) {
+inline void panel_channels_last(const Conv2dShape& s, const E* X, int64_t CgP, int kg, int64_t g, int64_t p0,
+                                int64_t np, int nr, int32_t* B) {
     const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
     const int64_t pix = s.groups * CgP;
     const int64_t CgQ = CgP / kg;  // k-groups per tap
-    const E* Xn = X + n * Hp * Wp * pix + g * CgP;
+    const E* Xn = X + g * CgP;
     int64_t off[kMaxNR];
     {
-        int64_t oh = p0 / s.Wo, ow = p0 % s.Wo;
+        const int64_t P = s.Ho * s.Wo;
+        int64_t n = p0 / P, rem = p0 % P;
+        int64_t oh = rem / s.Wo, ow = rem % s.Wo;
         for (int64_t j = 0; j < np; ++j) {
-            off[j] = (oh * s.sh * Wp + ow * s.sw) * pix;
+            off[j] = n * Hp * Wp * pix + (oh * s.sh * Wp + ow * s.sw) * pix;
             if (++ow == s.Wo) {
                 ow = 0;
-                ++oh;
+                if (++oh == s.Ho) {
+                    oh = 0;
+                    ++n;
+                }
             }
         }
     }
@@ -491,21 +496,26 @@ void conv2d(const Conv2dShape& s, const TIn* in, const int8_t* w, const TRes* re
         using E = decltype(e);
         E* X = thread_scratch<E, 4>(std::max<int64_t>(xelems, 1));
         detail::prepare_channels_last<TIn, E>(s, in, CgP, X);
+        // one GEMM per group; its columns are the output pixels of the whole batch
         gemm_driver(
-            kern, s.N * s.groups, Og, Kp, P, chunk_groups<TIn>(kern),
-            [&](int64_t b) { return pw.group(b % s.groups); },
-            [&](int64_t b, int64_t p0, int64_t np, int32_t* B) {
-                detail::panel_channels_last<E>(s, X, CgP, kg, b / s.groups, b % s.groups, p0, np, nr, B);
+            kern, s.groups, Og, Kp, s.N * P, chunk_groups<TIn>(kern), [&](int64_t g) { return pw.group(g); },
+            [&](int64_t g, int64_t p0, int64_t np, int32_t* B) {
+                detail::panel_channels_last<E>(s, X, CgP, kg, g, p0, np, nr, B);
             },
-            [&](int64_t b, int64_t m0, int64_t mrows, int64_t p0, int64_t np, const auto* C) {
-                const int64_t n = b / s.groups, g = b % s.groups;
+            [&](int64_t g, int64_t m0, int64_t mrows, int64_t p0, int64_t np, const auto* C) {
                 const int64_t o0 = g * Og + m0;
                 int64_t bias[detail::kMaxNR];
                 for (int64_t r = 0; r < mrows; ++r)
                     bias[r] = (q.bias ? q.bias[o0 + r] : 0) - pw.comp_of(o0 + r);
-                const int64_t obase = (n * s.O + o0) * P + p0;
-                detail::finish_tile<Policy>(isa, C, nr, mrows, np, o0, bias, res ? res + obase : res, P, q,
-                                            out + obase);
+                // split the panel's columns at image boundaries
+                for (int64_t j = 0; j < np;) {
+                    const int64_t p = p0 + j, n = p / P, pi = p % P;
+                    const int64_t len = std::min(np - j, P - pi);
+                    const int64_t obase = (n * s.O + o0) * P + pi;
+                    detail::finish_tile<Policy>(isa, C + j, nr, mrows, len, o0, bias, res ? res + obase : res, P, q,
+                                                out + obase);
+                    j += len;
+                }
             });
     };
     if (kg == 4) run(uint8_t{});
