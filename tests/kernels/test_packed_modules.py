@@ -66,11 +66,11 @@ def test_weights_packed_at_convert_and_reused(m):
     qm, x, want = _convert(m)
     mods = _weighted(qm)
     assert mods and all(mod._packed is not None for mod in mods)
-    packs = [mod._packed for mod in mods]
+    packs = [mod.packed_weight() for mod in mods]
     with torch.no_grad():
         y1 = qm(x)
         y2 = qm(x)
-    assert all(mod._packed is p for mod, p in zip(mods, packs))  # no repacking per forward
+    assert all(mod.packed_weight() is p for mod, p in zip(mods, packs))  # no repacking per forward
     torch.testing.assert_close(y1, y2, rtol=0, atol=0)
     torch.testing.assert_close(y1, want, rtol=0, atol=0)  # integer model == QAT validation
 
@@ -109,3 +109,8 @@ def test_in_place_weight_change_repacks():
     after = conv.packed_weight()
     assert after is not before
     assert int(torch.from_numpy(after.weight()).abs().sum()) == 0
+    with torch.no_grad():
+        qm(x)
+    # replacing a buffer (not in place) is seen too
+    conv.bias = conv.bias.clone() + 5
+    assert conv._kernel_args()[2][0] == int(conv.bias[0])

@@ -44,10 +44,21 @@ class _WeightedQuantized(nn.Module):
 
     def packed_weight(self):
         """The ``PackedWeight`` of the current ``weight`` buffer (packed once, repacked if it changed)."""
-        w = self.weight
-        key = (self.march, w.data_ptr(), w._version, tuple(w.shape))
+        return self._kernel_args()[1]
+
+    def _kernel_args(self) -> tuple:
+        """(kernels, PackedWeight, bias, multiplier, shift, residual_multiplier) as numpy views, built
+        once and rebuilt when a buffer is replaced or changed in place."""
+        bufs = (self.weight, self.bias, self.multiplier, self.shift, self.residual_multiplier)
+        key = (self.march,) + tuple(None if b is None else (b.data_ptr(), b._version, b.dtype, tuple(b.shape))
+                                    for b in bufs)
         if self._packed is None or self._packed_key != key:
-            self._packed = self._pack(march_kernels(self.march))
+            k = march_kernels(self.march)
+            self._packed = (k, self._pack(k), to_int32(self.bias),
+                            None if self.multiplier is None else self.multiplier.to(torch.int32).contiguous().numpy(),
+                            None if self.shift is None else self.shift.to(torch.int32).contiguous().numpy(),
+                            None if self.residual_multiplier is None
+                            else self.residual_multiplier.to(torch.int32).contiguous().numpy())
             self._packed_key = key
         return self._packed
 
@@ -91,16 +102,13 @@ class Conv2d(_WeightedQuantized):
         return k.pack_conv2d_weight(self.weight.detach().contiguous().numpy(), int(self.groups))
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
-        k = march_kernels(self.march)
+        k, packed, bias, mult, shift, rmult = self._kernel_args()
         lo, hi = self._clamp_bounds()
-        raw = self.multiplier is None
         out = k.conv2d(
-            as_array(x, "input", self.qframe_name), self.packed_weight(), to_int32(self.bias),
+            as_array(x, "input", self.qframe_name), packed, bias,
             tuple(self.stride), tuple(self.padding), tuple(self.dilation), int(self.groups),
-            None if raw else self.multiplier.numpy(), None if raw else self.shift.numpy(),
-            dtype_name(self.out_dtype.bits), lo, hi,
-            as_array(other, "residual", self.qframe_name) if other is not None else None,
-            None if self.residual_multiplier is None else self.residual_multiplier.numpy(),
+            mult, shift, dtype_name(self.out_dtype.bits), lo, hi,
+            as_array(other, "residual", self.qframe_name) if other is not None else None, rmult,
         )
         return self._finish(out)
 
@@ -124,14 +132,12 @@ class Linear(_WeightedQuantized):
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         if other is not None:
             raise NotImplementedError(f"{self.qframe_name}: Linear fused with add is not lowered by the kernels yet")
-        k = march_kernels(self.march)
+        k, packed, bias, mult, shift, _ = self._kernel_args()
         lo, hi = self._clamp_bounds()
-        raw = self.multiplier is None
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         out = k.linear(
-            as_array(x2, "input", self.qframe_name), self.packed_weight(), to_int32(self.bias),
-            None if raw else self.multiplier.numpy(), None if raw else self.shift.numpy(),
+            as_array(x2, "input", self.qframe_name), packed, bias, mult, shift,
             dtype_name(self.out_dtype.bits), lo, hi,
         )
         return self._finish(out).reshape(*lead, -1)

@@ -294,13 +294,13 @@ inline T* thread_scratch(int64_t n) {
 }
 
 // Number of row chunks so that `base` equal tasks x rchunks balance over the
-// threads (>= 85% efficiency), capped by `rblocks`.
+// threads (>= 90% efficiency), capped by `rblocks`.
 inline int64_t balance_row_chunks(int64_t base, int64_t rblocks, int nthreads) {
     if (nthreads <= 1 || base <= 0) return 1;
     for (int64_t r = 1; r <= rblocks; ++r) {
         const int64_t t = base * r;
         const int64_t rounds = (t + nthreads - 1) / nthreads;
-        if (static_cast<double>(t) / static_cast<double>(rounds * nthreads) >= 0.85) {
+        if (static_cast<double>(t) / static_cast<double>(rounds * nthreads) >= 0.9) {
             // row chunks must also be about equal: rblocks / r blocks each
             const int64_t per = (rblocks + r - 1) / r;
             const int64_t real = (rblocks + per - 1) / per;
