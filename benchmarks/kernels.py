@@ -325,7 +325,7 @@ def _model_row(name, batch, float_model, q_model, t_model, x, repeat, verbose):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--march", default="bayes", choices=["bayes", "bernoulli2"])
-    ap.add_argument("--repeat", type=int, default=30, help="timed calls per measurement (median reported)")
+    ap.add_argument("--repeat", type=int, default=50, help="timed calls per measurement (median reported)")
     ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
     ap.add_argument("--skip-models", action="store_true", help="only the op rows")
     ap.add_argument("-v", "--verbose", action="store_true", help="raw median/min lines on stderr")
