@@ -66,6 +66,12 @@ CONV_CASES = [
     (5, 16, 4, 4, 10, 4, 4, (1, 1), (0, 0), (1, 1), 1, "int8", "int32", True, None),  # 1 pixel per image
     (3, 16, 5, 5, 24, 3, 3, (2, 2), (1, 1), (1, 1), 1, "int8", "int8", True, "int8"),  # panels span images
     (4, 6, 3, 5, 9, 2, 2, (1, 1), (0, 1), (1, 1), 3, "int16", "int16", True, "int16"),
+    # C not a multiple of the k-group: (kw, c) runs per kernel row (and the dilated fallback)
+    (1, 3, 23, 21, 16, 7, 7, (2, 2), (3, 3), (1, 1), 1, "int8", "int8", True, None),  # stem-like
+    (3, 1, 8, 8, 16, 3, 3, (1, 1), (1, 1), (1, 1), 1, "int8", "int8", True, "int8"),
+    (1, 5, 9, 10, 12, 3, 3, (1, 1), (2, 2), (2, 2), 1, "int8", "int16", True, None),
+    (2, 3, 9, 9, 10, 3, 5, (1, 2), (1, 2), (1, 1), 1, "int16", "int8", True, None),
+    (1, 7, 6, 31, 9, 2, 4, (1, 1), (0, 0), (2, 1), 1, "int8", "int8", False, "int16"),
 ]
 
 

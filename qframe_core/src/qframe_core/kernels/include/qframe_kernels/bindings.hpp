@@ -299,7 +299,8 @@ struct PackedWeight {
             if (p->kern == &kern) return p;
         PackedGemmWeight& slot = in == DType::Int8 ? p8 : p16;
         if (op == "conv2d")
-            pack_conv2d_gemm_weight(slot, kern, raw.data(), shape[0], shape[1], shape[2], shape[3], groups);
+            pack_conv2d_gemm_weight(slot, kern, raw.data(), shape[0], shape[1], shape[2], shape[3], groups,
+                                    /*dw=*/1);  // other dilations repack per call
         else
             pack_gemm_weight(slot, kern, raw.data(), groups, rows(), K());
         return &slot;

@@ -52,6 +52,7 @@ struct PackedGemmWeight {
     int64_t group_stride = 0;
     std::vector<int32_t> a;
     std::vector<int64_t> comp;  // [groups * rows], empty unless kern->kgroup == 4
+    bool run = false;           // conv weights in the ConvGemmLayout "runs" order
 
     const int32_t* group(int64_t g) const { return a.data() + g * group_stride; }
     int64_t comp_of(int64_t o) const { return comp.empty() ? 0 : comp[o]; }
@@ -74,24 +75,55 @@ inline void pack_gemm_weight(PackedGemmWeight& pw, const GemmKernel& kern, const
                pw.comp.empty() ? nullptr : pw.comp.data() + g * rows);
 }
 
-// Channels of one group rounded up to the kernel's k-group (2 or 4), so that
-// a k-group never straddles two kernel taps.
-inline int64_t conv_group_channels(int64_t Cg, int kgroup) { return (Cg + kgroup - 1) / kgroup * kgroup; }
+// How the GEMM reduction of a conv is laid out over the channels-last copy
+// of the input (see detail::prepare_channels_last / panel_channels_last):
+//  * taps (default): one segment per kernel tap (kh, kw) holding the group's
+//    channels padded to CgP = a multiple of the k-group (zero weights);
+//  * runs (groups == 1, unit width dilation, C not a multiple of the
+//    k-group, e.g. a 3-channel stem): one segment per kernel row kh holding
+//    the contiguous (kw, c) run of KW * C values, padded at its end; the
+//    padding k-groups read the next values of the copy against zero weights.
+struct ConvGemmLayout {
+    bool run = false;
+    int64_t CgP = 0;   // channels per group in the channels-last copy
+    int64_t segs = 0;  // KH (runs) or KH * KW (taps)
+    int64_t Q = 0;     // k-groups per segment
+    int kg = 2;
+    int64_t K() const { return segs * Q * kg; }
+};
 
-// Conv weights [O, Cg, KH, KW] packed for `kern` with the GEMM reduction
-// ordered (kh, kw, c) and c padded to conv_group_channels (zero weights), the
-// order in which conv2d's channels-last activation panels are built.
+inline ConvGemmLayout conv_gemm_layout(int64_t Cg, int64_t KH, int64_t KW, int64_t groups, int64_t dw, int kg) {
+    ConvGemmLayout l;
+    l.kg = kg;
+    if (groups == 1 && dw == 1 && KW > 1 && Cg % kg != 0) {
+        l.run = true;
+        l.CgP = Cg;
+        l.segs = KH;
+        l.Q = (KW * Cg + kg - 1) / kg;
+    } else {
+        l.CgP = (Cg + kg - 1) / kg * kg;
+        l.segs = KH * KW;
+        l.Q = l.CgP / kg;
+    }
+    return l;
+}
+
+// Conv weights [O, Cg, KH, KW] packed for `kern` in the reduction order of
+// conv_gemm_layout(..., dw, kern.kgroup), zero weights in the padding.
 inline void pack_conv2d_gemm_weight(PackedGemmWeight& pw, const GemmKernel& kern, const int8_t* w, int64_t O,
-                                    int64_t Cg, int64_t KH, int64_t KW, int64_t groups) {
-    const int64_t CgP = conv_group_channels(Cg, kern.kgroup);
-    const int64_t K = KH * KW * CgP;
+                                    int64_t Cg, int64_t KH, int64_t KW, int64_t groups, int64_t dw) {
+    const ConvGemmLayout l = conv_gemm_layout(Cg, KH, KW, groups, dw, kern.kgroup);
+    const int64_t K = l.K();
     std::vector<int8_t> re(static_cast<size_t>(std::max<int64_t>(O * K, 1)), 0);
     for (int64_t o = 0; o < O; ++o)
         for (int64_t c = 0; c < Cg; ++c)
             for (int64_t kh = 0; kh < KH; ++kh)
-                for (int64_t kw = 0; kw < KW; ++kw)
-                    re[o * K + (kh * KW + kw) * CgP + c] = w[((o * Cg + c) * KH + kh) * KW + kw];
+                for (int64_t kw = 0; kw < KW; ++kw) {
+                    const int64_t k = l.run ? kh * l.Q * l.kg + kw * Cg + c : (kh * KW + kw) * l.CgP + c;
+                    re[o * K + k] = w[((o * Cg + c) * KH + kh) * KW + kw];
+                }
     pack_gemm_weight(pw, kern, re.data(), groups, O / groups, K);
+    pw.run = l.run;
 }
 
 namespace detail {
@@ -268,12 +300,13 @@ inline void prepare_channels_last(const Conv2dShape& s, const TIn* in, int64_t C
 // batch (p = n * Ho * Wo + oh * Wo + ow), so a panel may span images.
 // Reduction order (kh, kw, c).
 template <class E>
-inline void panel_channels_last(const Conv2dShape& s, const E* X, int64_t CgP, int kg, int64_t g, int64_t p0,
+inline void panel_channels_last(const Conv2dShape& s, const E* X, const ConvGemmLayout& l, int64_t g, int64_t p0,
                                 int64_t np, int nr, int32_t* B) {
     const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
-    const int64_t pix = s.groups * CgP;
-    const int64_t CgQ = CgP / kg;  // k-groups per tap
-    const E* Xn = X + g * CgP;
+    const int kg = l.kg;
+    const int64_t pix = s.groups * l.CgP;
+    const int64_t CgQ = l.Q;  // k-groups per segment
+    const E* Xn = X + g * l.CgP;
     int64_t off[kMaxNR];
     {
         const int64_t P = s.Ho * s.Wo;
@@ -290,11 +323,12 @@ inline void panel_channels_last(const Conv2dShape& s, const E* X, int64_t CgP, i
             }
         }
     }
-    const int64_t Kg = s.KH * s.KW * CgQ;
-    for (int64_t kh = 0; kh < s.KH; ++kh) {
-        for (int64_t kw = 0; kw < s.KW; ++kw) {
+    const int64_t Kg = l.segs * CgQ;
+    for (int64_t seg = 0; seg < l.segs; ++seg) {
+        {
+            const int64_t kh = l.run ? seg : seg / s.KW, kw = l.run ? 0 : seg % s.KW;
             const E* Xt = Xn + (kh * s.dh * Wp + kw * s.dw) * pix;
-            int32_t* Bt = B + (kh * s.KW + kw) * CgQ * nr;
+            int32_t* Bt = B + seg * CgQ * nr;
             int64_t j0 = 0;
 #ifdef QFRAME_KERNELS_X86
             if (CgQ % 4 == 0) {
@@ -480,27 +514,30 @@ void conv2d(const Conv2dShape& s, const TIn* in, const int8_t* w, const TRes* re
             detail::conv2d_direct<Policy, TIn, TOut, TRes, int64_t>(kern.isa, s, in, w, res, q, out);
         return;
     }
+    const ConvGemmLayout lay = conv_gemm_layout(Cg, s.KH, s.KW, s.groups, s.dw, kern.kgroup);
     PackedGemmWeight local;
-    if (packed == nullptr || packed->kern != &kern) {
-        pack_conv2d_gemm_weight(local, kern, w, s.O, Cg, s.KH, s.KW, s.groups);
+    if (packed == nullptr || packed->kern != &kern || packed->run != lay.run) {
+        pack_conv2d_gemm_weight(local, kern, w, s.O, Cg, s.KH, s.KW, s.groups, s.dw);
         packed = &local;
     }
     const PackedGemmWeight& pw = *packed;
     const int kg = kern.kgroup;
-    const int64_t CgP = conv_group_channels(Cg, kg);
-    const int64_t Kp = s.KH * s.KW * CgP;
+    const int64_t CgP = lay.CgP;
+    const int64_t Kp = lay.K();
     const int64_t xelems = s.N * (s.H + 2 * s.ph) * (s.W + 2 * s.pw) * s.groups * CgP;
+    constexpr int64_t kSlack = 16;  // "runs" read up to kg - 1 values past the last pixel
     const int nr = kern.nr;
     const Isa isa = kern.isa;
     auto run = [&](auto e) {
         using E = decltype(e);
-        E* X = thread_scratch<E, 4>(std::max<int64_t>(xelems, 1));
+        E* X = thread_scratch<E, 4>(xelems + kSlack);
+        std::fill(X + xelems, X + xelems + kSlack, E(0));
         detail::prepare_channels_last<TIn, E>(s, in, CgP, X);
         // one GEMM per group; its columns are the output pixels of the whole batch
         gemm_driver(
             kern, s.groups, Og, Kp, s.N * P, chunk_groups<TIn>(kern), [&](int64_t g) { return pw.group(g); },
             [&](int64_t g, int64_t p0, int64_t np, int32_t* B) {
-                detail::panel_channels_last<E>(s, X, CgP, kg, g, p0, np, nr, B);
+                detail::panel_channels_last<E>(s, X, lay, g, p0, np, nr, B);
             },
             [&](int64_t g, int64_t m0, int64_t mrows, int64_t p0, int64_t np, const auto* C) {
                 const int64_t o0 = g * Og + m0;
