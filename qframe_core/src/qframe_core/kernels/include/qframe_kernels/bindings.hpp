@@ -235,7 +235,9 @@ inline Arr get_params(const char* fn, const char* arg, const py::handle& obj, in
                           (allow_one ? "1 or " + std::to_string(n) : std::to_string(n)) + ", got shape " +
                           shape_str(a.shape));
     const int32_t* p = static_cast<const int32_t*>(a.data());
+    const int64_t hi = is_shift ? kMaxShift : max_multiplier<Policy>();
     for (int64_t i = 0; i < len; ++i) {
+        if (p[i] >= 0 && p[i] <= hi) continue;  // the message is built only for a bad value
         const std::string what = std::string("'") + arg + "'[" + std::to_string(i) + "]";
         if (is_shift)
             check_shift_value(fn, what, p[i]);

@@ -407,15 +407,18 @@ __attribute__((target("avx512f,avx512bw"))) void direct_accumulate_avx512(const 
 
 #ifdef QFRAME_KERNELS_X86
 // int8 input, int32 accumulators, unit width stride: one (n, o) plane with
-// all kernel taps accumulated in registers, 16 output pixels per vector.
-// The group's input channels are first copied into zero-padded rows (width
-// W + 2*pw + 16, so vector loads past the right edge read zeros).
+// all kernel taps accumulated in registers, 32 output pixels per step.  The
+// group's input channels are first copied into zero-padded rows (width
+// W + 2*pw + 32, so loads past the right edge read zeros).  Taps go in pairs:
+// the two taps' pixels are interleaved as int16 pairs and vpmaddwd sums
+// x1*w1 + x2*w2 exactly in int32 (|.| <= 2**15); the interleave permutes
+// pixels within 128-bit lanes, undone once per step.
 __attribute__((target("avx512f,avx512bw"))) inline void direct_plane_s8_avx512(const Conv2dShape& s, const int8_t* in,
                                                                              const int8_t* w, int64_t n, int64_t o,
                                                                              int32_t* acc) {
     const int64_t Cg = s.C / s.groups, Og = s.O / s.groups;
     const int64_t g = o / Og;
-    const int64_t Wb = s.W + 2 * s.pw + 16;
+    const int64_t Wb = s.W + 2 * s.pw + 32;
     int8_t* pad = thread_scratch<int8_t, 5>(std::max<int64_t>(Cg * s.H * Wb, 1));
     for (int64_t c = 0; c < Cg; ++c) {
         const int8_t* plane = in + (n * s.C + g * Cg + c) * s.H * s.W;
@@ -423,31 +426,53 @@ __attribute__((target("avx512f,avx512bw"))) inline void direct_plane_s8_avx512(c
             int8_t* d = pad + (c * s.H + ih) * Wb;
             std::memset(d, 0, static_cast<size_t>(s.pw));
             std::memcpy(d + s.pw, plane + ih * s.W, static_cast<size_t>(s.W));
-            std::memset(d + s.pw + s.W, 0, static_cast<size_t>(s.pw + 16));
+            std::memset(d + s.pw + s.W, 0, static_cast<size_t>(s.pw + 32));
         }
     }
     const int64_t taps = Cg * s.KH * s.KW;
     const int8_t* wo = w + o * taps;
+    const int8_t** ptr = thread_scratch<const int8_t*, 6>(taps + 2);
+    int32_t* wt = thread_scratch<int32_t, 7>(taps + 2);
+    const __m512i idx0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i idx1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
     for (int64_t oh = 0; oh < s.Ho; ++oh) {
-        for (int64_t ow0 = 0; ow0 < s.Wo; ow0 += 16) {
-            __m512i v = _mm512_setzero_si512();
-            for (int64_t c = 0; c < Cg; ++c) {
-                for (int64_t kh = 0; kh < s.KH; ++kh) {
-                    const int64_t ih = oh * s.sh - s.ph + kh * s.dh;
-                    if (ih < 0 || ih >= s.H) continue;
-                    const int8_t* row = pad + (c * s.H + ih) * Wb + ow0;
-                    const int8_t* wk = wo + (c * s.KH + kh) * s.KW;
-                    for (int64_t kw = 0; kw < s.KW; ++kw) {
-                        const __m512i x = _mm512_cvtepi8_epi32(
-                            _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + kw * s.dw)));
-                        v = _mm512_add_epi32(v, _mm512_mullo_epi32(x, _mm512_set1_epi32(wk[kw])));
-                    }
+        int64_t nt = 0;
+        for (int64_t c = 0; c < Cg; ++c) {
+            for (int64_t kh = 0; kh < s.KH; ++kh) {
+                const int64_t ih = oh * s.sh - s.ph + kh * s.dh;
+                if (ih < 0 || ih >= s.H) continue;
+                const int8_t* row = pad + (c * s.H + ih) * Wb;
+                for (int64_t kw = 0; kw < s.KW; ++kw) {
+                    ptr[nt] = row + kw * s.dw;
+                    wt[nt] = wo[(c * s.KH + kh) * s.KW + kw];
+                    ++nt;
                 }
             }
+        }
+        if (nt & 1) {  // pad to pairs with a zero-weight tap
+            ptr[nt] = nt ? ptr[0] : pad;
+            wt[nt] = 0;
+            ++nt;
+        }
+        int32_t* arow = acc + oh * s.Wo;
+        for (int64_t ow0 = 0; ow0 < s.Wo; ow0 += 32) {
+            __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+            for (int64_t t = 0; t < nt; t += 2) {
+                const __m512i x1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ptr[t] + ow0)));
+                const __m512i x2 =
+                    _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ptr[t + 1] + ow0)));
+                const __m512i wp = _mm512_set1_epi32(static_cast<int32_t>(
+                    (static_cast<uint32_t>(wt[t]) & 0xffffu) | (static_cast<uint32_t>(wt[t + 1]) << 16)));
+                lo = _mm512_add_epi32(lo, _mm512_madd_epi16(_mm512_unpacklo_epi16(x1, x2), wp));
+                hi = _mm512_add_epi32(hi, _mm512_madd_epi16(_mm512_unpackhi_epi16(x1, x2), wp));
+            }
             const int64_t left = s.Wo - ow0;
-            const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xffff)
-                                           : static_cast<__mmask16>((1u << left) - 1u);
-            _mm512_mask_storeu_epi32(acc + oh * s.Wo + ow0, m, v);
+            const __mmask16 m0 = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
+            const __mmask16 m1 = left >= 32 ? static_cast<__mmask16>(0xffff)
+                                 : left > 16 ? static_cast<__mmask16>((1u << (left - 16)) - 1u)
+                                             : static_cast<__mmask16>(0);
+            _mm512_mask_storeu_epi32(arow + ow0, m0, _mm512_permutex2var_epi32(lo, idx0, hi));
+            if (m1) _mm512_mask_storeu_epi32(arow + ow0 + 16, m1, _mm512_permutex2var_epi32(lo, idx1, hi));
         }
     }
 }
