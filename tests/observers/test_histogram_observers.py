@@ -121,8 +121,12 @@ def test_kl_picks_the_reference_tensorrt_threshold(case):
     nonzero = x[x != 0]  # exact zeros are exact at any scale: left out of the divergence
     ref = trt_entropy_threshold(_np_hist(nonzero, obs.bins, obs.hist_max.item()), width)
     ref = min(ref, x.abs().max().item())
-    got = obs.calculate_qparams()[0].item() * 127.5
+    got = obs.divergence_threshold.item()  # TensorRT's answer, before the L2 guard
     assert got == pytest.approx(ref, abs=width * 1.001)
+    guarded = obs.calculate_qparams()[0].item() * 127.5
+    assert guarded == pytest.approx(got) or guarded == pytest.approx(x.abs().max().item())
+    err = fake_quant_mse(x.numpy(), guarded / 127.5)
+    assert err <= fake_quant_mse(x.numpy(), x.abs().max().item() / 127.5) * 1.01  # never worse than min_max
 
 
 def test_mix_keeps_the_best_percentile_candidate():

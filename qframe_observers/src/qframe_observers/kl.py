@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from qframe_core.quantization.histogram import HistogramObserverBase, channel_blocks
+from qframe_core.quantization.histogram import HistogramObserverBase, channel_blocks, histogram_quantization_error
 
 
 def kl_divergences(hist: torch.Tensor, levels: int) -> torch.Tensor:
@@ -93,6 +93,12 @@ class KLObserver(HistogramObserverBase):
     naming the module when the state is saved (``state_dict``,
     ``load_observer_params``, ``torch.save``) and by :attr:`unused_steps`.
 
+    The divergence minimum is kept only if its quantization error (integrated over
+    the histogram) is no larger than the full range's: TensorRT's answer can clip
+    rare values that dominate the squared error (outliers, layernorm-like spikes),
+    and then the full range is used, so kl is never worse than min_max there.
+    The unguarded answer stays available as :attr:`divergence_threshold`.
+
     When ``quant_max + 1 >= bins`` (qint16 with the default bins) the histogram
     cannot resolve the quantization grid; the observer then keeps the full
     range (min/max) and warns once.
@@ -118,6 +124,7 @@ class KLObserver(HistogramObserverBase):
         self.register_buffer("threshold", torch.zeros(0, device=self.hist.device))
         self.register_buffer("threshold_step", torch.zeros((), dtype=torch.long, device=self.hist.device))
         self._warned_levels = False
+        self.divergence_threshold = torch.zeros(0)
 
     @property
     def unused_steps(self) -> int:
@@ -154,7 +161,15 @@ class KLObserver(HistogramObserverBase):
         hist[:, 0] = (hist[:, 0] - self.synced_zeros().to(hist)).clamp(min=0)
         div = kl_divergences(hist, self.levels)
         best = div.argmin(dim=1) + self.levels  # bins kept
-        return best.double() * hist_max.double().to(hist.device) / self.bins
+        kl_threshold = best.double() * hist_max.double().to(hist.device) / self.bins
+        #: the TensorRT answer before the guard below (kept for inspection and tests)
+        self.divergence_threshold = torch.minimum(kl_threshold, amax.double().to(hist.device))
+        # guard: a divergence minimum can clip rare values that matter (outliers, layernorm-like spikes); never
+        # keep a threshold whose quantization error is larger than the full range's (what min_max would pick)
+        full = amax.double().to(hist.device).reshape(-1)
+        candidates = torch.stack([kl_threshold, torch.maximum(full, kl_threshold)], dim=1)
+        errors = histogram_quantization_error(hist, hist_max, candidates, self.quant_min, self.quant_max)
+        return torch.where(errors[:, 0] <= errors[:, 1], kl_threshold, candidates[:, 1])
 
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.has_data():
