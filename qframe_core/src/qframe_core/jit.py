@@ -9,9 +9,10 @@ first.  :func:`save` stores qframe's version next to the program and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from typing import IO, Any, Optional, Union
+from typing import IO, Any, Iterator, Optional, Union
 
 import torch
 
@@ -26,11 +27,20 @@ def _ensure_ops() -> None:
     from .nn.quantized import ops  # noqa: F401  (registers torch.ops.qframe.*)
 
 
+@contextlib.contextmanager
+def _quiet_torch_jit() -> Iterator[None]:
+    """torch >= 2.10 marks torch.jit deprecated; the seeds' deployment flow still uses TorchScript."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated.*", category=DeprecationWarning)
+        yield
+
+
 def save(m: torch.jit.ScriptModule, f: PathOrFile, _extra_files: Optional[dict[str, Any]] = None) -> None:
     """``torch.jit.save`` that also stores the qframe version."""
     extra = dict(_extra_files or {})
     extra[_VERSION_KEY] = __version__
-    torch.jit.save(m, f, _extra_files=extra)
+    with _quiet_torch_jit():
+        torch.jit.save(m, f, _extra_files=extra)
 
 
 def _compatible(saved: str, current: str) -> bool:
@@ -42,7 +52,8 @@ def load(f: PathOrFile, map_location: Any = None, _extra_files: Optional[dict[st
     _ensure_ops()
     extra = dict(_extra_files or {})
     extra.setdefault(_VERSION_KEY, "")
-    module = torch.jit.load(f, map_location=map_location, _extra_files=extra)
+    with _quiet_torch_jit():
+        module = torch.jit.load(f, map_location=map_location, _extra_files=extra)
     saved = extra[_VERSION_KEY]
     saved = saved.decode() if isinstance(saved, bytes) else str(saved)
     if not saved:

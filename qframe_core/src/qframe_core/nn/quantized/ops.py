@@ -3,12 +3,15 @@
 Registering them with ``torch.library`` makes a traced integer model
 (``torch.jit.trace``) record real operator calls instead of constants, so it
 can be saved and reloaded (``qframe_core.jit``).  Each operator takes the
-march name and forwards to that march's compiled kernel.
+march name and forwards to that march's compiled kernel.  The integer modules
+call the kernels directly when not tracing (no dispatcher overhead) and these
+operators while tracing; both run the same kernel.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import weakref
+from typing import Any, Optional
 
 import torch
 
@@ -33,3 +36,60 @@ def add(march: str, a: torch.Tensor, b: torch.Tensor, multiplier_a: int, multipl
 def _add_shape(march, a, b, multiplier_a, multiplier_b, shift, out_dtype, clamp_min, clamp_max, name):
     shape = torch.broadcast_shapes(a.shape, b.shape)
     return a.new_empty(shape, dtype=getattr(torch, out_dtype))
+
+
+# -- conv2d / linear -------------------------------------------------------------------------------
+# Traced models call these with the integer weight tensor; the packed form is cached per weight tensor
+# (checked by identity and version, so a freed and reused address can never serve a stale pack).
+_PACKS: dict[int, tuple[Any, int, Any]] = {}
+
+
+def _packed(march: str, weight: torch.Tensor, groups: Optional[int]):
+    entry = _PACKS.get(id(weight))
+    if entry is not None and entry[0]() is weight and entry[1] == weight._version:
+        return entry[2]
+    k = march_kernels(march)
+    w = weight.detach().contiguous().numpy()
+    pack = k.pack_linear_weight(w) if groups is None else k.pack_conv2d_weight(w, groups)
+    if len(_PACKS) > 1024:
+        _PACKS.clear()
+    _PACKS[id(weight)] = (weakref.ref(weight), weight._version, pack)
+    return pack
+
+
+@torch.library.custom_op("qframe::conv2d", mutates_args=())
+def conv2d(march: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: list[int],
+           padding: list[int], dilation: list[int], groups: int, multiplier: Optional[torch.Tensor],
+           shift: Optional[torch.Tensor], out_dtype: str, clamp_min: int, clamp_max: int,
+           residual: Optional[torch.Tensor], residual_multiplier: Optional[torch.Tensor], name: str) -> torch.Tensor:
+    """The integer conv of march ``march`` (see the kernels README for the arithmetic)."""
+    out = march_kernels(march).conv2d(
+        as_array(x, "input", name), _packed(march, weight, groups), _np(bias.to(torch.int32)), tuple(stride),
+        tuple(padding), tuple(dilation), groups, _np(multiplier), _np(shift), out_dtype, clamp_min, clamp_max,
+        None if residual is None else as_array(residual, "residual", name), _np(residual_multiplier))
+    return torch.from_numpy(out)
+
+
+@conv2d.register_fake
+def _conv2d_shape(march, x, weight, bias, stride, padding, dilation, groups, multiplier, shift, out_dtype,
+                  clamp_min, clamp_max, residual, residual_multiplier, name):
+    n, _, h, w = x.shape
+    kh, kw = weight.shape[2:]
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return x.new_empty((n, weight.shape[0], oh, ow), dtype=getattr(torch, out_dtype))
+
+
+@torch.library.custom_op("qframe::linear", mutates_args=())
+def linear(march: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, multiplier: Optional[torch.Tensor],
+           shift: Optional[torch.Tensor], out_dtype: str, clamp_min: int, clamp_max: int, name: str) -> torch.Tensor:
+    """The integer linear of march ``march`` over the last axis of a 2-D input."""
+    out = march_kernels(march).linear(as_array(x, "input", name), _packed(march, weight, None),
+                                      _np(bias.to(torch.int32)), _np(multiplier), _np(shift), out_dtype, clamp_min,
+                                      clamp_max)
+    return torch.from_numpy(out)
+
+
+@linear.register_fake
+def _linear_shape(march, x, weight, bias, multiplier, shift, out_dtype, clamp_min, clamp_max, name):
+    return x.new_empty((x.shape[0], weight.shape[0]), dtype=getattr(torch, out_dtype))

@@ -9,6 +9,7 @@ from torch import nn
 
 from ...quantization.fake_quantize import QuantParams
 from ..qat.weighted import WeightedIntParams
+from . import ops
 from .kernels import as_array, dtype_name, march_kernels, to_int32
 
 
@@ -82,7 +83,9 @@ class _WeightedQuantized(nn.Module):
         return lo, hi
 
     def _finish(self, out) -> torch.Tensor:
-        t = torch.from_numpy(out)
+        return self._finish_tensor(torch.from_numpy(out))
+
+    def _finish_tensor(self, t: torch.Tensor) -> torch.Tensor:
         if self.multiplier is None and self.clamp_min is not None:
             t = t.clamp_min(self.clamp_min)  # ReLU on a high-precision output
         return t
@@ -102,8 +105,14 @@ class Conv2d(_WeightedQuantized):
         return k.pack_conv2d_weight(self.weight.detach().contiguous().numpy(), int(self.groups))
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
-        k, packed, bias, mult, shift, rmult = self._kernel_args()
         lo, hi = self._clamp_bounds()
+        if torch.jit.is_tracing():  # record an operator call, not the kernel's result as a constant
+            out = ops.conv2d(self.march, x, self.weight, self.bias, list(self.stride), list(self.padding),
+                             list(self.dilation), int(self.groups), self.multiplier, self.shift,
+                             dtype_name(self.out_dtype.bits), lo, hi, other, self.residual_multiplier,
+                             self.qframe_name)
+            return self._finish_tensor(out)
+        k, packed, bias, mult, shift, rmult = self._kernel_args()
         out = k.conv2d(
             as_array(x, "input", self.qframe_name), packed, bias,
             tuple(self.stride), tuple(self.padding), tuple(self.dilation), int(self.groups),
@@ -131,11 +140,15 @@ class Linear(_WeightedQuantized):
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         if other is not None:
-            raise NotImplementedError(f"{self.qframe_name}: Linear fused with add is not lowered by the kernels yet")
-        k, packed, bias, mult, shift, _ = self._kernel_args()
+            raise TypeError(f"{self.qframe_name}: the integer Linear takes one input (Linear+add is not lowered)")
         lo, hi = self._clamp_bounds()
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
+        if torch.jit.is_tracing():  # record an operator call, not the kernel's result as a constant
+            out = ops.linear(self.march, x2, self.weight, self.bias, self.multiplier, self.shift,
+                             dtype_name(self.out_dtype.bits), lo, hi, self.qframe_name)
+            return self._finish_tensor(out).reshape(*lead, -1)
+        k, packed, bias, mult, shift, _ = self._kernel_args()
         out = k.linear(
             as_array(x2, "input", self.qframe_name), packed, bias, mult, shift,
             dtype_name(self.out_dtype.bits), lo, hi,
