@@ -104,6 +104,9 @@ class FakeQuantize(nn.Module):
             ``averaging_constant``, ``quant_min``, ``quant_max``, …).
     """
 
+    #: how messages call it
+    label = "fake-quantize"
+
     def __init__(self, observer: Union[str, type] = "min_max", scale: Optional[float] = None,
                  **observer_kwargs: Any) -> None:
         super().__init__()
@@ -161,9 +164,13 @@ class FakeQuantize(nn.Module):
             if self.state is FakeQuantState.QAT and x.numel() == 0:
                 return x
             raise QuantizationStateError(
-                f"{self.qframe_name}: this fake-quantize has no scale yet (state {self.state.name}). "
+                f"{self.qframe_name}: this {self.label} has no scale yet (state {self.state.name}). "
                 f"Calibrate first (FakeQuantState.CALIBRATION), train in QAT state, or load_observer_params"
             )
+        return self._fake_quantize(x)
+
+    def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """The QAT/VALIDATION output once a scale exists (LSQ overrides it)."""
         return fake_quantize(x, self.scale, self.quant_min, self.quant_max, self.ch_axis)
 
     def quant_params(self) -> QuantParams:

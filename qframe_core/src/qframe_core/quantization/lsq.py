@@ -27,7 +27,6 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from ..errors import QuantizationStateError
 from .fake_quantize import FakeQuantize, FakeQuantState, QuantParams, fake_quantize
 
 _EPS = torch.finfo(torch.float32).eps
@@ -82,6 +81,8 @@ class LSQFakeQuantize(FakeQuantize):
     Args: those of :class:`FakeQuantize`. A fixed ``scale`` is not learned.
     """
 
+    label = "LSQ fake-quantize"
+
     def __init__(self, observer: Union[str, type] = "min_max", scale: Optional[float] = None,
                  **observer_kwargs: Any) -> None:
         super().__init__(observer, scale, **observer_kwargs)
@@ -105,18 +106,7 @@ class LSQFakeQuantize(FakeQuantize):
                 self.scale.data = scale.detach().clone().to(self.scale.device)
             self.calibrated.fill_(True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.state is not FakeQuantState.VALIDATION:
-            self.observe(x)
-            if self.state is FakeQuantState.CALIBRATION:
-                return x
-        if not bool(self.calibrated):
-            if self.state is FakeQuantState.QAT and x.numel() == 0:
-                return x
-            raise QuantizationStateError(
-                f"{self.qframe_name}: this LSQ fake-quantize has no scale yet (state {self.state.name}). "
-                f"Calibrate first (FakeQuantState.CALIBRATION), train in QAT state, or load_observer_params"
-            )
+    def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.state is FakeQuantState.VALIDATION or self.fixed_scale:
             return fake_quantize(x, self.effective_scale(), self.quant_min, self.quant_max, self.ch_axis)
         return lsq_fake_quantize(x, self.scale, self.quant_min, self.quant_max, self.ch_axis)
