@@ -169,15 +169,30 @@ class HistogramObserverBase(ObserverBase):
         self.steps.zero_()
         self._version += 1
 
+    def _scratch(self, name: str, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A reusable work buffer: calibration sees same-sized batches, and fresh multi-megabyte
+        allocations (page faults on every step) would cost as much as the histogram itself."""
+        buf = self.__dict__.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
+            buf = torch.empty(shape, dtype=dtype, device=device)
+            self.__dict__[name] = buf
+        return buf
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_scratch_mags", None)
+        state.pop("_scratch_idx", None)
+        return state
+
     def _magnitudes(self, x: torch.Tensor) -> torch.Tensor:
-        """``|x|`` as ``[C, N]`` (one row per channel, or one row)."""
+        """``|x|`` as ``[C, N]`` (one row per channel, or one row), in a reused buffer."""
         x = x.detach()
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()
-        if self.per_channel:
-            c = x.shape[self.ch_axis]
-            return x.transpose(0, self.ch_axis).reshape(c, -1).abs()
-        return x.reshape(1, -1).abs()
+        rows = x.transpose(0, self.ch_axis).reshape(x.shape[self.ch_axis], -1) if self.per_channel \
+            else x.reshape(1, -1)
+        return torch.abs(rows, out=self._scratch("_scratch_mags", rows.shape, rows.dtype, rows.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -235,7 +250,8 @@ class HistogramObserverBase(ObserverBase):
         hm = self.hist_max.reshape(-1, 1)
         factor = torch.where(hm > 0, b / hm.clamp(min=1e-38), torch.zeros_like(hm))
         # ceil(|x| * bins / hist_max): column 0 holds the exact zeros, column j >= 1 the bin (j-1)*w < |x| <= j*w
-        idx = mags.mul_(factor).ceil_().to(torch.int32)
+        idx = self._scratch("_scratch_idx", mags.shape, torch.int32, mags.device)
+        idx.copy_(mags.mul_(factor).ceil_())
         cols = b + 1
         if finite is not None:
             idx = torch.where(finite, idx, torch.full_like(idx, b + 1))  # non-finite -> a dump column
