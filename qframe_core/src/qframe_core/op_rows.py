@@ -91,6 +91,13 @@ def float_functional_lowerings(march: str, methods: Sequence[str], dtypes: Seque
                             quantized.QFunctional, dtypes, dtypes, (), note)
 
 
+def reduce_lowerings(march: str, method: str, dtypes: Sequence[QuantDType], allowed_dims: Sequence[tuple],
+                     text: str) -> list[OpLowering]:
+    """``sum``/``mean`` (FloatFunctional or functional): exact sums requantized; the table limits the dims."""
+    return module_lowerings(march, (f"FloatFunctional.{method}",), qat.FloatFunctional, quantized.QFunctional,
+                            dtypes, dtypes, (Allowed("reduce_dims", tuple(allowed_dims), text),))
+
+
 def max_pool_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequence[Limit] = ()) -> list[OpLowering]:
     """Max pooling selects elements: it runs unchanged on integer tensors."""
     return [OpLowering(march, op, LoweringKind.PASSTHROUGH, input_dtypes=tuple(dtypes), output_dtypes=tuple(dtypes),

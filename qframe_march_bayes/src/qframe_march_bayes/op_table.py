@@ -11,6 +11,9 @@ from .spec import NAME
 
 ACT = (qint8, qint16)
 
+#: non-empty subsets of the C, H, W axes of a [N, C, H, W] tensor
+CHW_SUBSETS = [(1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3)]
+
 CONV2D_LIMITS = (
     Limit("in_channels", max=8192, text="输入 channel<=8192"),
     Limit("out_channels", max=8192, text="out_channel<=8192"),
@@ -35,6 +38,9 @@ def lowerings():
         *op_rows.float_functional_lowerings(NAME, ("add", "sub", "mul"), ACT,
                                             note="broadcast on all but N; operands must be tensors"),
         *op_rows.float_functional_lowerings(NAME, ("cat",), ACT, note="2<=input number<=1024"),
+        *op_rows.float_functional_lowerings(NAME, ("matmul",), ACT, note="N<=4096, C, H, W<=8192"),
+        *op_rows.reduce_lowerings(NAME, "mean", ACT, CHW_SUBSETS, "支持在 CHW 上求 mean"),
+        *op_rows.reduce_lowerings(NAME, "sum", ACT, CHW_SUBSETS, "仅支持 HWC 三个维度的 sum"),
         *op_rows.max_pool_lowerings(NAME, (qint8,), (Limit("kernel_size", 1, 256, "1<=kernel<=256"),
                                                      Limit("stride", 1, 256, "1<=stride<=256"),
                                                      Limit("padding", 0, 255, "0<=padding<=255"))),

@@ -1,4 +1,4 @@
-"""Integer semantics of FloatFunctional's add, sub, mul and cat.
+"""Integer semantics of FloatFunctional's add, sub, mul, cat, sum, mean and matmul.
 
 ``*_params`` turn float scales into the integers a march computes with
 (its :class:`~qframe_core.numerics.RequantRule`); ``int_*`` apply them in
@@ -60,6 +60,40 @@ def cat_params(rule: RequantRule, inputs: Sequence[QuantParams], out: QuantParam
         ms.append(int(m[0, 0]))
         ss.append(int(s[0]))
     return CatIntParams(tuple(inputs), out, tuple(ms), tuple(ss))
+
+
+@attrs.frozen
+class ReduceIntParams:
+    """``sum``/``mean`` over ``dims``: exact int64 sums requantized by ``in_scale / (count * out_scale)``
+    (count = 1 for sum); the multiplier depends on the reduced size, so it is chosen per call."""
+
+    a: QuantParams
+    output: QuantParams
+    dims: tuple[int, ...]
+    keepdim: bool
+    mean: bool
+
+
+def reduce_params(a: QuantParams, out: QuantParams, dims: Sequence[int], keepdim: bool, mean: bool) -> ReduceIntParams:
+    return ReduceIntParams(a, out, tuple(dims), keepdim, mean)
+
+
+def int_reduce(q: torch.Tensor, p: ReduceIntParams, rule: RequantRule, what: str) -> torch.Tensor:
+    dims = tuple(d % q.dim() for d in p.dims) if p.dims else tuple(range(q.dim()))
+    total = q.to(torch.int64).sum(dim=dims, keepdim=p.keepdim)
+    count = 1
+    if p.mean:
+        for d in dims:
+            count *= q.shape[d]
+    ratio = p.a.scale.double().reshape(()) / (count * p.output.scale.double().reshape(()))
+    m, s = rule.multipliers(ratio.reshape(1, 1), what=what)
+    return rule.requantize([(total, m[0, 0])], s[0], p.output.dtype)
+
+
+def int_matmul(qa: torch.Tensor, qb: torch.Tensor, p: BinaryIntParams, rule: RequantRule) -> torch.Tensor:
+    # float64 holds every int8/int16 dot product of realistic length exactly
+    acc = torch.round(torch.matmul(qa.double(), qb.double())).to(torch.int64)
+    return rule.requantize([(acc, _t(p.multiplier_a, qa))], _t(p.shift, qa), p.output.dtype)
 
 
 def _t(v: int, like: torch.Tensor) -> torch.Tensor:

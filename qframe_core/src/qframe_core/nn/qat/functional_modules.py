@@ -29,6 +29,9 @@ class FloatFunctional(QATModule):
         self.activation_post_process = activation_post_process
         #: the FloatFunctional method this module serves (set by prepare)
         self.method = ""
+        #: sum/mean arguments (set by prepare from the call, refreshed by each call)
+        self.reduce_dims: tuple[int, ...] = ()
+        self.keepdim = False
 
     @classmethod
     def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> FloatFunctional:
@@ -48,8 +51,11 @@ class FloatFunctional(QATModule):
         out = self.output_params()
         if self.method == "cat":
             return intf.cat_params(self.requant_rule, [p.output_params() for p in self._input_producers], out, what)
+        if self.method in ("sum", "mean"):
+            return intf.reduce_params(self.input_params(0), out, self.reduce_dims, self.keepdim,
+                                      self.method == "mean")
         a, b = self.input_params(0), self.input_params(1)
-        if self.method == "mul":
+        if self.method in ("mul", "matmul"):
             return intf.mul_params(self.requant_rule, a, b, out, what)
         return intf.sum_params(self.requant_rule, a, b, out, what)
 
@@ -71,6 +77,26 @@ class FloatFunctional(QATModule):
 
     def mul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._binary(torch.mul, intf.int_mul, x, y)
+
+    def matmul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._binary(torch.matmul, intf.int_matmul, x, y)
+
+    def _reduce(self, mean: bool, x: torch.Tensor, dim: Any, keepdim: bool) -> torch.Tensor:
+        self.reduce_dims = () if dim is None else ((dim,) if isinstance(dim, int) else tuple(dim))
+        self.keepdim = keepdim
+        if not self.simulating():
+            fn = torch.mean if mean else torch.sum
+            out = fn(x) if dim is None else fn(x, dim=self.reduce_dims, keepdim=keepdim)
+            return self.activation_post_process(out)
+        (q,) = self._quantized_inputs([x])
+        out = intf.int_reduce(q, self.integer_params(), self.requant_rule, f"{self.qframe_name} ({self.march})")
+        return integer_tensor_to_float(out, self.output_params())
+
+    def sum(self, x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch.Tensor:
+        return self._reduce(False, x, dim, keepdim)
+
+    def mean(self, x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch.Tensor:
+        return self._reduce(True, x, dim, keepdim)
 
     def cat(self, xs: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
         if not self.simulating():

@@ -57,6 +57,24 @@ class QFunctional(nn.Module):
     def mul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._torch_int("mul", intf.int_mul, x, y)
 
+    def matmul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._torch_int("matmul", intf.int_matmul, x, y)
+
+    def _reduce(self, method: str, x: torch.Tensor, dim: Any, keepdim: bool) -> torch.Tensor:
+        self._check(method)
+        dims = () if dim is None else ((dim,) if isinstance(dim, int) else tuple(dim))
+        if dims != self.params.dims or keepdim != self.params.keepdim:
+            raise ValueError(f"{self.qframe_name}: converted for {method}(dim={self.params.dims}, "
+                             f"keepdim={self.params.keepdim}), called with dim={dims}, keepdim={keepdim}")
+        out = intf.int_reduce(x, self.params, resolve_march(self.march).requant, f"{self.qframe_name} ({self.march})")
+        return out.to(self.params.output.dtype.torch_dtype)
+
+    def sum(self, x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch.Tensor:
+        return self._reduce("sum", x, dim, keepdim)
+
+    def mean(self, x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch.Tensor:
+        return self._reduce("mean", x, dim, keepdim)
+
     def cat(self, xs: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
         return self._torch_int("cat", intf.int_cat, list(xs), dim=dim)
 

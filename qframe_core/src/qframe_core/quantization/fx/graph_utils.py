@@ -129,3 +129,12 @@ def generated_name(gm: fx.GraphModule, scope: str, stem: str) -> str:
     while f"{prefix}{i}" in existing:
         i += 1
     return f"{prefix}{i}"
+
+
+def unique_module_name(gm: fx.GraphModule, base: str) -> str:
+    """``base``, or ``base_1``, ``base_2``… — the first name no module of ``gm`` has."""
+    existing = {name for name, _ in gm.named_modules()}
+    name, i = base, 1
+    while name in existing:
+        name, i = f"{base}_{i}", i + 1
+    return name

@@ -24,7 +24,7 @@ from torch import fx, nn
 from ...lowering import LoweringKind
 from ...registry import registry
 from ..stubs import DeQuantStub, QuantStub
-from .graph_utils import METADATA_OPS, module_name_of, module_of, op_key, tensor_inputs
+from .graph_utils import METADATA_OPS, module_name_of, module_of, op_key, tensor_inputs, unique_module_name
 from .qconfig_resolution import QConfigResolver
 
 _Q, _F_USER, _F_CPU = "quantized", "float", "float-from-cpu"
@@ -42,15 +42,6 @@ def _forced_cpu(node: fx.Node, name: Optional[str], mod: Optional[nn.Module], hy
         return False
     return (mod is not None and isinstance(mod, types)) or any(
         isinstance(t, type) and issubclass(t, types) for _, t in enclosing)
-
-
-def _unique_name(gm: fx.GraphModule, base: str) -> str:
-    name, i = base, 1
-    existing = dict(gm.named_modules())
-    while name in existing:
-        name = f"{base}_{i}"
-        i += 1
-    return name
 
 
 def _plan(gm: fx.GraphModule, march: str, resolver: QConfigResolver, hybrid_dict: dict, inserted: set[str]):
@@ -138,7 +129,7 @@ def insert_hybrid_boundaries(gm: fx.GraphModule, march: str, resolver: QConfigRe
         if not quantize_after and not dequant_before:
             break
         for producer, (qconfig, consumer) in quantize_after.items():
-            stub_name = _unique_name(gm, f"{producer.name}_activation_post_process")
+            stub_name = unique_module_name(gm, f"{producer.name}_activation_post_process")
             gm.add_submodule(stub_name, QuantStub())
             resolver.own[stub_name] = _quantizing_qconfig(gm, producer, qconfig, consumer, resolver)
             with gm.graph.inserting_after(producer):
@@ -147,7 +138,7 @@ def insert_hybrid_boundaries(gm: fx.GraphModule, march: str, resolver: QConfigRe
                 if user is not stub:
                     user.replace_input_with(producer, stub)
         for cpu_node, value in dequant_before:
-            stub_name = _unique_name(gm, f"{cpu_node.name}_input_dequant")
+            stub_name = unique_module_name(gm, f"{cpu_node.name}_input_dequant")
             inserted.add(stub_name)
             gm.add_submodule(stub_name, DeQuantStub())
             with gm.graph.inserting_before(cpu_node):

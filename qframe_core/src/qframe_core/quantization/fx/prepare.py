@@ -37,6 +37,7 @@ from .graph_utils import (
     quantized_region,
     scope_of,
     tensor_inputs,
+    unique_module_name,
 )
 from .hybrid import insert_hybrid_boundaries
 from .qconfig_resolution import QConfigResolver
@@ -48,6 +49,9 @@ FUNCTIONAL_TO_METHOD: dict[str, tuple[tuple, tuple[str, ...]]] = {
     "sub": ((operator.sub, torch.sub, operator.isub), ("sub",)),
     "mul": ((operator.mul, torch.mul, operator.imul), ("mul",)),
     "cat": ((torch.cat, torch.concat), ()),
+    "matmul": ((torch.matmul, operator.matmul), ("matmul",)),
+    "sum": ((torch.sum,), ("sum",)),
+    "mean": ((torch.mean,), ("mean",)),
 }
 
 DEFAULT_WAY_OUT = ("run it on the CPU with prepare_qat_fx(..., hybrid=True), keep it outside the "
@@ -80,6 +84,14 @@ def _functional_args(method: str, node: fx.Node) -> Optional[tuple[tuple, dict]]
         if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, fx.Node) for t in tensors):
             return None
         return (list(tensors),), {"dim": dim}
+    if method in ("sum", "mean"):
+        if not node.args or not isinstance(node.args[0], fx.Node) or "dtype" in node.kwargs:
+            return None
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        if any(isinstance(a, fx.Node) for a in (dim, keepdim)):
+            return None
+        return (node.args[0],), {"dim": dim, "keepdim": keepdim}
     if node.kwargs or len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args):
         return None  # a constant operand: no generated module (the op table decides whether it can run)
     return tuple(node.args), {}
@@ -172,6 +184,11 @@ def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver) -
         if not in_region:
             continue
         key, lowering = _lowering_for(gm, node, march)
+        if node.op == "call_method" and node.target in ("sum", "mean") and mod is not None:
+            dim = node.kwargs.get("dim")
+            dims = () if dim is None else ((dim,) if isinstance(dim, int) else tuple(dim))
+            # the op tables state allowed dims for 4-D [N, C, H, W] tensors: read negative dims that way
+            mod.reduce_dims = tuple(sorted(d % 4 for d in dims)) if dims else (0, 1, 2, 3)
         if lowering is None:
             problems.add(describe(gm, node), f"{op_display_name(key)} is not in march {march!r}'s op table")
             continue
@@ -184,6 +201,12 @@ def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver) -
         if lowering.kind is LoweringKind.PASSTHROUGH:
             continue
         assert name is not None and mod is not None
+        if name in swaps and is_dequant_stub(mod) and node.op == "call_module":
+            # a DeQuantStub has no parameters of its own: each extra call site gets its own copy
+            name = unique_module_name(gm, f"{name}_{len([n for n in swaps if n.startswith(name)])}")
+            gm.add_submodule(name, type(mod)())
+            node.target = name
+            mod = gm.get_submodule(name)
         if name in swaps:
             problems.add(describe(gm, node), "this module is called more than once; each call needs its own "
                          "quantization parameters", "give every call site its own module instance")
@@ -264,6 +287,10 @@ def _bind_inputs(gm: fx.GraphModule, march: str, float_ops: dict[str, Any]) -> N
         mod.bind_inputs(producers)
         if node.op == "call_method":
             mod.method = str(node.target)
+            if mod.method in ("sum", "mean"):
+                dim = node.kwargs.get("dim")
+                mod.reduce_dims = () if dim is None else ((dim,) if isinstance(dim, int) else tuple(dim))
+                mod.keepdim = bool(node.kwargs.get("keepdim", False))
         lowering = registry.lowering(march, float_ops[name])
         for i, p in enumerate(producers):
             dt = _producer_dtype(p)
