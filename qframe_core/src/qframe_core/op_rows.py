@@ -111,8 +111,8 @@ def avg_pool_lowerings(march: str, ops: Sequence[type], dtypes: Sequence[QuantDT
     return module_lowerings(march, ops, qat.AvgPool2d, quantized.AvgPool2d, dtypes, dtypes, limits)
 
 
-def clamp_lowerings(march: str, ops: Sequence[type], dtypes: Sequence[QuantDType]) -> list[OpLowering]:
-    """ReLU6 / Hardtanh as standalone ops: integer clamps at the input's scale."""
+def clamp_lowerings(march: str, ops: Sequence[Any], dtypes: Sequence[QuantDType]) -> list[OpLowering]:
+    """ReLU6 / Hardtanh / clamp / clip as standalone ops: integer clamps at the input's scale."""
     return module_lowerings(march, ops, qat.ScalePreserving, quantized.ScalePreserving, dtypes, dtypes,
                             note="bounds become round(bound / scale)")
 

@@ -35,7 +35,7 @@ def lowerings():
                                   note="qint16 input: the accumulation must fit int32"),
         # the table lists qint8 output; qint32 is allowed as a high-precision model output
         *op_rows.linear_lowerings(NAME, (qint8,), (qint8, qint32), LINEAR_LIMITS),
-        *op_rows.float_functional_lowerings(NAME, ("add", "sub", "mul"), ACT,
+        *op_rows.float_functional_lowerings(NAME, ("add", "sub", "mul", "add_scalar", "mul_scalar"), ACT,
                                             note="broadcast on all but N; operands must be tensors"),
         *op_rows.float_functional_lowerings(NAME, ("cat",), ACT, note="2<=input number<=1024"),
         *op_rows.float_functional_lowerings(NAME, ("matmul",), ACT, note="N<=4096, C, H, W<=8192"),
@@ -48,7 +48,8 @@ def lowerings():
                                                                  Limit("stride", 1, 256, "1<=stride<=256"),
                                                                  Limit("padding", 0, 256, "padding<=256"))),
         *op_rows.avg_pool_lowerings(NAME, (nn.AdaptiveAvgPool2d,), (qint8,)),
-        *op_rows.clamp_lowerings(NAME, (nn.ReLU6,), ACT),
+        *op_rows.clamp_lowerings(NAME, (nn.ReLU6, nn.Hardtanh, "torch.clamp", "torch.clip"), ACT),
+        *op_rows.float_functional_lowerings(NAME, ("maximum", "minimum"), ACT, note="input, other: qint8, qint16"),
         # "参考 torch.acos: qint8, qint16, 底层查表实现"
         *op_rows.lookup_lowerings(NAME, LOOKUP_MODULES, tuple(UNARY_FUNCTIONS), ACT,
                                   note="segment table (piecewise linear, int16 capable); 底层查表实现，有精度风险"),

@@ -23,7 +23,7 @@ def lowerings():
             NAME, "torch.nn.Linear is not supported on bernoulli2 (op table: 不支持)",
             "use a 1x1 Conv2d on a [N, C, 1, 1] tensor (bernoulli2 computes 4-D tensors), or keep the Linear after "
             "the DeQuantStub"),
-        *op_rows.float_functional_lowerings(NAME, ("add", "sub", "mul"), ACT,
+        *op_rows.float_functional_lowerings(NAME, ("add", "sub", "mul", "add_scalar", "mul_scalar"), ACT,
                                             note="in_channel<=2048; operands must be tensors"),
         *op_rows.float_functional_lowerings(NAME, ("cat",), ACT, note="input shape [N, C, H, W]"),
         *op_rows.float_functional_lowerings(NAME, ("matmul",), ACT, note="input shape [N, C, H, W]"),

@@ -9,7 +9,7 @@ kernel in the integer model, tested bit-exact against :func:`int_add`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import attrs
 import torch
@@ -94,6 +94,40 @@ def int_matmul(qa: torch.Tensor, qb: torch.Tensor, p: BinaryIntParams, rule: Req
     # float64 holds every int8/int16 dot product of realistic length exactly
     acc = torch.round(torch.matmul(qa.double(), qb.double())).to(torch.int64)
     return rule.requantize([(acc, _t(p.multiplier_a, qa))], _t(p.shift, qa), p.output.dtype)
+
+
+@attrs.frozen
+class ScalarIntParams:
+    """``x * c`` or ``x + c`` with a constant ``c``: ``round_shift(q * m_x + m_c, shift)``
+    (``m_c`` is 0 for mul; the sign of ``c`` rides on the integer multipliers)."""
+
+    a: QuantParams
+    output: QuantParams
+    multiplier: int
+    constant: int
+    shift: int
+    value: float
+
+
+def scalar_params(rule: RequantRule, a: QuantParams, out: QuantParams, value: float, mul: bool,
+                  what: str) -> ScalarIntParams:
+    if mul:
+        m, s = requant_multipliers(rule, [a.scale.double() * abs(value)], out.scale, what=what)
+        return ScalarIntParams(a, out, int(m[0, 0]) * (-1 if value < 0 else 1), 0, int(s[0]), value)
+    m, s = requant_multipliers(rule, [a.scale, torch.tensor([abs(value)], dtype=torch.float64)], out.scale, what=what)
+    return ScalarIntParams(a, out, int(m[0, 0]), int(m[0, 1]) * (-1 if value < 0 else 1), int(s[0]), value)
+
+
+def int_scalar(q: torch.Tensor, p: ScalarIntParams, rule: RequantRule) -> torch.Tensor:
+    return rule.requantize([(q, _t(p.multiplier, q)), (torch.ones_like(q), _t(p.constant, q))], _t(p.shift, q),
+                           p.output.dtype)
+
+
+def int_extremum(qa: torch.Tensor, qb: torch.Tensor, p: CatIntParams, rule: RequantRule, pick: Any) -> torch.Tensor:
+    """``maximum``/``minimum``: both operands requantized to the output scale, then compared."""
+    a, b = (rule.requantize([(q, _t(m, q))], _t(s, q), p.output.dtype)
+            for q, m, s in zip((qa, qb), p.multipliers, p.shifts))
+    return pick(a, b)
 
 
 def _t(v: int, like: torch.Tensor) -> torch.Tensor:

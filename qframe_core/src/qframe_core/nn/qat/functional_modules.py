@@ -31,6 +31,8 @@ class FloatFunctional(QATModule):
         self.method = ""
         #: sum/mean arguments (set by prepare from the call, refreshed by each call)
         self.reduce_dims: tuple[int, ...] = ()
+        #: the constant of mul_scalar/add_scalar (set by prepare, refreshed by each call)
+        self.scalar = 0.0
         self.keepdim = False
 
     @classmethod
@@ -49,8 +51,11 @@ class FloatFunctional(QATModule):
         """The integer parameters of :attr:`method` (see :mod:`qframe_core.nn.integer_functional`)."""
         what = f"{self.qframe_name}.{self.method} ({self.march})"
         out = self.output_params()
-        if self.method == "cat":
+        if self.method in ("cat", "maximum", "minimum"):
             return intf.cat_params(self.requant_rule, [p.output_params() for p in self._input_producers], out, what)
+        if self.method in ("mul_scalar", "add_scalar"):
+            return intf.scalar_params(self.requant_rule, self.input_params(0), out, self.scalar,
+                                      self.method == "mul_scalar", what)
         if self.method in ("sum", "mean"):
             return intf.reduce_params(self.input_params(0), out, self.reduce_dims, self.keepdim,
                                       self.method == "mean")
@@ -80,6 +85,26 @@ class FloatFunctional(QATModule):
 
     def matmul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._binary(torch.matmul, intf.int_matmul, x, y)
+
+    def _scalar(self, mul: bool, x: torch.Tensor, value: float) -> torch.Tensor:
+        self.scalar = float(value)
+        if not self.simulating():
+            return self.activation_post_process(x * value if mul else x + value)
+        (q,) = self._quantized_inputs([x])
+        return integer_tensor_to_float(intf.int_scalar(q, self.integer_params(), self.requant_rule),
+                                       self.output_params())
+
+    def mul_scalar(self, x: torch.Tensor, value: float) -> torch.Tensor:
+        return self._scalar(True, x, value)
+
+    def add_scalar(self, x: torch.Tensor, value: float) -> torch.Tensor:
+        return self._scalar(False, x, value)
+
+    def maximum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._binary(torch.maximum, lambda a, b, p, r: intf.int_extremum(a, b, p, r, torch.maximum), x, y)
+
+    def minimum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._binary(torch.minimum, lambda a, b, p, r: intf.int_extremum(a, b, p, r, torch.minimum), x, y)
 
     def _reduce(self, mean: bool, x: torch.Tensor, dim: Any, keepdim: bool) -> torch.Tensor:
         self.reduce_dims = () if dim is None else ((dim,) if isinstance(dim, int) else tuple(dim))

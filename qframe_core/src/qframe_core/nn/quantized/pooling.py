@@ -8,6 +8,7 @@ from torch import nn
 from ...march import resolve_march
 from ...numerics import float_bound_to_int
 from ...quantization.fake_quantize import QuantParams
+from ..clamp import Clamp
 from ..integer_pooling import int_avg_pool
 
 
@@ -33,9 +34,13 @@ class ScalePreserving(nn.Module):
         if q.is_floating_point():
             raise TypeError(f"{self.qframe_name}: expects an integer tensor, got {q.dtype}")
         m = self.float_module
-        if isinstance(m, nn.Hardtanh):  # ReLU6 included: bounds in integer units of this scale
-            return q.clamp(float_bound_to_int(m.min_val, self.params.scale),
-                           float_bound_to_int(m.max_val, self.params.scale))
+        if isinstance(m, (nn.Hardtanh, Clamp)):  # ReLU6 included: bounds in integer units of this scale
+            d = self.params.dtype  # a bound beyond the dtype's range is no bound at all
+            lo = None if m.min_val is None else min(max(float_bound_to_int(m.min_val, self.params.scale),
+                                                        d.quant_min), d.quant_max)
+            hi = None if m.max_val is None else min(max(float_bound_to_int(m.max_val, self.params.scale),
+                                                        d.quant_min), d.quant_max)
+            return q.clamp(lo, hi)
         # selection ops (max pool, …) are exact on integers held in float64
         return torch.round(m(q.to(torch.float64))).to(q.dtype)
 

@@ -60,6 +60,23 @@ class QFunctional(nn.Module):
     def matmul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._torch_int("matmul", intf.int_matmul, x, y)
 
+    def _scalar(self, method: str, x: torch.Tensor, value: float) -> torch.Tensor:
+        if float(value) != self.params.value:
+            raise ValueError(f"{self.qframe_name}: converted for {method}({self.params.value}), called with {value}")
+        return self._torch_int(method, intf.int_scalar, x)
+
+    def mul_scalar(self, x: torch.Tensor, value: float) -> torch.Tensor:
+        return self._scalar("mul_scalar", x, value)
+
+    def add_scalar(self, x: torch.Tensor, value: float) -> torch.Tensor:
+        return self._scalar("add_scalar", x, value)
+
+    def maximum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._torch_int("maximum", intf.int_extremum, x, y, pick=torch.maximum)
+
+    def minimum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._torch_int("minimum", intf.int_extremum, x, y, pick=torch.minimum)
+
     def _reduce(self, method: str, x: torch.Tensor, dim: Any, keepdim: bool) -> torch.Tensor:
         self._check(method)
         dims = () if dim is None else ((dim,) if isinstance(dim, int) else tuple(dim))

@@ -21,6 +21,7 @@ from ...errors import UnsupportedOpError
 from ...lowering import LoweringKind, OpLowering, op_display_name
 from ...march import MarchLike, resolve_march
 from ...nn import unary
+from ...nn.clamp import Clamp
 from ...nn.qat.base import QATModule
 from ...nn.quantized.functional_modules import FloatFunctional
 from ...registry import registry
@@ -52,7 +53,12 @@ FUNCTIONAL_TO_METHOD: dict[str, tuple[tuple, tuple[str, ...]]] = {
     "matmul": ((torch.matmul, operator.matmul), ("matmul",)),
     "sum": ((torch.sum,), ("sum",)),
     "mean": ((torch.mean,), ("mean",)),
+    "maximum": ((torch.maximum,), ("maximum",)),
+    "minimum": ((torch.minimum,), ("minimum",)),
 }
+
+#: clamp spellings turned into generated Clamp modules when their bounds are constants
+CLAMP_FUNCTIONS: dict[Any, str] = {torch.clamp: "clamp", torch.clip: "clip"}
 
 DEFAULT_WAY_OUT = ("run it on the CPU with prepare_qat_fx(..., hybrid=True), keep it outside the "
                    "QuantStub/DeQuantStub region (float), or change the model to use an op the march supports")
@@ -74,6 +80,22 @@ def _functional_method(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
         if node.op == "call_method" and node.target in tensor_methods and module_of(gm, node) is None:
             return method
     return None
+
+
+def _scalar_call(method: str, node: fx.Node) -> Optional[tuple[str, fx.Node, float]]:
+    """``x + c``, ``c + x``, ``x - c``, ``x * c``, ``c * x`` with a number ``c``: (FloatFunctional method, x, c)."""
+    if node.kwargs or len(node.args) != 2:
+        return None
+    a, b = node.args
+    if isinstance(a, fx.Node) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        x, c = a, float(b)
+    elif isinstance(b, fx.Node) and isinstance(a, (int, float)) and not isinstance(a, bool) and method != "sub":
+        x, c = b, float(a)
+    else:
+        return None
+    if method == "mul":
+        return "mul_scalar", x, c
+    return "add_scalar", x, (-c if method == "sub" else c)
 
 
 def _functional_args(method: str, node: fx.Node) -> Optional[tuple[tuple, dict]]:
@@ -103,6 +125,25 @@ def _unary_name(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     if node.op == "call_method" and node.target in unary.METHOD_NAMES and module_of(gm, node) is None:
         return str(node.target)
     return None
+
+
+def _clamp_module(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
+    """A Clamp (or ReLU6) module for ``torch.clamp(x, lo, hi)``, ``x.clip(...)``, ``F.relu6(x)`` with constant bounds."""
+    if node.op == "call_function" and node.target is torch.nn.functional.relu6:
+        return nn.ReLU6() if node.args and isinstance(node.args[0], fx.Node) else None
+    if node.op == "call_function" and node.target in CLAMP_FUNCTIONS:
+        name = CLAMP_FUNCTIONS[node.target]
+    elif node.op == "call_method" and node.target in ("clamp", "clip") and module_of(gm, node) is None:
+        name = str(node.target)
+    else:
+        return None
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+    hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
+    if not all(v is None or isinstance(v, (int, float)) for v in (lo, hi)) or (lo is None and hi is None):
+        return None  # tensor bounds: not lowered
+    return Clamp(lo, hi, name)
 
 
 def _replace_with_module(gm: fx.GraphModule, node: fx.Node, stem: str, module: nn.Module,
@@ -135,7 +176,15 @@ def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
                 _replace_with_module(gm, node, name, unary.Unary(name, *rest, **dict(node.kwargs)), None,
                                      (node.args[0],), {})
             continue
+        clamp = _clamp_module(gm, node)
+        if clamp is not None:
+            _replace_with_module(gm, node, getattr(clamp, "name", "relu6"), clamp, None, (node.args[0],), {})
+            continue
         method = _functional_method(gm, node)
+        scalar = _scalar_call(method, node) if method in ("add", "sub", "mul") else None
+        if scalar is not None:
+            _replace_with_module(gm, node, scalar[0], FloatFunctional(), scalar[0], (scalar[1], scalar[2]), {})
+            continue
         call = _functional_args(method, node) if method else None
         if call is not None:
             _replace_with_module(gm, node, method, FloatFunctional(), method, call[0], call[1])
@@ -287,6 +336,8 @@ def _bind_inputs(gm: fx.GraphModule, march: str, float_ops: dict[str, Any]) -> N
         mod.bind_inputs(producers)
         if node.op == "call_method":
             mod.method = str(node.target)
+            if mod.method in ("mul_scalar", "add_scalar"):
+                mod.scalar = float(node.args[2])
             if mod.method in ("sum", "mean"):
                 dim = node.kwargs.get("dim")
                 mod.reduce_dims = () if dim is None else ((dim,) if isinstance(dim, int) else tuple(dim))
