@@ -292,25 +292,21 @@ class Registry:
         Raises:
             NotInstalledError: naming the installed marches and the distribution to install.
         """
-        c = self._get("march", name)
+        return self._require("march", name, "march", "marches",
+                             f"Install it with `pip install {march_distribution_hint(name)}`.").value
+
+    def _require(self, kind: str, name: str, noun: str, plural: str, way_out: str) -> Contribution:
+        """The contribution ``name`` of ``kind``, or NotInstalledError listing what is installed."""
+        c = self._get(kind, name)
         if c is None:
-            installed = ", ".join(self.march_names()) or "none"
-            raise NotInstalledError(
-                f"march {name!r} is not installed (installed marches: {installed}). "
-                f"Install it with `pip install {march_distribution_hint(name)}`."
-            )
-        return c.value
+            installed = ", ".join(str(c.key) for c in self.contributions(kind)) or "none"
+            raise NotInstalledError(f"{noun} {name!r} is not installed (installed {plural}: {installed}). {way_out}")
+        return c
 
     def observer(self, name: str) -> type:
         """The observer class registered as ``name``."""
-        c = self._get("observer", name)
-        if c is None:
-            installed = ", ".join(c.key for c in self.contributions("observer")) or "none"
-            raise NotInstalledError(
-                f"observer {name!r} is not installed (installed observers: {installed}). "
-                f"The built-in observers come with `pip install qframe-observers`."
-            )
-        return c.value.cls
+        return self._require("observer", name, "observer", "observers",
+                             "The built-in observers come with `pip install qframe-observers`.").value.cls
 
     def fusion_patterns(self, march: str) -> list:
         """Fusion patterns that apply to ``march``, longest first (so the greediest match wins)."""
@@ -327,14 +323,9 @@ class Registry:
         return None if c is None else c.value
 
     def tool(self, name: str) -> AnalysisTool:
-        c = self._get("tool", name)
-        if c is None:
-            installed = ", ".join(c.key for c in self.contributions("tool")) or "none"
-            raise NotInstalledError(
-                f"analysis tool {name!r} is not installed (installed tools: {installed}). "
-                f"The built-in tools come with `pip install qframe-profiler`."
-            )
-        return c.value
+        """The analysis tool registered as ``name``."""
+        return self._require("tool", name, "analysis tool", "tools",
+                             "The built-in tools come with `pip install qframe-profiler`.").value
 
     def distribution_of(self, kind: str, key: Any) -> str:
         c = self._get(kind, key)
