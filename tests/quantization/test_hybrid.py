@@ -90,20 +90,22 @@ def test_seed_hybrid_example(m):
             "": default_qat_8bit_fake_quant_qconfig,
             "module_name": [("conv4", default_qat_out_8bit_fake_quant_qconfig)]}, hybrid=True, hybrid_dict=HYBRID_DICT)
     children = dict(qat.named_children())
-    # boundaries named as the seeds print them (functional selu became a generated module)
-    assert {"prelu_input_dequant", "conv3_input_dequant", "conv3_activation_post_process",
-            "selu__generated_selu_0_input_dequant"} <= set(children)
-    # selu runs on bayes (segment table) but not on bernoulli2: the quantizing stub before conv2 moves
-    before_conv2 = "conv1__generated_selu_0_activation_post_process" if m == "bernoulli2" else \
-        "conv1_prelu_activation_post_process"
-    assert before_conv2 in children
+    if m == "bernoulli2":
+        # PReLU and selu are not in bernoulli2's table: the boundaries of the seeds' printout
+        assert {"prelu_input_dequant", "conv3_input_dequant", "conv3_activation_post_process",
+                "selu__generated_selu_0_input_dequant", "conv1__generated_selu_0_activation_post_process"} <= set(children)
+        assert type(qat.prelu) is nn.PReLU and "prelu" in qat.meta["qframe_cpu_ops"]
+    else:
+        # bayes runs PReLU and selu: only the ops of hybrid_dict go to the CPU
+        assert {"conv1_conv_input_dequant", "conv1_conv_activation_post_process", "conv3_input_dequant",
+                "conv3_activation_post_process", "selu__generated_selu_0_input_dequant"} <= set(children)
+        assert qat.meta["qframe_cpu_ops"] == ["conv1.conv", "conv3", "selu._generated_selu_0"]
     assert qat.graph.find_nodes(op="call_module", target="conv3_activation_post_process")[0].next.target == "identity"
-    # CPU ops stay float modules; BPU ops are QAT modules
-    assert type(qat.conv3) is nn.Conv2d and type(qat.conv1.conv) is nn.Conv2d and type(qat.prelu) is nn.PReLU
+    # user-chosen CPU ops stay float modules; march ops are QAT modules
+    assert type(qat.conv3) is nn.Conv2d and type(qat.conv1.conv) is nn.Conv2d
     assert type(qat.conv0).__module__.startswith("qframe_core.nn.qat")
     assert type(qat.conv2).__module__.startswith("qframe_core.nn.qat")
     assert qat.conv4.activation_post_process is None  # high-precision BPU output
-    assert "conv3" in qat.meta["qframe_cpu_ops"]
 
     calib.eval()
     set_fake_quantize(calib, FakeQuantState.CALIBRATION)
@@ -121,7 +123,7 @@ def test_seed_hybrid_example(m):
 
 
 def test_without_hybrid_the_unsupported_op_is_an_error_that_suggests_it():
-    with march("bayes"), pytest.raises(UnsupportedOpError, match=r"'prelu' \(torch.nn.PReLU\).*hybrid=True"):
+    with march("bernoulli2"), pytest.raises(UnsupportedOpError, match=r"'prelu' \(torch.nn.PReLU\).*hybrid=True"):
         prepare_qat_fx(HybridModel(), {"": default_qat_8bit_fake_quant_qconfig})
 
 

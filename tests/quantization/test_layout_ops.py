@@ -23,6 +23,7 @@ class LayoutNet(nn.Module):
         self.quant = QuantStub()
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
         self.pad = nn.ZeroPad2d((1, 0, 2, 1))
+        self.cpad = nn.ConstantPad2d((1, 1, 0, 2), 0.3)
         self.shuffle = nn.PixelShuffle(2)
         self.unshuffle = nn.PixelUnshuffle(2)
         self.channels = nn.ChannelShuffle(2)
@@ -31,7 +32,7 @@ class LayoutNet(nn.Module):
         self.dequant = DeQuantStub()
 
     def forward(self, x):
-        x = self.pad(self.conv(self.quant(x)))
+        x = self.cpad(self.pad(self.conv(self.quant(x))))
         x = self.channels(self.unshuffle(self.shuffle(x)))
         a, b = torch.split(x, 4, dim=1)
         x = torch.cat([b, a], dim=1).permute(0, 1, 3, 2)

@@ -129,6 +129,16 @@ def layout_lowerings(march: str, dtypes: Sequence[QuantDType], ops: Sequence[Any
     return passthrough_lowerings(march, ops, dtypes, note="moves or copies elements: same scale")
 
 
+def constant_pad_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:
+    """ConstantPad2d: the pad value becomes ``round(value / scale)`` on the input grid."""
+    return module_lowerings(march, (nn.ConstantPad2d,), qat.ScalePreserving, quantized.ScalePreserving, dtypes, dtypes)
+
+
+def prelu_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:
+    """PReLU: exact per-channel slopes (``q * m_pos`` or ``q * m_neg[c]``), no table needed."""
+    return module_lowerings(march, (nn.PReLU,), qat.PReLU, quantized.PReLU, dtypes, dtypes)
+
+
 def nearest_upsample_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:
     """Nearest-neighbour upsampling copies elements (bilinear needs the interpolation lowering)."""
     return module_lowerings(march, (nn.Upsample, nn.UpsamplingNearest2d), qat.ScalePreserving,

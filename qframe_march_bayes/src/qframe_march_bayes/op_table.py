@@ -55,6 +55,8 @@ def lowerings():
                                   note="segment table (piecewise linear, int16 capable); 底层查表实现，有精度风险"),
         *op_rows.layout_lowerings(NAME, ACT),
         *op_rows.nearest_upsample_lowerings(NAME, ACT),
+        *op_rows.constant_pad_lowerings(NAME, ACT),
+        *op_rows.prelu_lowerings(NAME, ACT),
         *op_rows.value_preserving_lowerings(NAME, ACT),
     ]
 

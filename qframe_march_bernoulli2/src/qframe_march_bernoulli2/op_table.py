@@ -52,6 +52,7 @@ def lowerings():
         *unsupported_lowerings(NAME, NOT_4D, "not supported on bernoulli2 (op table: 不支持; it computes 4-D tensors)",
                                "reshape after the DeQuantStub, or target bayes"),
         *op_rows.nearest_upsample_lowerings(NAME, ACT),
+        *op_rows.constant_pad_lowerings(NAME, ACT),
         *op_rows.value_preserving_lowerings(NAME, ACT, exclude=NOT_4D),
     ]
 

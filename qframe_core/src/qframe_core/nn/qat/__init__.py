@@ -4,7 +4,8 @@ arithmetic in VALIDATION state."""
 from .functional_modules import FloatFunctional
 from .lookup import LookupTable
 from .pooling import AvgPool2d, ScalePreserving
+from .prelu import PReLU
 from .stubs import DeQuantStub, QuantStub
 from .weighted import Conv2d, Linear
 
-__all__ = ["LookupTable", "AvgPool2d", "Conv2d", "DeQuantStub", "FloatFunctional", "Linear", "QuantStub", "ScalePreserving"]
+__all__ = ["LookupTable", "PReLU", "AvgPool2d", "Conv2d", "DeQuantStub", "FloatFunctional", "Linear", "QuantStub", "ScalePreserving"]

@@ -3,8 +3,9 @@
 from .functional_modules import FloatFunctional
 from .lookup import LookupTable
 from .pooling import AvgPool2d, ScalePreserving
+from .prelu import PReLU
 from .qfunctional import QFunctional
 from .stubs import DeQuantize, Quantize
 from .weighted import Conv2d, Linear
 
-__all__ = ["LookupTable", "AvgPool2d", "ScalePreserving", "Conv2d", "DeQuantize", "FloatFunctional", "Linear", "QFunctional", "Quantize"]
+__all__ = ["LookupTable", "PReLU", "AvgPool2d", "ScalePreserving", "Conv2d", "DeQuantize", "FloatFunctional", "Linear", "QFunctional", "Quantize"]

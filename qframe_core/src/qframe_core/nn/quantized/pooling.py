@@ -13,7 +13,7 @@ from ..integer_pooling import int_avg_pool
 
 
 class ScalePreserving(nn.Module):
-    """Max pooling, ReLU6/Hardtanh and friends on integer tensors, at the input's scale."""
+    """Max pooling, ReLU6/Hardtanh/clamp, constant padding and friends on integer tensors, at the input's scale."""
 
     _qframe_leaf = True
 
@@ -41,6 +41,10 @@ class ScalePreserving(nn.Module):
             hi = None if m.max_val is None else min(max(float_bound_to_int(m.max_val, self.params.scale),
                                                         d.quant_min), d.quant_max)
             return q.clamp(lo, hi)
+        if isinstance(m, nn.ConstantPad2d):  # the pad value in integer units of this scale, saturated
+            d = self.params.dtype
+            value = min(max(float_bound_to_int(m.value, self.params.scale), d.quant_min), d.quant_max)
+            return torch.nn.functional.pad(q, m.padding, value=value)
         # selection ops (max pool, …) are exact on integers held in float64
         return torch.round(m(q.to(torch.float64))).to(q.dtype)
 
