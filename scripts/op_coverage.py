@@ -71,7 +71,8 @@ def candidate_keys(name: str) -> list[Any]:
         return [f"Tensor.{m}", f"torch.{m}", f"FloatFunctional.{m}"]
     if name.startswith("torch.nn.functional."):
         m = name[len("torch.nn.functional."):]
-        return [getattr(F, m, None), f"torch.{m}"]
+        # prepare turns some functional forms into their modules (F.relu6 -> nn.ReLU6)
+        return [getattr(F, m, None), f"torch.{m}", _nn_class(m.replace("_", ""))]
     if name.startswith("torch.quantization."):
         return [getattr(torch.ao.quantization, name.split(".")[-1], None)]
     if name.startswith("torch.nn."):
