@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from qframe_core.errors import UnsupportedOpError
@@ -37,6 +38,7 @@ class LayoutNet(nn.Module):
         a, b = torch.split(x, 4, dim=1)
         x = torch.cat([b, a], dim=1).permute(0, 1, 3, 2)
         x = self.up(x[:, :, 1:, :-1].contiguous())
+        x = F.interpolate(x, scale_factor=0.5, mode=self.up.mode)  # becomes a generated nn.Upsample
         return self.dequant(self.head(x))
 
 
@@ -47,6 +49,7 @@ def test_layout_ops_are_exact(m):
     model = LayoutNet().eval()
     with march(m):
         q = prepare_qat_fx(model, {"": Q8})
+    assert isinstance(q.get_submodule("_generated_interpolate_0").float_module, nn.Upsample)
     q.eval()
     set_fake_quantize(q, FakeQuantState.CALIBRATION)
     q(x)

@@ -127,6 +127,21 @@ def _unary_name(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     return None
 
 
+def _interpolate_module(node: fx.Node) -> Optional[nn.Module]:
+    """``F.interpolate(x, size=…|scale_factor=…, mode=…)`` with constant arguments as an ``nn.Upsample``."""
+    if node.op != "call_function" or node.target is not torch.nn.functional.interpolate:
+        return None
+    if not node.args or not isinstance(node.args[0], fx.Node) or len(node.args) > 4:
+        return None
+    names = ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor")
+    kwargs = dict(zip(names, node.args[1:]))
+    kwargs.update({k: v for k, v in node.kwargs.items() if k in names})
+    if node.kwargs.get("antialias") or set(node.kwargs) - set(names) - {"antialias"} \
+            or any(isinstance(v, fx.Node) for v in kwargs.values()):
+        return None
+    return nn.Upsample(**kwargs)
+
+
 def _clamp_module(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
     """A Clamp (or ReLU6) module for ``torch.clamp(x, lo, hi)``, ``x.clip(...)``, ``F.relu6(x)`` with constant bounds."""
     if node.op == "call_function" and node.target is torch.nn.functional.relu6:
@@ -175,6 +190,10 @@ def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
                     and not any(isinstance(v, fx.Node) for v in node.kwargs.values()):
                 _replace_with_module(gm, node, name, unary.Unary(name, *rest, **dict(node.kwargs)), None,
                                      (node.args[0],), {})
+            continue
+        upsample = _interpolate_module(node)
+        if upsample is not None:
+            _replace_with_module(gm, node, "interpolate", upsample, None, (node.args[0],), {})
             continue
         clamp = _clamp_module(gm, node)
         if clamp is not None:
