@@ -8,6 +8,7 @@ exist so a printed model says what was fused.
 
 from __future__ import annotations
 
+import abc
 from typing import Optional
 
 import torch
@@ -24,15 +25,15 @@ def apply_activation(x: torch.Tensor, activation: Optional[str]) -> torch.Tensor
     return x
 
 
-class _Fused(nn.Module):
+class _Fused(nn.Module, abc.ABC):
     _qframe_leaf = True
     activation: Optional[str] = None
     has_add: bool = False
 
     @property
+    @abc.abstractmethod
     def inner(self) -> nn.Module:
         """The conv/linear this module wraps."""
-        raise NotImplementedError
 
     def _finish(self, out: torch.Tensor, other: Optional[torch.Tensor]) -> torch.Tensor:
         if self.has_add:

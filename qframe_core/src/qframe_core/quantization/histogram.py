@@ -34,6 +34,7 @@ candidates); subclasses pick a threshold with them in
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Optional
 
 import torch
@@ -279,10 +280,9 @@ class HistogramObserverBase(ObserverBase):
         """
         return self.sync(self.hist, "sum"), self.hist_max, self.sync(self.amax, "max")
 
-    def compute_threshold(self, hist: torch.Tensor, hist_max: torch.Tensor,
-                          amax: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def compute_threshold(self, hist: torch.Tensor, hist_max: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
         """``[C]`` clipping thresholds (magnitudes) from the ``[C, bins]`` histogram."""
-        raise NotImplementedError
 
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.has_data():

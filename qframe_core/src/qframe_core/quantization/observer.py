@@ -51,6 +51,7 @@ Building blocks for observers:
 
 from __future__ import annotations
 
+import abc
 import warnings
 from typing import Any, Optional
 
@@ -63,7 +64,7 @@ from ..errors import QuantizationStateError
 _SYMMETRIC = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
 
 
-class ObserverBase(nn.Module):
+class ObserverBase(nn.Module, abc.ABC):
     """Base class of observers: argument checking, NaN handling, the scale rule, sync.
 
     Args:
@@ -194,14 +195,17 @@ class ObserverBase(nn.Module):
         )
 
     # -- the contract ----------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Record statistics of ``x`` (ignoring NaN/Inf) and return ``x`` unchanged."""
 
-    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, zero_point)``; raises :meth:`no_data_error` before any data."""
 
-    def has_data(self) -> bool:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def has_data(self) -> bool:
+        """Whether any finite value was observed."""
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         # per-channel statistics are sized by the first batch: follow the incoming shape

@@ -10,6 +10,7 @@ convert uses to build the quantized module.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Optional
 
 import attrs
@@ -51,7 +52,7 @@ class WeightedIntParams:
     clamp_max: Optional[int]
 
 
-class _WeightedQAT(QATModule):
+class _WeightedQAT(QATModule, abc.ABC):
     """Shared logic; subclasses define the float op and the channel axis of the output."""
 
     channel_axis: int = 1
@@ -89,8 +90,9 @@ class _WeightedQAT(QATModule):
         return f", activation={self.activation}, has_add={self.has_add}, march={self.march}"
 
     # -- float paths --------------------------------------------------------------
+    @abc.abstractmethod
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        """The float op (conv2d / linear) on the given weight and bias."""
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.has_add and other is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from typing import Optional
 
 import torch
@@ -13,7 +14,7 @@ from . import ops
 from .kernels import as_array, dtype_name, march_kernels, to_int32
 
 
-class _WeightedQuantized(nn.Module):
+class _WeightedQuantized(nn.Module, abc.ABC):
     """Holds the integer parameters as buffers (what state_dict saves) and the
     weights packed for the march's GEMM kernels (a ``PackedWeight``, packed in
     ``from_qat`` and reused by every forward).  The pack is derived data: it
@@ -40,8 +41,9 @@ class _WeightedQuantized(nn.Module):
         self._packed = None
         self._packed_key = None
 
-    def _pack(self, k):  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _pack(self, k):
+        """The march's ``PackedWeight`` of the ``weight`` buffer."""
 
     def packed_weight(self):
         """The ``PackedWeight`` of the current ``weight`` buffer (packed once, repacked if it changed)."""
