@@ -1,7 +1,9 @@
 """Modules of qframe: fused float modules (``intrinsic``), QAT modules (``qat``) and
 integer modules (``quantized``, including ``FloatFunctional``)."""
 
-from . import intrinsic, qat, quantized
-from .unary import Unary
+from . import intrinsic, qat, quantized, unary
+from .unary import NAMED_UNARY, Interpolate, Unary
 
-__all__ = ["Unary", "intrinsic", "qat", "quantized"]
+globals().update({n.capitalize(): getattr(unary, n.capitalize()) for n in NAMED_UNARY})  # Exp, Log, Sqrt, …
+
+__all__ = ["Interpolate", "Unary", "intrinsic", "qat", "quantized", *[n.capitalize() for n in NAMED_UNARY]]

@@ -25,7 +25,18 @@ def apply_activation(x: torch.Tensor, activation: Optional[str]) -> torch.Tensor
     return x
 
 
-class _Fused(nn.Module, abc.ABC):
+class CalledAsAdd:
+    """Eager-mode fusion of conv/linear + add puts the fused module at the add's position,
+    where the forward calls ``.add(x, residual)``: such a call is a call of the module."""
+
+    #: method names that mean "call this module" (read by the fx passes' op keys)
+    forward_aliases: tuple[str, ...] = ("add",)
+
+    def add(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return self(x, other)
+
+
+class _Fused(CalledAsAdd, nn.Module, abc.ABC):
     _qframe_leaf = True
     activation: Optional[str] = None
     has_add: bool = False

@@ -62,3 +62,33 @@ class Unary(nn.Module):
     def extra_repr(self) -> str:
         extra = ", ".join([repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()])
         return f"{self.name}{', ' + extra if extra else ''}"
+
+
+#: the seeds' module forms of functional ops without one in torch.nn (``horizon.nn.Exp()`` …), for eager mode
+NAMED_UNARY: tuple[str, ...] = ("exp", "log", "sqrt", "rsqrt", "reciprocal", "erf", "sin", "cos", "tan", "asin",
+                                "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "ceil", "floor")
+
+
+def _named_unary(name: str) -> type:
+    def __init__(self: Unary, *args: Any, **kwargs: Any) -> None:
+        Unary.__init__(self, name, *args, **kwargs)
+
+    cls_name = name.capitalize()
+    cls = type(cls_name, (Unary,), {"__init__": __init__, "__module__": __name__,
+                                    "__doc__": f"``torch.{name}`` as a module (a table lookup when quantized)."})
+    cls.__qualname__ = cls_name
+    return cls
+
+
+for _name in NAMED_UNARY:
+    globals()[_name.capitalize()] = _named_unary(_name)
+
+
+class Interpolate(nn.Upsample):
+    """``F.interpolate`` as a module (the seeds' ``horizon.nn.Interpolate``); lowers like ``nn.Upsample``."""
+
+    lowering_key = nn.Upsample
+
+    def __init__(self, size: Any = None, scale_factor: Any = None, mode: str = "bilinear",
+                 align_corners: Any = None, recompute_scale_factor: Any = None) -> None:
+        super().__init__(size, scale_factor, mode, align_corners, recompute_scale_factor)

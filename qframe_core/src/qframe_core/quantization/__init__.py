@@ -1,16 +1,26 @@
 """Quantization workflow: qconfigs, fake quantization, stubs, fx prepare/convert."""
 
+from .eager import convert, prepare_qat
 from .fake_quantize import FakeQuantize, FakeQuantState, load_observer_params, set_fake_quantize
+from .fuse_modules import fuse_known_modules, fuse_modules
 from .fx import convert_fx, fuse_fx, prepare_qat_fx
 from .observer import ObserverBase
 from .prepare_with_setter import prepare
-from .qconfig import QConfig, get_default_qat_qconfig, get_default_qconfig
+from .qconfig import (
+    QConfig,
+    get_default_calib_out_qconfig,
+    get_default_calib_qconfig,
+    get_default_qat_out_qconfig,
+    get_default_qat_qconfig,
+    get_default_qconfig,
+)
 from .stubs import DeQuantStub, QuantStub
 
 __all__ = [
-    "DeQuantStub", "FakeQuantState", "FakeQuantize", "ObserverBase", "QConfig", "QuantStub", "convert_fx",
-    "fuse_fx", "get_default_qat_qconfig", "get_default_qconfig", "load_observer_params", "prepare", "prepare_qat_fx",
-    "set_fake_quantize",
+    "DeQuantStub", "FakeQuantState", "FakeQuantize", "ObserverBase", "QConfig", "QuantStub", "convert", "convert_fx",
+    "fuse_fx", "fuse_known_modules", "fuse_modules", "get_default_calib_out_qconfig", "get_default_calib_qconfig",
+    "get_default_qat_out_qconfig", "get_default_qat_qconfig", "get_default_qconfig", "load_observer_params",
+    "prepare", "prepare_qat", "prepare_qat_fx", "set_fake_quantize",
 ]
 
 

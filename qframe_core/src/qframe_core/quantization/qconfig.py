@@ -89,6 +89,16 @@ def get_default_calib_qconfig(**kwargs: Any) -> QConfig:
     return get_default_qconfig(kind="calibration", **kwargs)
 
 
+def get_default_qat_out_qconfig(**kwargs: Any) -> QConfig:
+    """QAT qconfig of a model-output conv/linear: high-precision (int32) output, 8-bit weights."""
+    return get_default_qconfig(kind="qat", **{"activation_fake_quant": None, **kwargs})
+
+
+def get_default_calib_out_qconfig(**kwargs: Any) -> QConfig:
+    """Calibration counterpart of :func:`get_default_qat_out_qconfig`."""
+    return get_default_qconfig(kind="calibration", **{"activation_fake_quant": None, **kwargs})
+
+
 default_qat_8bit_fake_quant_qconfig = get_default_qat_qconfig()
 default_calib_8bit_fake_quant_qconfig = get_default_calib_qconfig()
 default_qat_out_8bit_fake_quant_qconfig = get_default_qat_qconfig(activation_fake_quant=None)

@@ -21,7 +21,7 @@ from torch import nn
 from ...dtype import qint32
 from ...numerics import quantize_to_int
 from ...quantization.fake_quantize import QuantParams
-from ..intrinsic import FusedConv2d, FusedLinear, apply_activation
+from ..intrinsic import CalledAsAdd, FusedConv2d, FusedLinear, apply_activation
 from ..requant_params import (
     accumulator_scale,
     activation_bounds,
@@ -52,7 +52,7 @@ class WeightedIntParams:
     clamp_max: Optional[int]
 
 
-class _WeightedQAT(QATModule, abc.ABC):
+class _WeightedQAT(CalledAsAdd, QATModule, abc.ABC):
     """Shared logic; subclasses define the float op and the channel axis of the output."""
 
     channel_axis: int = 1

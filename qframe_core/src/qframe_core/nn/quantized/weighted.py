@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from ...quantization.fake_quantize import QuantParams
+from ..intrinsic import CalledAsAdd
 from ..qat.weighted import WeightedIntParams
 from . import ops
 from .kernels import as_array, dtype_name, march_kernels, to_int32
 
 
-class _WeightedQuantized(nn.Module, abc.ABC):
+class _WeightedQuantized(CalledAsAdd, nn.Module, abc.ABC):
     """Holds the integer parameters as buffers (what state_dict saves) and the
     weights packed for the march's GEMM kernels (a ``PackedWeight``, packed in
     ``from_qat`` and reused by every forward).  The pack is derived data: it

@@ -9,7 +9,7 @@ integer tensors as they are.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Iterable
 
 from torch import fx, nn
 
@@ -18,6 +18,25 @@ from ...lowering import op_display_name
 from ...nn.quantized.preserved import PreservedQAT
 from ...registry import registry
 from .graph_utils import module_name_of, op_nodes
+
+
+def quantized_modules(model: nn.Module, march: str, float_ops: dict[str, Any],
+                      names: Iterable[str]) -> dict[str, nn.Module]:
+    """The integer module of each QAT module of ``model`` named in ``names`` (and in ``float_ops``)."""
+    new_modules: dict[str, nn.Module] = {}
+    for name in names:
+        if name in new_modules or name not in float_ops:
+            continue
+        lowering = registry.lowering(march, float_ops[name])
+        if lowering is None or lowering.quantized_module is None:
+            raise QframeError(f"{name!r}: march {march!r} no longer lists a lowering for "
+                              f"{op_display_name(float_ops[name])}; was the march plugin changed since prepare?")
+        qat = model.get_submodule(name)
+        if getattr(qat, "preserve_qat_mode", False):
+            new_modules[name] = PreservedQAT.from_qat(qat)  # kept in QAT form for debugging
+        else:
+            new_modules[name] = lowering.quantized_module.from_qat(qat)
+    return new_modules
 
 
 def convert_fx(model: fx.GraphModule, inplace: bool = False) -> fx.GraphModule:
@@ -36,22 +55,8 @@ def convert_fx(model: fx.GraphModule, inplace: bool = False) -> fx.GraphModule:
         raise QframeError("convert_fx expects the GraphModule returned by prepare_qat_fx (it got "
                           f"{type(model).__name__}{' already converted' if meta.get('qframe_stage') else ''})")
     gm = model if inplace else copy.deepcopy(model)
-    march: str = gm.meta["qframe_march"]
-    float_ops: dict[str, Any] = gm.meta["qframe_float_ops"]
-    new_modules: dict[str, nn.Module] = {}
-    for node in op_nodes(gm):
-        name = module_name_of(node)
-        if name is None or name in new_modules or name not in float_ops:
-            continue
-        lowering = registry.lowering(march, float_ops[name])
-        if lowering is None or lowering.quantized_module is None:
-            raise QframeError(f"{name!r}: march {march!r} no longer lists a lowering for "
-                              f"{op_display_name(float_ops[name])}; was the march plugin changed since prepare?")
-        qat = gm.get_submodule(name)
-        if getattr(qat, "preserve_qat_mode", False):
-            new_modules[name] = PreservedQAT.from_qat(qat)  # kept in QAT form for debugging
-        else:
-            new_modules[name] = lowering.quantized_module.from_qat(qat)
+    names = [n for n in (module_name_of(node) for node in op_nodes(gm)) if n is not None]
+    new_modules = quantized_modules(gm, gm.meta["qframe_march"], gm.meta["qframe_float_ops"], names)
     for name, mod in new_modules.items():
         gm.add_submodule(name, mod)
     gm.meta["qframe_stage"] = "quantized"

@@ -48,6 +48,8 @@ def op_key(gm: fx.GraphModule, node: fx.Node, module_key: Optional[type] = None)
         return node.target
     if node.op == "call_method":
         owner = module_of(gm, node)
+        if owner is not None and node.target in getattr(owner, "forward_aliases", ()):
+            return module_key or getattr(owner, "lowering_key", None) or type(owner)  # ``fused.add(x, r)``
         if owner is not None:
             base = module_key or type(owner)
             return f"{base.__name__}.{node.target}"

@@ -60,6 +60,16 @@ FUNCTIONAL_TO_METHOD: dict[str, tuple[tuple, tuple[str, ...]]] = {
 #: clamp spellings turned into generated Clamp modules when their bounds are constants
 CLAMP_FUNCTIONS: dict[Any, str] = {torch.clamp: "clamp", torch.clip: "clip"}
 
+#: functional pooling turned into its module (then looked up in the op table) when its arguments are
+#: constants: function -> (module class, the function's parameters after the input, in order)
+POOL_FUNCTIONS: dict[Any, tuple[type, tuple[str, ...]]] = {
+    torch.nn.functional.adaptive_avg_pool2d: (nn.AdaptiveAvgPool2d, ("output_size",)),
+    torch.nn.functional.avg_pool2d: (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode",
+                                                    "count_include_pad", "divisor_override")),
+    torch.nn.functional.max_pool2d: (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode",
+                                                    "return_indices")),
+}
+
 DEFAULT_WAY_OUT = ("run it on the CPU with prepare_qat_fx(..., hybrid=True), keep it outside the "
                    "QuantStub/DeQuantStub region (float), or change the model to use an op the march supports")
 
@@ -142,6 +152,24 @@ def _interpolate_module(node: fx.Node) -> Optional[nn.Module]:
     return nn.Upsample(**kwargs)
 
 
+def _pool_module(node: fx.Node) -> Optional[tuple[str, nn.Module]]:
+    """``F.adaptive_avg_pool2d(x, 1)``, ``F.avg_pool2d(x, 2)``, ``F.max_pool2d(x, 3, 2, 1)`` … with constant
+    arguments as (stem, their ``nn`` module), as torchvision's MobileNetV2 writes its global pooling."""
+    if node.op != "call_function" or node.target not in POOL_FUNCTIONS:
+        return None
+    cls, names = POOL_FUNCTIONS[node.target]
+    if not node.args or not isinstance(node.args[0], fx.Node) or len(node.args) > len(names) + 1 \
+            or set(node.kwargs) - set(names):
+        return None
+    kwargs = dict(zip(names, node.args[1:]))
+    kwargs.update(node.kwargs)
+    if kwargs.get("return_indices") or any(isinstance(v, fx.Node) for v in kwargs.values()):
+        return None
+    if "stride" in kwargs and kwargs["stride"] is None:
+        del kwargs["stride"]  # the functional default (stride = kernel_size), as the module spells it
+    return node.target.__name__, cls(**kwargs)
+
+
 def _clamp_module(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
     """A Clamp (or ReLU6) module for ``torch.clamp(x, lo, hi)``, ``x.clip(...)``, ``F.relu6(x)`` with constant bounds."""
     if node.op == "call_function" and node.target is torch.nn.functional.relu6:
@@ -159,6 +187,23 @@ def _clamp_module(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
     if not all(v is None or isinstance(v, (int, float)) for v in (lo, hi)) or (lo is None and hi is None):
         return None  # tensor bounds: not lowered
     return Clamp(lo, hi, name)
+
+
+def module_form(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    """The module a functional op becomes in fx mode, as a user would write it (eager mode's advice)."""
+    name = _unary_name(gm, node)
+    if name is not None:
+        return f"qframe_core.nn.{name.capitalize()}()" if name in unary.NAMED_UNARY else f"qframe_core.nn.Unary({name!r})"
+    if _interpolate_module(node) is not None:
+        return "qframe_core.nn.Interpolate(...)"
+    clamp = _clamp_module(gm, node)
+    if clamp is not None:
+        return "nn.ReLU6()" if isinstance(clamp, nn.ReLU6) else "qframe_core.nn.clamp.Clamp(min, max)"
+    method = _functional_method(gm, node)
+    if method is not None:
+        scalar = _scalar_call(method, node) if method in ("add", "sub", "mul") else None
+        return f"FloatFunctional().{scalar[0] if scalar else method}"
+    return None
 
 
 def _replace_with_module(gm: fx.GraphModule, node: fx.Node, stem: str, module: nn.Module,
@@ -194,6 +239,10 @@ def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
         upsample = _interpolate_module(node)
         if upsample is not None:
             _replace_with_module(gm, node, "interpolate", upsample, None, (node.args[0],), {})
+            continue
+        pool = _pool_module(node)
+        if pool is not None:
+            _replace_with_module(gm, node, pool[0], pool[1], None, (node.args[0],), {})
             continue
         clamp = _clamp_module(gm, node)
         if clamp is not None:
@@ -239,7 +288,13 @@ def _lowering_for(gm: fx.GraphModule, node: fx.Node, march: str) -> tuple[Any, O
     return key, registry.lowering(march, key)
 
 
-def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver) -> dict[str, Any]:
+def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver,
+                    qat_classes: Optional[dict[type, type]] = None) -> dict[str, Any]:
+    """Check every op of the quantized region against the march's table, then swap modules for QAT forms.
+
+    ``qat_classes`` (eager ``prepare_qat``'s ``mapping``) overrides the QAT class of a float type.
+    Returns ``{module name: op key}`` of the swapped modules.
+    """
     region = quantized_region(gm, is_quant_stub, is_dequant_stub)
     problems = _Problems(march)
     swaps: dict[str, tuple[OpLowering, nn.Module, QConfig]] = {}
@@ -268,7 +323,11 @@ def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver) -
                          "change the layer's parameters to fit the limit, or keep it out of the quantized region")
         if lowering.kind is LoweringKind.PASSTHROUGH:
             continue
-        assert name is not None and mod is not None
+        if name is None or mod is None:  # only in eager mode: fx mode made every such op a module
+            problems.add(describe(gm, node), "eager mode quantizes modules only, and this op is a function call",
+                         f"use {module_form(gm, node) or 'its module form'} in the model, or the fx mode "
+                         f"(prepare_qat_fx), which makes these modules itself")
+            continue
         if name in swaps and is_dequant_stub(mod) and node.op == "call_module":
             # a DeQuantStub has no parameters of its own: each extra call site gets its own copy
             name = unique_module_name(gm, f"{name}_{len([n for n in swaps if n.startswith(name)])}")
@@ -290,7 +349,7 @@ def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver) -
     problems.raise_if_any()
 
     for name, (lowering, mod, qconfig) in swaps.items():
-        qat = lowering.qat_module.from_float(mod, qconfig, march)
+        qat = (qat_classes or {}).get(type(mod), lowering.qat_module).from_float(mod, qconfig, march)
         if isinstance(qat, QATModule):
             qat.set_names(name)
         if getattr(mod, "preserve_qat_mode", False):
