@@ -59,6 +59,9 @@ def convert_fx(model: fx.GraphModule, inplace: bool = False) -> fx.GraphModule:
     new_modules = quantized_modules(gm, gm.meta["qframe_march"], gm.meta["qframe_float_ops"], names)
     for name, mod in new_modules.items():
         gm.add_submodule(name, mod)
+    for sub in list(gm.modules()):
+        if sub is not gm and isinstance(sub, fx.GraphModule) and sub.meta.get("qframe_stage") == "qat":
+            convert_fx(sub, inplace=True)  # a sub-model prepared for an fx_wrap-ed method
     gm.meta["qframe_stage"] = "quantized"
     gm.recompile()
     return gm.cpu().eval()

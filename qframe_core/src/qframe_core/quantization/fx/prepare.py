@@ -43,6 +43,7 @@ from .graph_utils import (
 from .hybrid import insert_hybrid_boundaries
 from .qconfig_resolution import QConfigResolver
 from .tracer import is_torch_stub, symbolic_trace
+from .wrapped_methods import dequantize_wrapped_inputs
 
 #: functional spellings turned into generated FloatFunctional modules: method -> (functions, tensor methods)
 FUNCTIONAL_TO_METHOD: dict[str, tuple[tuple, tuple[str, ...]]] = {
@@ -455,6 +456,33 @@ def share_cat_scales(gm: fx.GraphModule, march: str) -> list[str]:
     return shared
 
 
+def _prepare_graph(gm: fx.GraphModule, march: str, resolver: Any, optimize_graph: bool, hybrid: bool,
+                   hybrid_dict: Optional[dict]) -> fx.GraphModule:
+    """Passes 2-6 on a traced model; modules only ``fx_wrap``-ed methods call are prepared as sub-models."""
+    if gm.meta.get("qframe_fused_for") != march:
+        fuse_graph(gm, march)
+    functionals_to_modules(gm)
+    dequantize_wrapped_inputs(gm)
+    cpu_ops = insert_hybrid_boundaries(gm, march, resolver, hybrid_dict) if hybrid else []
+    float_ops = _check_and_swap(gm, march, resolver)
+    _bind_inputs(gm, march, float_ops)
+    if optimize_graph:
+        share_cat_scales(gm, march)
+    gm.meta["qframe_march"] = march
+    gm.meta["qframe_stage"] = "qat"
+    gm.meta["qframe_float_ops"] = float_ops
+    gm.meta["qframe_cpu_ops"] = cpu_ops
+    for path in gm.meta.get("qframe_wrapped_only", []):
+        sub = gm.get_submodule(path)
+        # a module called only inside a wrapped method is quantized when it holds a quantized region of its
+        # own (hybrid boundaries are not inserted there: its stubs delimit it)
+        if any(is_quant_stub(m) for m in sub.modules()):
+            gm.add_submodule(path, _prepare_graph(symbolic_trace(sub), march, resolver.scoped(path),
+                                                  optimize_graph, False, None))
+    gm.recompile()
+    return gm
+
+
 def prepare_qat_fx(
     model: nn.Module,
     qconfig_dict: Optional[dict] = None,
@@ -493,20 +521,7 @@ def prepare_qat_fx(
     resolver = QConfigResolver(model, qconfig_dict)
     resolver.check_kinds()
     preserved = list((prepare_custom_config_dict or {}).get("preserved_attributes", []))
-    gm = symbolic_trace(model)
-    if gm.meta.get("qframe_fused_for") != spec.name:
-        fuse_graph(gm, spec.name)
-    functionals_to_modules(gm)
-    cpu_ops = insert_hybrid_boundaries(gm, spec.name, resolver, hybrid_dict) if hybrid else []
-    float_ops = _check_and_swap(gm, spec.name, resolver)
-    _bind_inputs(gm, spec.name, float_ops)
-    if optimize_graph:
-        share_cat_scales(gm, spec.name)
+    gm = _prepare_graph(symbolic_trace(model), spec.name, resolver, optimize_graph, hybrid, hybrid_dict)
     for attr in preserved:
         setattr(gm, attr, getattr(model, attr))
-    gm.meta["qframe_march"] = spec.name
-    gm.meta["qframe_stage"] = "qat"
-    gm.meta["qframe_float_ops"] = float_ops
-    gm.meta["qframe_cpu_ops"] = cpu_ops
-    gm.recompile()
     return gm

@@ -61,6 +61,10 @@ class QConfigResolver:
                 return self.own[ancestor]
         return self.global_qconfig
 
+    def scoped(self, prefix: str) -> _ScopedResolver:
+        """The resolver for the submodule at ``prefix``, taking names relative to it."""
+        return _ScopedResolver(self, prefix)
+
     def all_qconfigs(self) -> list[QConfig]:
         values = [self.global_qconfig, *[q for _, q in self.by_type], *[q for _, q in self.by_name], *self.own.values()]
         return [v for v in values if v is not None]
@@ -74,3 +78,17 @@ class QConfigResolver:
                 "default_qat_8bit_fake_quant_qconfig): prepare one model for calibration with calib qconfigs, then a "
                 "QAT model with QAT qconfigs, and load the calibrated parameters into it"
             )
+
+
+class _ScopedResolver:
+    """A :class:`QConfigResolver` seen from a submodule (``qconfig_for("conv")`` means ``<prefix>.conv``)."""
+
+    def __init__(self, parent: QConfigResolver | _ScopedResolver, prefix: str) -> None:
+        self.parent = parent
+        self.prefix = prefix
+
+    def qconfig_for(self, name: str, module: Optional[nn.Module]) -> Optional[QConfig]:
+        return self.parent.qconfig_for(f"{self.prefix}.{name}" if name else self.prefix, module)
+
+    def scoped(self, prefix: str) -> _ScopedResolver:
+        return _ScopedResolver(self, prefix)

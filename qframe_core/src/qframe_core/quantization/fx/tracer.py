@@ -12,6 +12,7 @@ from typing import Any, Optional
 from torch import fx, nn
 
 from ...errors import TraceError
+from .wrapped_methods import install_wrapped_methods
 
 try:  # torch.ao's stubs are accepted as well
     from torch.ao.quantization import DeQuantStub as _TorchDeQuantStub
@@ -63,6 +64,8 @@ def symbolic_trace(model: nn.Module, concrete_args: Optional[dict[str, Any]] = N
         ) from exc
     name = type(model).__name__
     gm = fx.GraphModule(tracer.root, graph, name)
+    # modules reachable only through fx_wrap-ed methods (prepared as sub-models, see prepare)
+    gm.meta["qframe_wrapped_only"] = install_wrapped_methods(gm, model)
     return gm
 
 
