@@ -87,13 +87,20 @@ def _replace_chain(gm: fx.GraphModule, chain: list[fx.Node], other: Optional[fx.
     gm.add_submodule(name, fused)
     last = chain[-1]
     args = (head.args[0],) if other is None else (head.args[0], other)
-    with gm.graph.inserting_before(last):
-        new = gm.graph.call_module(name, args=args)
-    new.meta = dict(head.meta)
+    if head.op == "call_module" and name == str(head.target) and other is None:
+        # fused at the conv's name: the conv's node calls the fused module, keeping its node name
+        # (the graph prints ``conv`` as the seeds' print_tabular shows, not ``conv_1``)
+        head.args, head.kwargs = args, {}
+        new = head
+    else:
+        with gm.graph.inserting_before(last):
+            new = gm.graph.call_module(name, args=args)
+        new.meta = dict(head.meta)
     last.replace_all_uses_with(new)
     owners = [n.args[0] for n in chain if n.op == "call_method" and module_of(gm, n) is not None]
     for n in reversed(chain):
-        gm.graph.erase_node(n)
+        if n is not new:
+            gm.graph.erase_node(n)
     for o in owners:
         if not o.users:
             gm.graph.erase_node(o)
