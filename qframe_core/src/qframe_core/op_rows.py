@@ -73,6 +73,27 @@ def conv2d_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_dtyp
                             input_dtypes, output_dtypes, limits, note)
 
 
+def conv_transpose2d_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_dtypes: Sequence[QuantDType],
+                               limits: Sequence[Limit] = (), note: str = "") -> list[OpLowering]:
+    """ConvTranspose2d and every fused ConvTranspose2d form."""
+    return module_lowerings(march, (nn.ConvTranspose2d, *intrinsic.FUSED_CONV_TRANSPOSE2D), qat.ConvTranspose2d,
+                            quantized.ConvTranspose2d, input_dtypes, output_dtypes, limits, note)
+
+
+def conv3d_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_dtypes: Sequence[QuantDType],
+                     limits: Sequence[Limit] = (), note: str = "") -> list[OpLowering]:
+    """Conv3d and every fused Conv3d form."""
+    return module_lowerings(march, (nn.Conv3d, *intrinsic.FUSED_CONV3D), qat.Conv3d, quantized.Conv3d,
+                            input_dtypes, output_dtypes, limits, note)
+
+
+def batchnorm_lowerings(march: str, ops: Sequence[type], conv_class: type, dtypes: Sequence[QuantDType],
+                        limits: Sequence[Limit] = ()) -> list[OpLowering]:
+    """A standalone BatchNorm computed as a depthwise 1x1 convolution (the seeds: "底层调用 BpuConvolution")."""
+    return module_lowerings(march, ops, qat.BatchNorm, conv_class, dtypes, dtypes, limits,
+                            "a standalone BatchNorm runs as a depthwise 1x1 convolution (running statistics)")
+
+
 def linear_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_dtypes: Sequence[QuantDType],
                      limits: Sequence[Limit] = (), note: str = "") -> list[OpLowering]:
     """Linear and its fused ReLU/ReLU6 forms (Linear+add is not lowered)."""
@@ -153,7 +174,18 @@ def value_preserving_lowerings(march: str, dtypes: Sequence[QuantDType], exclude
 
 
 def conv2d_patterns(marches: Sequence[str]) -> list[FusionPattern]:
-    return conv_fusion_patterns(marches, nn.Conv2d, (nn.BatchNorm2d,), intrinsic.fuse_chain, "conv2d")
+    return conv_fusion_patterns(marches, nn.Conv2d, (nn.BatchNorm2d, nn.SyncBatchNorm), intrinsic.fuse_chain,
+                                "conv2d")
+
+
+def conv_transpose2d_patterns(marches: Sequence[str]) -> list[FusionPattern]:
+    return conv_fusion_patterns(marches, nn.ConvTranspose2d, (nn.BatchNorm2d, nn.SyncBatchNorm),
+                                intrinsic.fuse_chain, "conv_transpose2d")
+
+
+def conv3d_patterns(marches: Sequence[str]) -> list[FusionPattern]:
+    return conv_fusion_patterns(marches, nn.Conv3d, (nn.BatchNorm3d, nn.SyncBatchNorm), intrinsic.fuse_chain,
+                                "conv3d")
 
 
 def linear_patterns(marches: Sequence[str]) -> list[FusionPattern]:

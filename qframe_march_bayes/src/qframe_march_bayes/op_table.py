@@ -5,6 +5,7 @@ from torch import nn
 from qframe_core import op_rows
 from qframe_core.dtype import qint8, qint16, qint32
 from qframe_core.lowering import Limit
+from qframe_core.nn import quantized
 from qframe_core.nn.unary import LOOKUP_MODULES, UNARY_FUNCTIONS
 
 from .spec import NAME
@@ -22,6 +23,23 @@ CONV2D_LIMITS = (
     Limit("padding", max=256, text="padding<=256"),
 )
 
+CONV_TRANSPOSE2D_LIMITS = (
+    Limit("in_channels", 1, 2048, "in_channel<=2048"),
+    Limit("out_channels", 1, 2048, "1<=out_channel<=2048"),
+    Limit("kernel_size", 2, 14, "weight H, W: 2<=H, W<=14"),
+    Limit("stride", 1, 14, "1<=stride<=14"),
+    Limit("output_padding", 0, 1, "0<=output_padding<=1"),
+    Limit("dilation", 1, 1, "dilation=1"),
+)
+
+CONV3D_LIMITS = (
+    Limit("in_channels", max=65536, text="C<=65536"),
+    Limit("out_channels", max=65536, text="N, C<=65536"),
+    Limit("stride", 1, 2, "stride: D, H, W 等于 1 或 2"),
+    Limit("dilation", 1, 1, "dilation: 暂不支持"),
+    Limit("groups", 1, 1, "group: 暂不支持"),
+)
+
 LINEAR_LIMITS = (
     Limit("in_features", max=8192, text="in_features <= 8192"),
     Limit("out_features", max=8192, text="out_features <= 8192"),
@@ -33,6 +51,13 @@ def lowerings():
         *op_rows.stub_lowerings(NAME, ACT),
         *op_rows.conv2d_lowerings(NAME, ACT, (qint8, qint16, qint32), CONV2D_LIMITS,
                                   note="qint16 input: the accumulation must fit int32"),
+        *op_rows.conv_transpose2d_lowerings(NAME, (qint8,), (qint8, qint32), CONV_TRANSPOSE2D_LIMITS,
+                                            note="kernel>=stride; pad<=kernel/stride; sumin (fused add) input int8"),
+        *op_rows.conv3d_lowerings(NAME, (qint8,), (qint8, qint16, qint32), CONV3D_LIMITS,
+                                  note="kernel D, H<=9, W<=8191; padding<=kernel/2; D, H, W strides equal"),
+        *op_rows.batchnorm_lowerings(NAME, (nn.BatchNorm2d, nn.SyncBatchNorm), quantized.Conv2d, (qint8,),
+                                     CONV2D_LIMITS[:2]),
+        *op_rows.batchnorm_lowerings(NAME, (nn.BatchNorm3d,), quantized.Conv3d, (qint8,)),
         # the table lists qint8 output; qint32 is allowed as a high-precision model output
         *op_rows.linear_lowerings(NAME, (qint8,), (qint8, qint32), LINEAR_LIMITS),
         *op_rows.float_functional_lowerings(NAME, ("add", "sub", "mul", "add_scalar", "mul_scalar"), ACT,
@@ -62,4 +87,5 @@ def lowerings():
 
 
 def fusion_patterns():
-    return op_rows.conv2d_patterns([NAME]) + op_rows.linear_patterns([NAME])
+    return (op_rows.conv2d_patterns([NAME]) + op_rows.conv_transpose2d_patterns([NAME])
+            + op_rows.conv3d_patterns([NAME]) + op_rows.linear_patterns([NAME]))

@@ -5,6 +5,7 @@ from torch import nn
 from qframe_core import op_rows
 from qframe_core.dtype import qint8, qint32
 from qframe_core.lowering import Limit, unsupported_lowerings
+from qframe_core.nn import intrinsic, quantized
 
 from .spec import NAME
 
@@ -19,6 +20,14 @@ def lowerings():
         *op_rows.stub_lowerings(NAME, ACT),
         # Conv2d: input qint8, output qint8 or qint32 (high-precision model output)
         *op_rows.conv2d_lowerings(NAME, ACT, (qint8, qint32)),
+        *op_rows.conv_transpose2d_lowerings(NAME, ACT, ACT, (
+            Limit("kernel_size", 2, 14, "2<=kernel<=14"), Limit("in_channels", 1, 2048, "channel<=2048"),
+            Limit("out_channels", 1, 2048, "channel<=2048"), Limit("stride", 2, 4, "2<=stride<=4"),
+            Limit("dilation", 1, 1, "dilation=(1, 1)")), note="padding H*W=[0, (kernel_h-1)/2] * [0, (kernel_w-1)/2]"),
+        *unsupported_lowerings(NAME, (nn.Conv3d, *intrinsic.FUSED_CONV3D, nn.BatchNorm3d),
+                               "Conv3d is not supported on bernoulli2 (op table: 不支持)",
+                               "keep it outside the quantized region, or target bayes"),
+        *op_rows.batchnorm_lowerings(NAME, (nn.BatchNorm2d, nn.SyncBatchNorm), quantized.Conv2d, ACT),
         *op_rows.linear_unsupported(
             NAME, "torch.nn.Linear is not supported on bernoulli2 (op table: 不支持)",
             "use a 1x1 Conv2d on a [N, C, 1, 1] tensor (bernoulli2 computes 4-D tensors), or keep the Linear after "
@@ -58,4 +67,4 @@ def lowerings():
 
 
 def fusion_patterns():
-    return op_rows.conv2d_patterns([NAME])
+    return op_rows.conv2d_patterns([NAME]) + op_rows.conv_transpose2d_patterns([NAME])

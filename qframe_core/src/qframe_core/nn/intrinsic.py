@@ -9,6 +9,7 @@ exist so a printed model says what was fused.
 from __future__ import annotations
 
 import abc
+import copy
 from typing import Optional
 
 import torch
@@ -69,6 +70,14 @@ class FusedConv2d(_Fused):
         return self._finish(self.conv(x), other)
 
 
+class FusedConvTranspose2d(FusedConv2d):
+    """ConvTranspose2d [+BN folded] [+add] [+ReLU|ReLU6]."""
+
+
+class FusedConv3d(FusedConv2d):
+    """Conv3d [+BN3d folded] [+add] [+ReLU|ReLU6]."""
+
+
 class FusedLinear(_Fused):
     """Linear [+BN1d folded] [+add] [+ReLU|ReLU6]."""
 
@@ -97,6 +106,16 @@ ConvReLU62d = _variant(FusedConv2d, "ConvReLU62d", "relu6", False)
 ConvAdd2d = _variant(FusedConv2d, "ConvAdd2d", None, True)
 ConvAddReLU2d = _variant(FusedConv2d, "ConvAddReLU2d", "relu", True)
 ConvAddReLU62d = _variant(FusedConv2d, "ConvAddReLU62d", "relu6", True)
+ConvTransposeReLU2d = _variant(FusedConvTranspose2d, "ConvTransposeReLU2d", "relu", False)
+ConvTransposeReLU62d = _variant(FusedConvTranspose2d, "ConvTransposeReLU62d", "relu6", False)
+ConvTransposeAdd2d = _variant(FusedConvTranspose2d, "ConvTransposeAdd2d", None, True)
+ConvTransposeAddReLU2d = _variant(FusedConvTranspose2d, "ConvTransposeAddReLU2d", "relu", True)
+ConvTransposeAddReLU62d = _variant(FusedConvTranspose2d, "ConvTransposeAddReLU62d", "relu6", True)
+ConvReLU3d = _variant(FusedConv3d, "ConvReLU3d", "relu", False)
+ConvReLU63d = _variant(FusedConv3d, "ConvReLU63d", "relu6", False)
+ConvAdd3d = _variant(FusedConv3d, "ConvAdd3d", None, True)
+ConvAddReLU3d = _variant(FusedConv3d, "ConvAddReLU3d", "relu", True)
+ConvAddReLU63d = _variant(FusedConv3d, "ConvAddReLU63d", "relu6", True)
 LinearReLU = _variant(FusedLinear, "LinearReLU", "relu", False)
 LinearReLU6 = _variant(FusedLinear, "LinearReLU6", "relu6", False)
 LinearAdd = _variant(FusedLinear, "LinearAdd", None, True)
@@ -110,6 +129,16 @@ FUSED_CLASSES: dict[tuple[type, bool, Optional[str]], type] = {
     (nn.Conv2d, True, None): ConvAdd2d,
     (nn.Conv2d, True, "relu"): ConvAddReLU2d,
     (nn.Conv2d, True, "relu6"): ConvAddReLU62d,
+    (nn.ConvTranspose2d, False, "relu"): ConvTransposeReLU2d,
+    (nn.ConvTranspose2d, False, "relu6"): ConvTransposeReLU62d,
+    (nn.ConvTranspose2d, True, None): ConvTransposeAdd2d,
+    (nn.ConvTranspose2d, True, "relu"): ConvTransposeAddReLU2d,
+    (nn.ConvTranspose2d, True, "relu6"): ConvTransposeAddReLU62d,
+    (nn.Conv3d, False, "relu"): ConvReLU3d,
+    (nn.Conv3d, False, "relu6"): ConvReLU63d,
+    (nn.Conv3d, True, None): ConvAdd3d,
+    (nn.Conv3d, True, "relu"): ConvAddReLU3d,
+    (nn.Conv3d, True, "relu6"): ConvAddReLU63d,
     (nn.Linear, False, "relu"): LinearReLU,
     (nn.Linear, False, "relu6"): LinearReLU6,
     (nn.Linear, True, None): LinearAdd,
@@ -119,7 +148,21 @@ FUSED_CLASSES: dict[tuple[type, bool, Optional[str]], type] = {
 
 #: every fused float class, for lowering tables
 FUSED_CONV2D = (ConvReLU2d, ConvReLU62d, ConvAdd2d, ConvAddReLU2d, ConvAddReLU62d)
+FUSED_CONV_TRANSPOSE2D = (ConvTransposeReLU2d, ConvTransposeReLU62d, ConvTransposeAdd2d, ConvTransposeAddReLU2d,
+                          ConvTransposeAddReLU62d)
+FUSED_CONV3D = (ConvReLU3d, ConvReLU63d, ConvAdd3d, ConvAddReLU3d, ConvAddReLU63d)
 FUSED_LINEAR = (LinearReLU, LinearReLU6, LinearAdd, LinearAddReLU, LinearAddReLU6)
+
+#: the float ops a fused module can start with (the keys' first element above)
+FUSABLE_HEADS = (nn.Conv2d, nn.ConvTranspose2d, nn.Conv3d, nn.Linear)
+
+
+def swap_transposed_layout(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[I, O/g, ...]`` (ConvTranspose's weight) <-> ``[O, I/g, ...]`` (output channels first).
+
+    The same regrouping maps each layout to the other, so one function serves both ways."""
+    a, b, *k = w.shape
+    return w.reshape(groups, a // groups, b, *k).transpose(1, 2).reshape(groups * b, a // groups, *k)
 
 
 def _fold_bn(head: nn.Module, bn: Optional[nn.Module]) -> nn.Module:
@@ -137,6 +180,21 @@ def _fold_bn(head: nn.Module, bn: Optional[nn.Module]) -> nn.Module:
             fused.weight.copy_(w * (gamma / std).unsqueeze(1))
             fused.bias.copy_((b - bn.running_mean) * gamma / std + beta)
         return fused
+    if isinstance(head, nn.ConvTranspose2d):
+        # folded per output channel in the [O, I/groups, ...] layout (torch's fusion mishandles groups here)
+        std = torch.sqrt(bn.running_var + bn.eps)
+        gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
+        beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
+        b = head.bias if head.bias is not None else torch.zeros_like(std)
+        fused = copy.deepcopy(head)
+        if fused.bias is None:
+            fused.bias = nn.Parameter(torch.zeros_like(std))
+        w = swap_transposed_layout(head.weight.detach(), head.groups)
+        w = w * (gamma / std).reshape(-1, *[1] * (w.dim() - 1))
+        with torch.no_grad():
+            fused.weight.copy_(swap_transposed_layout(w, head.groups))
+            fused.bias.copy_((b - bn.running_mean) * gamma / std + beta)
+        return fused
     was_training = head.training
     folded = fuse_conv_bn_eval(head.eval(), bn.eval())
     folded.train(was_training)
@@ -152,7 +210,7 @@ def fuse_chain(modules: list, activation: Optional[str], has_add: bool) -> nn.Mo
     head = modules[0]
     bn = next((m for m in modules[1:] if isinstance(m, nn.modules.batchnorm._BatchNorm)), None)
     head = _fold_bn(head, bn)
-    base = nn.Conv2d if isinstance(head, nn.Conv2d) else nn.Linear
+    base = next(t for t in FUSABLE_HEADS if isinstance(head, t))
     if not has_add and activation is None:
         return head
     return FUSED_CLASSES[(base, has_add, activation)](head)

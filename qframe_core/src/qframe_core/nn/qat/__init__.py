@@ -6,6 +6,6 @@ from .lookup import LookupTable
 from .pooling import AvgPool2d, ScalePreserving
 from .prelu import PReLU
 from .stubs import DeQuantStub, QuantStub
-from .weighted import Conv2d, Linear
+from .weighted import BatchNorm, Conv2d, Conv3d, ConvTranspose2d, Linear
 
-__all__ = ["LookupTable", "PReLU", "AvgPool2d", "Conv2d", "DeQuantStub", "FloatFunctional", "Linear", "QuantStub", "ScalePreserving"]
+__all__ = ["LookupTable", "PReLU", "AvgPool2d", "BatchNorm", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantStub", "FloatFunctional", "Linear", "QuantStub", "ScalePreserving"]

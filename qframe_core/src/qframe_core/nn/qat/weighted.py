@@ -21,7 +21,7 @@ from torch import nn
 from ...dtype import qint32
 from ...numerics import quantize_to_int
 from ...quantization.fake_quantize import QuantParams
-from ..intrinsic import CalledAsAdd, FusedConv2d, FusedLinear, apply_activation
+from ..intrinsic import CalledAsAdd, FusedConv2d, FusedLinear, apply_activation, swap_transposed_layout
 from ..requant_params import (
     accumulator_scale,
     activation_bounds,
@@ -50,6 +50,33 @@ class WeightedIntParams:
     residual_multiplier: Optional[torch.Tensor]
     clamp_min: Optional[int]
     clamp_max: Optional[int]
+
+
+def _channel_view(t: torch.Tensor, ndim: int, channel_axis: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[channel_axis] = -1
+    return t.reshape(shape)
+
+
+def integer_weighted(op: Any, qx: torch.Tensor, p: WeightedIntParams, qr: Optional[torch.Tensor], rule: Any,
+                     channel_axis: int) -> torch.Tensor:
+    """The integer result (int64 codes) of a conv/linear: exact accumulation, bias, the march's requantization.
+
+    ``op(input, weight, bias)`` is the float op; it runs in float64, which holds every int8/int16
+    product sum of realistic size exactly (|acc| < 2**53).  Used by QAT simulation and by the
+    integer modules that have no C++ kernel (ConvTranspose2d, Conv3d), so the two cannot drift.
+    """
+    dev = qx.device
+    acc = torch.round(op(qx.double(), p.weight.double().to(dev), p.bias.double().to(dev))).to(torch.int64)
+    if p.multiplier is None:
+        lo = qint32.quant_min if p.clamp_min is None else p.clamp_min
+        return acc.clamp(lo, qint32.quant_max)
+    nd = acc.dim()
+    terms = [(acc, _channel_view(p.multiplier.to(dev), nd, channel_axis))]
+    if qr is not None:
+        terms.append((qr, _channel_view(p.residual_multiplier.to(dev), nd, channel_axis)))
+    return rule.requantize(terms, _channel_view(p.shift.to(dev), nd, channel_axis), p.output.dtype,
+                           p.clamp_min, p.clamp_max)
 
 
 class _WeightedQAT(CalledAsAdd, QATModule, abc.ABC):
@@ -89,6 +116,15 @@ class _WeightedQAT(CalledAsAdd, QATModule, abc.ABC):
     def _fusion_repr(self) -> str:
         return f", activation={self.activation}, has_add={self.has_add}, march={self.march}"
 
+    # -- weight layout: quantized per output channel, in conv2d's [O, I/groups, ...] layout ----------
+    def _oc_major(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` in the layout its fake-quantize and integer form use (output channels first)."""
+        return w
+
+    def _from_oc_major(self, w: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`_oc_major`: the layout the float op takes."""
+        return w
+
     # -- float paths --------------------------------------------------------------
     @abc.abstractmethod
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
@@ -99,7 +135,7 @@ class _WeightedQAT(CalledAsAdd, QATModule, abc.ABC):
             raise ValueError(f"{self.qframe_name}: this fused op adds a residual; pass it as the second argument")
         if self.simulating():
             return self._simulate(x, other)
-        out = self._op(x, self.weight_fake_quant(self.weight), self.bias)
+        out = self._op(x, self._from_oc_major(self.weight_fake_quant(self._oc_major(self.weight))), self.bias)
         if self.has_add:
             out = out + other
         out = apply_activation(out, self.activation)
@@ -111,7 +147,7 @@ class _WeightedQAT(CalledAsAdd, QATModule, abc.ABC):
     def weight_params(self) -> QuantParams:
         if not bool(self.weight_fake_quant.calibrated):
             # weights are data we have: observe them rather than fail
-            self.weight_fake_quant.observe(self.weight)
+            self.weight_fake_quant.observe(self._oc_major(self.weight))
         return self.weight_fake_quant.quant_params()
 
     def output_params(self) -> QuantParams:
@@ -124,7 +160,7 @@ class _WeightedQAT(CalledAsAdd, QATModule, abc.ABC):
         inp = self.input_params(0)
         wp = self.weight_params()
         acc_scale = accumulator_scale(inp.scale, wp.scale)
-        weight = weight_to_int(self.weight, wp)
+        weight = weight_to_int(self._oc_major(self.weight), wp)
         bias = bias_to_int(self.bias, acc_scale)
         residual = self.input_params(1) if self.has_add else None
         if self.activation_post_process is None:
@@ -141,28 +177,12 @@ class _WeightedQAT(CalledAsAdd, QATModule, abc.ABC):
         return WeightedIntParams(inp, weight, bias, out, m[:, 0], shift, residual,
                                  m[:, 1] if residual is not None else None, lo, hi)
 
-    def _channel_view(self, t: torch.Tensor, ndim: int) -> torch.Tensor:
-        shape = [1] * ndim
-        shape[self.channel_axis] = -1
-        return t.reshape(shape)
-
     def _simulate(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> torch.Tensor:
         p = self.integer_params()
         qx = quantize_to_int(x, p.input.scale, p.input.dtype)
-        # float64 holds every int8/int16 product sum of realistic size exactly
-        acc = self._op(qx.double(), p.weight.double().to(x.device), p.bias.double().to(x.device))
-        acc = torch.round(acc).to(torch.int64)
-        if p.multiplier is None:
-            lo = qint32.quant_min if p.clamp_min is None else p.clamp_min
-            q = acc.clamp(lo, qint32.quant_max)
-            return integer_tensor_to_float(q, p.output)
-        nd = acc.dim()
-        terms = [(acc, self._channel_view(p.multiplier.to(x.device), nd))]
-        if p.residual is not None:
-            qr = quantize_to_int(other, p.residual.scale, p.residual.dtype)
-            terms.append((qr, self._channel_view(p.residual_multiplier.to(x.device), nd)))
-        q = self.requant_rule.requantize(terms, self._channel_view(p.shift.to(x.device), nd), p.output.dtype,
-                                         p.clamp_min, p.clamp_max)
+        qr = quantize_to_int(other, p.residual.scale, p.residual.dtype) if p.residual is not None else None
+        q = integer_weighted(lambda a, w, b: self._op(a, self._from_oc_major(w), b), qx, p, qr,
+                             self.requant_rule, self.channel_axis)
         return integer_tensor_to_float(q, p.output)
 
 
@@ -189,6 +209,59 @@ class Conv2d(nn.Conv2d, _WeightedQAT):
         return super().extra_repr() + self._fusion_repr()
 
 
+class ConvTranspose2d(nn.ConvTranspose2d, _WeightedQAT):
+    """QAT ConvTranspose2d.  Its weight ``[I, O/groups, kh, kw]`` is fake-quantized per output channel
+    in conv2d's layout ``[O, I/groups, kh, kw]`` (:meth:`_oc_major`), so the qconfig's ``ch_axis=0`` and
+    the per-output-channel requantization apply as for Conv2d."""
+
+    channel_axis = 1
+    forward = _WeightedQAT.forward
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> ConvTranspose2d:
+        mod, activation, has_add = cls._unfuse(mod)
+        if mod.padding_mode != "zeros":
+            raise ValueError(f"ConvTranspose2d with padding_mode={mod.padding_mode!r} cannot be quantized")
+        qat = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.output_padding,
+                  mod.groups, mod.bias is not None, mod.dilation, device=mod.weight.device)
+        return qat._adopt(mod, qconfig, march, activation, has_add)
+
+    def _oc_major(self, w: torch.Tensor) -> torch.Tensor:
+        return swap_transposed_layout(w, self.groups)
+
+    def _from_oc_major(self, w: torch.Tensor) -> torch.Tensor:
+        return swap_transposed_layout(w, self.groups)
+
+    def _op(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.conv_transpose2d(x, w, b, self.stride, self.padding, self.output_padding, self.groups,
+                                  self.dilation)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._fusion_repr()
+
+
+class Conv3d(nn.Conv3d, _WeightedQAT):
+    """QAT Conv3d (``[N, C, D, H, W]``)."""
+
+    channel_axis = 1
+    forward = _WeightedQAT.forward
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> Conv3d:
+        mod, activation, has_add = cls._unfuse(mod)
+        if mod.padding_mode != "zeros":
+            raise ValueError(f"Conv3d with padding_mode={mod.padding_mode!r} cannot be quantized")
+        qat = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
+                  mod.groups, mod.bias is not None, device=mod.weight.device)
+        return qat._adopt(mod, qconfig, march, activation, has_add)
+
+    def _op(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.conv3d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._fusion_repr()
+
+
 class Linear(nn.Linear, _WeightedQAT):
     """QAT Linear; the output channel is the last axis."""
 
@@ -206,3 +279,24 @@ class Linear(nn.Linear, _WeightedQAT):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._fusion_repr()
+
+
+class BatchNorm:
+    """A standalone BatchNorm2d/3d (not fused into a conv): the seeds lower it as a convolution
+    ("独立使用的 BatchNorm2d 底层调用 BpuConvolution 实现").  ``from_float`` builds the QAT depthwise
+    1x1 Conv2d (Conv3d for 5-D BatchNorm) computing ``gamma * (x - mean) / std + beta`` with the
+    running statistics, which the QAT model then trains as conv weights."""
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> _WeightedQAT:
+        c = mod.num_features
+        conv_cls, float_cls = (Conv3d, nn.Conv3d) if isinstance(mod, nn.BatchNorm3d) else (Conv2d, nn.Conv2d)
+        dev = mod.running_mean.device
+        std = torch.sqrt(mod.running_var + mod.eps)
+        gamma = mod.weight if mod.weight is not None else torch.ones_like(std)
+        beta = mod.bias if mod.bias is not None else torch.zeros_like(std)
+        conv = float_cls(c, c, 1, groups=c, bias=True, device=dev)
+        with torch.no_grad():
+            conv.weight.copy_((gamma / std).reshape(c, *[1] * (conv.weight.dim() - 1)))
+            conv.bias.copy_(beta - mod.running_mean * gamma / std)
+        return conv_cls.from_float(conv, qconfig, march)

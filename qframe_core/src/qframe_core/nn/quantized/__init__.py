@@ -7,5 +7,6 @@ from .prelu import PReLU
 from .qfunctional import QFunctional
 from .stubs import DeQuantize, Quantize
 from .weighted import Conv2d, Linear
+from .weighted_exact import Conv3d, ConvTranspose2d
 
-__all__ = ["LookupTable", "PReLU", "AvgPool2d", "ScalePreserving", "Conv2d", "DeQuantize", "FloatFunctional", "Linear", "QFunctional", "Quantize"]
+__all__ = ["LookupTable", "PReLU", "AvgPool2d", "ScalePreserving", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantize", "FloatFunctional", "Linear", "QFunctional", "Quantize"]

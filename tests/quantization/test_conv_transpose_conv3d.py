@@ -1,0 +1,206 @@
+"""ConvTranspose2d, Conv3d and standalone BatchNorm: fusion, exact integer results, limits."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from qframe_core.errors import UnsupportedOpError
+from qframe_core.nn import intrinsic
+from qframe_core.nn import quantized as qnn
+from qframe_core.quantization import (
+    DeQuantStub,
+    FakeQuantState,
+    QuantStub,
+    convert_fx,
+    prepare_qat_fx,
+    set_fake_quantize,
+)
+from qframe_core.quantization.qconfig import default_qat_8bit_fake_quant_qconfig as QCONFIG
+from tests.kernels.reference import MARCH_RULES, finish
+
+
+# -- independent references (numpy int64, written as scatter / sum over kernel offsets) -------------
+def conv_transpose2d_acc(x, w, stride, padding, output_padding, groups, dilation):
+    """Exact accumulator of conv_transpose2d: every input pixel scatters its kernel into the output."""
+    x, w = np.asarray(x, np.int64), np.asarray(w, np.int64)  # w: [I, O/g, kh, kw]
+    n, c, h, wd = x.shape
+    _, og, kh, kw = w.shape
+    (sh, sw), (ph, pw), (oph, opw), (dh, dw) = stride, padding, output_padding, dilation
+    ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+    wo = (wd - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+    full = np.zeros((n, og * groups, (h - 1) * sh + dh * (kh - 1) + 1 + oph, (wd - 1) * sw + dw * (kw - 1) + 1 + opw),
+                    np.int64)
+    cg = c // groups
+    for g in range(groups):
+        xs = x[:, g * cg:(g + 1) * cg]
+        ws = w[g * cg:(g + 1) * cg]
+        for i in range(kh):
+            for j in range(kw):
+                contrib = np.einsum("nchw,co->nohw", xs, ws[:, :, i, j])
+                full[:, g * og:(g + 1) * og, i * dh: i * dh + sh * (h - 1) + 1: sh,
+                     j * dw: j * dw + sw * (wd - 1) + 1: sw] += contrib
+    return full[:, :, ph:ph + ho, pw:pw + wo]
+
+
+def conv3d_acc(x, w, stride, padding):
+    x, w = np.asarray(x, np.int64), np.asarray(w, np.int64)
+    n, c, d, h, wd = x.shape
+    o, _, kd, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2, (padding[2],) * 2))
+    do, ho, wo = [(s + 2 * p - k) // st + 1 for s, p, k, st in zip((d, h, wd), padding, (kd, kh, kw), stride)]
+    acc = np.zeros((n, o, do, ho, wo), np.int64)
+    for a in range(kd):
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, :, a:a + stride[0] * (do - 1) + 1:stride[0], i:i + stride[1] * (ho - 1) + 1:stride[1],
+                           j:j + stride[2] * (wo - 1) + 1:stride[2]]
+                acc += np.einsum("ncdhw,oc->nodhw", patch, w[:, :, a, i, j])
+    return acc
+
+
+class TConvNet(nn.Module):
+    def __init__(self, groups=1, stride=2, padding=1, output_padding=1, add=False):
+        super().__init__()
+        self.quant, self.quant2, self.dequant = QuantStub(), QuantStub(), DeQuantStub()
+        self.tconv = nn.ConvTranspose2d(4, 6, 3, stride=stride, padding=padding, output_padding=output_padding,
+                                        groups=groups)
+        self.bn = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU()
+        self.add = add
+
+    def forward(self, x, r=None):
+        y = self.bn(self.tconv(self.quant(x)))
+        if self.add:
+            y = y + self.quant2(r)
+        return self.dequant(self.relu(y))
+
+
+class Conv3dNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = QuantStub(), DeQuantStub()
+        self.conv = nn.Conv3d(3, 5, (3, 3, 2), stride=2, padding=1)
+        self.bn = nn.BatchNorm3d(5)
+        self.relu6 = nn.ReLU6()
+        self.bn_alone = nn.BatchNorm3d(5)
+
+    def forward(self, x):
+        return self.dequant(self.bn_alone(self.relu6(self.bn(self.conv(self.quant(x))))))
+
+
+def _randomize_bn(model):
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+
+
+def _calibrate_and_convert(model, march, inputs):
+    qat = prepare_qat_fx(model, {"": QCONFIG}, march=march)
+    set_fake_quantize(qat, FakeQuantState.CALIBRATION)
+    with torch.no_grad():
+        for _ in range(3):
+            qat(*[torch.randn_like(t) for t in inputs])
+    qat.eval()
+    set_fake_quantize(qat, FakeQuantState.VALIDATION)
+    return qat, convert_fx(qat)
+
+
+@pytest.mark.parametrize("march", ["bernoulli2", "bayes"])
+@pytest.mark.parametrize("groups,add", [(1, False), (2, True)])
+def test_conv_transpose2d_fused_exact(march, groups, add):
+    torch.manual_seed(groups)
+    model = TConvNet(groups=groups, add=add).eval()
+    _randomize_bn(model)
+    inputs = [torch.randn(2, 4, 5, 7), torch.randn(2, 6, 10, 14)] if add else [torch.randn(2, 4, 5, 7)]
+    qat, quantized = _calibrate_and_convert(model, march, inputs)
+    name = "_generated_add_0" if add else "tconv"
+    fused = qat.get_submodule(name)
+    assert type(fused).__name__ == "ConvTranspose2d" and fused.activation == "relu" and fused.has_add == add
+    integer = quantized.get_submodule(name)
+    assert type(integer) is qnn.ConvTranspose2d
+    with torch.no_grad():
+        torch.testing.assert_close(quantized(*inputs), qat(*inputs), atol=0, rtol=0)
+
+    # the integer module against the numpy reference of the march's rules
+    q = torch.randint(-128, 128, (2, 4, 5, 7), dtype=torch.int8)
+    r = torch.randint(-128, 128, (2, 6, 10, 14), dtype=torch.int8) if add else None
+    with torch.no_grad():
+        out = integer(q, r) if add else integer(q)
+    w = integer.weight.numpy().reshape(groups, 6 // groups, 4 // groups, 3, 3).transpose(0, 2, 1, 3, 4).reshape(4, 6 // groups, 3, 3)
+    acc = conv_transpose2d_acc(q.numpy(), w, integer.stride, integer.padding, integer.output_padding, groups,
+                               integer.dilation)
+    ref = finish(acc, integer.bias.numpy(), integer.multiplier.numpy(), integer.shift.numpy(), "int8",
+                 integer.clamp_min, integer.clamp_max, MARCH_RULES[march][1], 1,
+                 None if r is None else r.numpy(),
+                 None if r is None else integer.residual_multiplier.numpy())
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_conv3d_bn_relu6_and_standalone_bn3d_exact_on_bayes():
+    torch.manual_seed(3)
+    model = Conv3dNet().eval()
+    _randomize_bn(model)
+    x = torch.randn(2, 3, 6, 7, 5)
+    qat, quantized = _calibrate_and_convert(model, "bayes", [x])
+    assert type(qat.conv).__name__ == "Conv3d" and qat.conv.activation == "relu6"
+    assert type(quantized.conv) is qnn.Conv3d and type(quantized.bn_alone) is qnn.Conv3d  # BN as depthwise conv
+    with torch.no_grad():
+        torch.testing.assert_close(quantized(x), qat(x), atol=0, rtol=0)
+    q = torch.randint(-128, 128, (1, 3, 6, 7, 5), dtype=torch.int8)
+    conv = quantized.conv
+    with torch.no_grad():
+        out = conv(q)
+    acc = conv3d_acc(q.numpy(), conv.weight.numpy(), conv.stride, conv.padding)
+    ref = finish(acc, conv.bias.numpy(), conv.multiplier.numpy(), conv.shift.numpy(), "int8", conv.clamp_min,
+                 conv.clamp_max, MARCH_RULES["bayes"][1], 1)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_standalone_batchnorm2d_runs_as_depthwise_conv_on_bernoulli2():
+    class BNNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.dequant, self.bn = QuantStub(), DeQuantStub(), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.dequant(self.bn(self.quant(x)))
+
+    torch.manual_seed(0)
+    model = BNNet().eval()
+    _randomize_bn(model)
+    x = torch.randn(2, 4, 5, 5)
+    qat, quantized = _calibrate_and_convert(model, "bernoulli2", [x])
+    assert type(quantized.bn) is qnn.Conv2d and quantized.bn.groups == 4
+    with torch.no_grad():
+        torch.testing.assert_close(quantized(x), qat(x), atol=0, rtol=0)
+        # close to the float BN: within 2 output steps except where calibration clipped the range
+        err = (qat(x) - model(x)).abs()
+        lsb = quantized.bn.out_scale.item()
+        assert (err <= 2 * lsb).float().mean() > 0.95
+
+
+def test_fused_names():
+    out = intrinsic.fuse_chain([nn.ConvTranspose2d(2, 3, 2).eval(), nn.BatchNorm2d(3).eval(), None, nn.ReLU()],
+                               "relu", True)
+    assert type(out) is intrinsic.ConvTransposeAddReLU2d
+    assert type(intrinsic.fuse_chain([nn.Conv3d(2, 3, 1), None], "relu6", False)) is intrinsic.ConvReLU63d
+
+
+def test_limits_and_unsupported():
+    with pytest.raises(UnsupportedOpError, match=r"'tconv'.*stride=\(1, 1\) breaks 2<=stride<=4.*bernoulli2"):
+        prepare_qat_fx(TConvNet(stride=1, padding=0, output_padding=0), {"": QCONFIG}, march="bernoulli2")
+    with pytest.raises(UnsupportedOpError, match=r"Conv3d is not supported on bernoulli2"):
+        prepare_qat_fx(Conv3dNet(), {"": QCONFIG}, march="bernoulli2")
+
+    class Grouped3d(Conv3dNet):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(4, 6, 1, groups=2)
+            self.bn, self.bn_alone = nn.BatchNorm3d(6), nn.BatchNorm3d(6)
+
+    with pytest.raises(UnsupportedOpError, match=r"groups=2 breaks group: 暂不支持"):
+        prepare_qat_fx(Grouped3d(), {"": QCONFIG}, march="bayes")
