@@ -105,6 +105,9 @@ default_qat_out_8bit_fake_quant_qconfig = get_default_qat_qconfig(activation_fak
 default_calib_out_8bit_fake_quant_qconfig = get_default_calib_qconfig(activation_fake_quant=None)
 default_qat_8bit_weight_32bit_out_fake_quant_qconfig = get_default_qat_qconfig(activation_fake_quant=None)
 default_calib_8bit_weight_32bit_out_fake_quant_qconfig = get_default_calib_qconfig(activation_fake_quant=None)
+#: 16-bit activations, 8-bit weights (bayes: the op table's qint16 rows; bernoulli2 refuses them by rule)
+default_calib_16bit_fake_quant_qconfig = get_default_calib_qconfig(activation_qkwargs={"dtype": "qint16"})
+default_qat_16bit_fake_quant_qconfig = get_default_qat_qconfig(activation_qkwargs={"dtype": "qint16"})
 #: LSQ (learned step size) for activations and weights; see :mod:`qframe_core.quantization.lsq`
 default_qat_8bit_lsq_quant_qconfig = get_default_qat_qconfig(activation_fake_quant="lsq", weight_fake_quant="lsq")
 default_qat_8bit_weight_32bit_out_lsq_quant_qconfig = get_default_qat_qconfig(activation_fake_quant=None,
