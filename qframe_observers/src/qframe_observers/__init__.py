@@ -9,7 +9,11 @@ from qframe_core.quantization.fixed_scale import FixedScaleObserver
 from .kl import KLObserver
 from .min_max import MinMaxObserver
 from .mix import MixObserver
-from .moving_average import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+from .moving_average import (
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    MovingAveragePerTensorMinMaxObserver,
+)
 from .mse import MSEObserver
 from .percentile import PercentileObserver
 
@@ -21,5 +25,6 @@ __all__ = [
     "MixObserver",
     "MovingAverageMinMaxObserver",
     "MovingAveragePerChannelMinMaxObserver",
+    "MovingAveragePerTensorMinMaxObserver",
     "PercentileObserver",
 ]

@@ -27,6 +27,11 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
                          factory_kwargs)
 
 
+class MovingAveragePerTensorMinMaxObserver(MovingAverageMinMaxObserver):
+    """:class:`MovingAverageMinMaxObserver` under the name the seeds' custom-qconfig example uses
+    (``FakeQuantize.with_args(observer=MovingAveragePerTensorMinMaxObserver, ...)``); same behaviour."""
+
+
 class MovingAveragePerChannelMinMaxObserver(MinMaxObserver):
     """Moving-average min/max per channel (``qscheme=torch.per_channel_symmetric``, ``ch_axis=0``)."""
 

@@ -10,7 +10,11 @@ def qframe_register_observers(register):
     from .kl import KLObserver
     from .min_max import MinMaxObserver
     from .mix import MixObserver
-    from .moving_average import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+    from .moving_average import (
+        MovingAverageMinMaxObserver,
+        MovingAveragePerChannelMinMaxObserver,
+        MovingAveragePerTensorMinMaxObserver,
+    )
     from .mse import MSEObserver
     from .percentile import PercentileObserver
 
@@ -23,3 +27,4 @@ def qframe_register_observers(register):
     # torch.ao-style names, also reachable as qframe_core.quantization.MovingAverage…Observer (the seeds' path)
     register("moving_average_min_max", MovingAverageMinMaxObserver)
     register("moving_average_per_channel_min_max", MovingAveragePerChannelMinMaxObserver)
+    register("moving_average_per_tensor_min_max", MovingAveragePerTensorMinMaxObserver)  # the seeds' other name
