@@ -211,14 +211,16 @@ def _replace_with_module(gm: fx.GraphModule, node: fx.Node, stem: str, module: n
                          method: Optional[str], args: tuple, kwargs: dict) -> None:
     name = generated_name(gm, scope_of(node), stem)
     gm.add_submodule(name, module)
-    with gm.graph.inserting_before(node):
-        if method is None:
-            new = gm.graph.call_module(name, args, kwargs)
-        else:
-            new = gm.graph.call_method(method, (gm.graph.get_attr(name), *args), kwargs)
-    new.meta = dict(node.meta)
-    node.replace_all_uses_with(new)
-    gm.graph.erase_node(node)
+    # the node itself becomes the module call, so it keeps the name the trace gave it (``selu_1``): names
+    # derived from it later — hybrid boundaries such as ``selu_1_activation_post_process`` — are the seeds'
+    if method is None:
+        node.op, node.target = "call_module", name
+    else:
+        with gm.graph.inserting_before(node):
+            owner = gm.graph.get_attr(name)
+        node.op, node.target = "call_method", method
+        args = (owner, *args)
+    node.args, node.kwargs = tuple(args), dict(kwargs)
 
 
 def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
