@@ -83,3 +83,26 @@ def test_check_reports_counts_tables_hints_and_saves(tmp_path):
 def test_check_rejects_a_float_model():
     with pytest.raises(QframeError, match="expects the GraphModule returned by prepare"):
         check_qat_model(Net(), torch.rand(1, 3, 4, 4))
+
+
+def test_input_dtype_follows_scale_preserving_ops():
+    """A DeQuantStub after an op without its own fake-quantize (nearest interpolate) receives that op's
+    input dtype (qint8), not a high-precision value."""
+
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = QuantStub()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.dequant = DeQuantStub()
+
+        def forward(self, x):
+            x = torch.nn.functional.interpolate(self.conv(self.quant(x)), scale_factor=2, mode="nearest")
+            return self.dequant(x)
+
+    data = torch.rand(1, 3, 4, 4)
+    with march("bayes"):
+        qat = prepare(Up(), data, check=False)
+    rows = {r[0]: r for r in check_qat_model(qat, data, print_results=False).out_qconfigs}
+    assert rows["_generated_interpolate_0"][2:4] == ("qint8", "qint8")
+    assert rows["dequant"][2:4] == ("qint8", "torch.float32")

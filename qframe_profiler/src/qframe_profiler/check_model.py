@@ -49,6 +49,15 @@ def _observer_name(fq: Optional[FakeQuantize]) -> str:
     return "" if fq is None else type(fq.activation_post_process).__name__ + (" (fixed scale)" if fq.fixed_scale else "")
 
 
+def _output_dtype(mod: nn.Module) -> str:
+    """The dtype ``mod`` outputs: its fake-quantize's; for an op without one (interpolate, pooling, …) its
+    input's; qint32 for a high-precision output."""
+    while not hasattr(mod, "activation_post_process") and getattr(mod, "_input_producers", None):
+        mod = mod._input_producers[0]
+    fq = getattr(mod, "activation_post_process", None)
+    return str(qint32) if fq is None else str(fq.dtype)
+
+
 def _fq_row(name: str, mod: nn.Module, in_dtype: str) -> tuple:
     if type(mod).__name__ == "DeQuantStub":
         return (name, type(mod).__name__, in_dtype, "torch.float32", "qconfig = None", "")
@@ -126,8 +135,7 @@ def check_qat_model(model: fx.GraphModule, example_inputs: Any, save_results: bo
             out_rows.append((name, type(mod).__name__, "-", "-", "qconfig = None", ""))
             continue
         producers = getattr(mod, "_input_producers", [])
-        in_dtype = "torch.float32" if not producers else str(
-            getattr(getattr(producers[0], "activation_post_process", None), "dtype", "qint32"))
+        in_dtype = "torch.float32" if not producers else _output_dtype(producers[0])
         out_rows.append(_fq_row(name, mod, in_dtype))
         wfq = getattr(mod, "weight_fake_quant", None)
         if wfq is not None:
