@@ -5,20 +5,18 @@ Imports renamed (horizon_plugin_pytorch -> qframe_core, horizon_plugin_pytorch.u
 qframe_profiler), ``March.NASH_M`` -> ``March.BAYES``. Deviations:
 
 * the seed's ``F.interpolate(x, scale_factor=1.3, mode="bilinear", align_corners=False)`` is written with
-  ``mode="nearest"``: qframe lowers only nearest upsampling so far, and refuses bilinear by its op-table rule
-  (asserted below, so this test notices when bilinear arrives);
+  ``mode="nearest"``: when this test was written qframe lowered only nearest upsampling and refused bilinear
+  by its op-table rule (bayes' op table also asks for ``recompute_scale_factor=True`` with a scale factor);
 * the rest of that code block (``hbdk4`` export, ``QuantAnalysis``, ``ModelProfiler``) is not part of this
   test: those tools are not in qframe yet;
 * the seed's printed check lists ``conv`` and ``relu`` as fusable-but-unfused; ``prepare`` fuses them (it
   fuses for the march before choosing qconfigs), so the check reports no unfused pattern.
 """
 
-import pytest
 import torch
 from torch import nn
 from torch.quantization import DeQuantStub, QuantStub
 
-from qframe_core.errors import UnsupportedOpError
 from qframe_core.march import March, set_march
 from qframe_core.quantization import prepare
 from qframe_core.quantization.qconfig_template import (
@@ -28,20 +26,19 @@ from qframe_profiler import check_qat_model
 
 
 class Net(nn.Module):
-    def __init__(self, mode="nearest"):
+    def __init__(self):
         super(Net, self).__init__()  # noqa: UP008  (the seed's spelling)
         self.conv = nn.Conv2d(3, 3, 1)
         self.relu = nn.ReLU()
         self.quant = QuantStub()
         self.dequant = DeQuantStub()
-        self.mode = mode
 
     def forward(self, x):
         x = self.quant(x)
         x = self.conv(x)
         x = self.relu(x)
         x = torch.nn.functional.interpolate(
-            x, scale_factor=1.3, mode=self.mode, **({"align_corners": False} if self.mode == "bilinear" else {})
+            x, scale_factor=1.3, mode="nearest"  # the seed: mode="bilinear", align_corners=False
         )
         x = self.dequant(x)
         return x
@@ -89,8 +86,3 @@ def test_prepare_with_setter_then_check(tmp_path, monkeypatch, capsys):
     saved = (tmp_path / "model_check_result.txt").read_text()
     assert "Each layer out qconfig:" in saved and "Weight qconfig:" in saved
 
-
-def test_the_seeds_bilinear_interpolate_is_refused_by_rule_for_now():
-    set_march(March.BAYES)
-    with pytest.raises(UnsupportedOpError, match="mode='bilinear'.*bilinear is not lowered yet"):
-        prepare(Net(mode="bilinear"), torch.rand((1, 3, 32, 32)), default_qat_qconfig_setter)

@@ -189,4 +189,5 @@ def conv3d_patterns(marches: Sequence[str]) -> list[FusionPattern]:
 
 
 def linear_patterns(marches: Sequence[str]) -> list[FusionPattern]:
-    return conv_fusion_patterns(marches, nn.Linear, (nn.BatchNorm1d,), intrinsic.fuse_chain, "linear", with_add=False)
+    return conv_fusion_patterns(marches, nn.Linear, (nn.BatchNorm1d, nn.SyncBatchNorm), intrinsic.fuse_chain, "linear",
+                                with_add=False)
