@@ -244,3 +244,15 @@ def test_hybrid_integer_model_evaluates_the_qat_model():
     assert torch.equal(quantize_res, qat_model(data))
     cos = torch.nn.functional.cosine_similarity(quantize_res.flatten(), float_res.flatten(), dim=0)
     assert cos > 0.99
+
+
+def test_the_documented_interfaces():
+    """"主要接口参数说明": prepare_qat_fx(model, qconfig_dict, prepare_custom_config_dict, optimize_graph, hybrid,
+    hybrid_dict) and convert_fx(graph_module, convert_custom_config_dict, _remove_qconfig)."""
+    import inspect
+
+    prepare = [(p.name, p.default) for p in inspect.signature(prepare_qat_fx).parameters.values()][1:6]
+    assert prepare == [("qconfig_dict", None), ("prepare_custom_config_dict", None), ("optimize_graph", False),
+                       ("hybrid", False), ("hybrid_dict", None)]
+    convert = [(p.name, p.default) for p in inspect.signature(convert_fx).parameters.values()][1:3]
+    assert convert == [("convert_custom_config_dict", None), ("_remove_qconfig", True)]

@@ -9,7 +9,7 @@ integer tensors as they are.
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from torch import fx, nn
 
@@ -39,7 +39,8 @@ def quantized_modules(model: nn.Module, march: str, float_ops: dict[str, Any],
     return new_modules
 
 
-def convert_fx(model: fx.GraphModule, inplace: bool = False) -> fx.GraphModule:
+def convert_fx(model: fx.GraphModule, convert_custom_config_dict: Optional[dict] = None,
+               _remove_qconfig: bool = True, inplace: bool = False) -> fx.GraphModule:
     """Convert a model returned by ``prepare_qat_fx`` (after calibration and/or QAT).
 
     The result takes float input (its QuantStubs quantize), passes integer
@@ -48,8 +49,23 @@ def convert_fx(model: fx.GraphModule, inplace: bool = False) -> fx.GraphModule:
 
     Args:
         model: the QAT/calibration GraphModule.
+        convert_custom_config_dict: ``{"preserved_attributes": [names]}`` (the seeds' argument) sets
+            those attributes of ``model`` on the result.
+        _remove_qconfig: delete the ``qconfig`` attributes left on the result's modules (the seeds' default).
         inplace: modify ``model`` instead of converting a deep copy.
     """
+    custom = {} if convert_custom_config_dict is None else convert_custom_config_dict
+    if not isinstance(custom, dict):
+        raise TypeError(f"convert_fx: convert_custom_config_dict must be a dict such as "
+                        f"{{'preserved_attributes': [...]}}, got {custom!r} (to convert in place, pass inplace=True "
+                        f"by keyword)")
+    if set(custom) - {"preserved_attributes"}:
+        raise ValueError(f"convert_fx: convert_custom_config_dict has unknown keys "
+                         f"{sorted(set(custom) - {'preserved_attributes'})}: only 'preserved_attributes' is used")
+    preserved = list(custom.get("preserved_attributes", []))
+    missing = [a for a in preserved if not hasattr(model, a)]
+    if missing:
+        raise AttributeError(f"convert_fx: preserved_attributes {missing} are not attributes of the model")
     meta = getattr(model, "meta", {}) if isinstance(model, fx.GraphModule) else {}
     if meta.get("qframe_stage") != "qat":
         raise QframeError("convert_fx expects the GraphModule returned by prepare_qat_fx (it got "
@@ -63,5 +79,11 @@ def convert_fx(model: fx.GraphModule, inplace: bool = False) -> fx.GraphModule:
         if sub is not gm and isinstance(sub, fx.GraphModule) and sub.meta.get("qframe_stage") == "qat":
             convert_fx(sub, inplace=True)  # a sub-model prepared for an fx_wrap-ed method
     gm.meta["qframe_stage"] = "quantized"
+    for attr in preserved:
+        setattr(gm, attr, getattr(model, attr))
+    if _remove_qconfig:
+        for sub in gm.modules():
+            if "qconfig" in sub.__dict__:
+                del sub.qconfig
     gm.recompile()
     return gm.cpu().eval()
