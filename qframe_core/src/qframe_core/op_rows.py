@@ -160,6 +160,13 @@ def prelu_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering
     return module_lowerings(march, (nn.PReLU,), qat.PReLU, quantized.PReLU, dtypes, dtypes)
 
 
+def softmax_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_dtypes: Sequence[QuantDType],
+                      limits: Sequence[Any] = (), note: str = "") -> list[OpLowering]:
+    """Softmax (``F.softmax``/``Tensor.softmax`` become it): exp table, exact sum, reciprocal table, product."""
+    return module_lowerings(march, (nn.Softmax,), qat.Softmax, quantized.Softmax, input_dtypes, output_dtypes,
+                            limits, note or "exp table, exact sum, reciprocal table, requantized product")
+
+
 def nearest_upsample_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:
     """Nearest-neighbour upsampling copies elements (bilinear needs the interpolation lowering)."""
     return module_lowerings(march, (nn.Upsample, nn.UpsamplingNearest2d), qat.ScalePreserving,

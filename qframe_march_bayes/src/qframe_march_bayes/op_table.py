@@ -82,6 +82,9 @@ def lowerings():
         *op_rows.nearest_upsample_lowerings(NAME, ACT),
         *op_rows.constant_pad_lowerings(NAME, ACT),
         *op_rows.prelu_lowerings(NAME, ACT),
+        # "torch.nn.Softmax: qint8 -> qint8, qint16; 使用多次查表、求和等算子拼凑，精度风险较高"
+        *op_rows.softmax_lowerings(NAME, (qint8,), ACT,
+                                   note="exp table, exact sum, reciprocal table (int16 intermediates); 精度风险较高"),
         *op_rows.value_preserving_lowerings(NAME, ACT),
     ]
 

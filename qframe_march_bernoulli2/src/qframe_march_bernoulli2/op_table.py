@@ -62,6 +62,9 @@ def lowerings():
                                "reshape after the DeQuantStub, or target bayes"),
         *op_rows.nearest_upsample_lowerings(NAME, ACT),
         *op_rows.constant_pad_lowerings(NAME, ACT),
+        *unsupported_lowerings(NAME, (nn.Softmax,), "torch.nn.Softmax is not supported on bernoulli2 (op table: 不支持)",
+                               "apply softmax after the DeQuantStub (float), run it on the CPU with "
+                               "prepare_qat_fx(..., hybrid=True), or target bayes"),
         *op_rows.value_preserving_lowerings(NAME, ACT, exclude=NOT_4D),
     ]
 

@@ -190,8 +190,59 @@ def _clamp_module(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
     return Clamp(lo, hi, name)
 
 
+def _composite_module(gm: fx.GraphModule, node: fx.Node) -> Optional[tuple[str, nn.Module]]:
+    """``F.softmax``/``torch.softmax``/``x.softmax(dim)``, ``F.glu(x, dim)`` and ``F.layer_norm(x, shape, weight,
+    bias, eps)`` with constant arguments (weight and bias: parameters or None) as (stem, their ``nn`` module)."""
+    functional = torch.nn.functional
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    if node.op == "call_function" and node.target in (functional.softmax, torch.softmax):
+        names: tuple[str, ...] = ("dim", "_stacklevel", "dtype") if node.target is functional.softmax else ("dim", "dtype")
+    elif node.op == "call_method" and node.target == "softmax" and module_of(gm, node) is None:
+        names = ("dim", "dtype")
+    elif node.op == "call_function" and node.target is functional.glu:
+        names = ("dim",)
+    elif node.op == "call_function" and node.target is functional.layer_norm:
+        names = ("normalized_shape", "weight", "bias", "eps")
+    else:
+        return None
+    if len(node.args) > len(names) + 1 or set(node.kwargs) - set(names):
+        return None
+    kwargs = dict(zip(names, node.args[1:]))
+    kwargs.update(node.kwargs)
+    params = {k: kwargs.pop(k, None) for k in ("weight", "bias")}
+    if any(isinstance(v, fx.Node) for v in kwargs.values()) or kwargs.get("dtype") is not None or \
+            any(isinstance(v, fx.Node) and v.op != "get_attr" for v in params.values()):
+        return None
+    if "normalized_shape" in names:
+        shape = kwargs.get("normalized_shape")
+        shape = (shape,) if isinstance(shape, int) else shape
+        if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) for s in shape):
+            return None
+        tensors: dict[str, Any] = {}
+        for k, v in params.items():
+            tensors[k] = gm if v is not None else None
+            for part in str(v.target).split(".") if v is not None else ():
+                tensors[k] = getattr(tensors[k], part)
+        affine = tensors["weight"] is not None or tensors["bias"] is not None
+        ln = nn.LayerNorm(tuple(shape), eps=1e-5 if kwargs.get("eps") is None else float(kwargs["eps"]), elementwise_affine=affine,
+                          bias=tensors["bias"] is not None)
+        with torch.no_grad():
+            if tensors["weight"] is not None:
+                ln.weight.copy_(tensors["weight"])
+            if tensors["bias"] is not None:
+                ln.bias.copy_(tensors["bias"])
+        return "layer_norm", ln
+    if "_stacklevel" in names or "dtype" in names:
+        return "softmax", nn.Softmax(dim=kwargs.get("dim"))
+    return "glu", nn.GLU(dim=kwargs.get("dim", -1))
+
+
 def module_form(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     """The module a functional op becomes in fx mode, as a user would write it (eager mode's advice)."""
+    composite = _composite_module(gm, node)
+    if composite is not None:
+        return f"nn.{type(composite[1]).__name__}(...)"
     name = _unary_name(gm, node)
     if name is not None:
         return f"qframe_core.nn.{name.capitalize()}()" if name in unary.NAMED_UNARY else f"qframe_core.nn.Unary({name!r})"
@@ -242,6 +293,14 @@ def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
         upsample = _interpolate_module(node)
         if upsample is not None:
             _replace_with_module(gm, node, "interpolate", upsample, None, (node.args[0],), {})
+            continue
+        composite = _composite_module(gm, node)
+        if composite is not None:
+            constants = [a for a in node.all_input_nodes if a.op == "get_attr"]  # F.layer_norm's weight and bias
+            _replace_with_module(gm, node, composite[0], composite[1], None, (node.args[0],), {})
+            for const in constants:
+                if not const.users:
+                    gm.graph.erase_node(const)
             continue
         pool = _pool_module(node)
         if pool is not None:

@@ -1,0 +1,53 @@
+"""Integer composite ops (softmax, …): the integer steps of :mod:`qframe_core.nn.integer_softmax` & co.,
+with the tables and multipliers fixed at convert from the QAT module's calibrated scales and settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...march import resolve_march
+from ...quantization.fake_quantize import QuantParams
+from ..integer_softmax import int_softmax
+
+
+class _IntegerComposite(nn.Module):
+    _qframe_leaf = True
+
+    def __init__(self, params: Any, march: str, name: str) -> None:
+        super().__init__()
+        self.params = params
+        self.march = march
+        self.qframe_name = name
+
+    @classmethod
+    def from_qat(cls, qat: nn.Module) -> Any:
+        return cls(qat.integer_params(), qat.march, qat.qframe_name)
+
+    def output_params(self) -> QuantParams:
+        return self.params.output
+
+    def _codes(self, q: torch.Tensor) -> torch.Tensor:
+        if q.is_floating_point():
+            raise TypeError(f"{self.qframe_name}: expects an integer tensor, got {q.dtype}")
+        return q
+
+    def _what(self) -> str:
+        return f"{self.qframe_name} ({self.march})"
+
+    def extra_repr(self) -> str:
+        return f"out_dtype={self.params.output.dtype}, march={self.march}"
+
+
+class Softmax(_IntegerComposite):
+    """Integer softmax: ``requant(exp_table(q - max) * reciprocal_table(requant(sum)))``."""
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        spec = resolve_march(self.march)
+        out = int_softmax(self._codes(q), self.params, spec.requant, spec.lookup, self._what())
+        return out.to(self.params.output.dtype.torch_dtype)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.params.dim}, " + super().extra_repr()
