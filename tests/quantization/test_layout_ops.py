@@ -59,6 +59,8 @@ def test_layout_ops_are_exact(m):
     assert torch.nn.functional.cosine_similarity(expected.flatten(), model(x).flatten(), dim=0) > 0.99
 
 
-def test_bilinear_upsample_is_named_as_not_lowered():
-    with march("bayes"), pytest.raises(UnsupportedOpError, match=r"'up'.*mode='bilinear' breaks mode='nearest'"):
-        prepare_qat_fx(LayoutNet(mode="bilinear"), {"": Q8})
+def test_resize_modes_beyond_nearest_and_bilinear_are_refused_by_rule():
+    # bilinear is lowered (tests/quantization/test_bilinear.py); bicubic is not in the table
+    with march("bayes"), pytest.raises(UnsupportedOpError,
+                                       match=r"'up'.*mode='bicubic' breaks 只支持 nearest 和 billinear 插值模式"):
+        prepare_qat_fx(LayoutNet(mode="bicubic"), {"": Q8})

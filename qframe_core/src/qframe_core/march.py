@@ -44,6 +44,8 @@ class MarchSpec:
         lookup: how non-linear ops are computed — a
             :class:`~qframe_core.lookup.DirectTable` or
             :class:`~qframe_core.lookup.SegmentTable` (None: the march has none).
+        bilinear: the fixed-point format of bilinear resize — a
+            :class:`~qframe_core.resize.BilinearFormat` (None: the march has none).
     """
 
     name: str
@@ -53,6 +55,7 @@ class MarchSpec:
     kernels: str
     max_rank: Optional[int] = None
     lookup: Optional[Any] = None
+    bilinear: Optional[Any] = None
 
     def load_kernels(self) -> ModuleType:
         """Import and return this march's kernel extension module."""

@@ -167,11 +167,22 @@ def softmax_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_dty
                             limits, note or "exp table, exact sum, reciprocal table, requantized product")
 
 
-def nearest_upsample_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:
-    """Nearest-neighbour upsampling copies elements (bilinear needs the interpolation lowering)."""
-    return module_lowerings(march, (nn.Upsample, nn.UpsamplingNearest2d), qat.ScalePreserving,
-                            quantized.ScalePreserving, dtypes, dtypes,
-                            (Allowed("mode", ("nearest",), "mode='nearest' (bilinear is not lowered yet)"),))
+def upsample_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequence[Any] = (),
+                       mode_text: str = "mode in ('nearest', 'bilinear')") -> list[OpLowering]:
+    """Resize: ``nn.Upsample``, ``UpsamplingNearest2d``, ``UpsamplingBilinear2d``, ``qframe_core.nn.Interpolate`` and
+    constant-argument ``F.interpolate`` (prepare makes it an ``nn.Upsample``); the output keeps the input's scale.
+
+    Nearest copies elements; bilinear is the march's fixed-point rule (``MarchSpec.bilinear``,
+    :mod:`qframe_core.resize`).  ``limits`` may hold :mod:`qframe_core.resize` records checked on the actual
+    sizes when the module runs (``ScaleRange``, ``ShapeLimit``) besides ``Limit``/``Allowed``.
+    """
+    from .nn.qat.resize import Upsample as QATUpsample
+    from .nn.quantized.resize import Upsample as IntegerUpsample
+
+    rules = (Allowed("mode", ("nearest", "bilinear"), mode_text), *limits)
+    return module_lowerings(march, (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d), QATUpsample,
+                            IntegerUpsample, dtypes, dtypes, rules,
+                            "nearest copies elements; bilinear: fixed-point coordinates, exact 4-neighbour sum")
 
 
 def value_preserving_lowerings(march: str, dtypes: Sequence[QuantDType], exclude: Sequence[Any] = ()) -> list[OpLowering]:

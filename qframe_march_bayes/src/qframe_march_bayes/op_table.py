@@ -4,9 +4,10 @@ from torch import nn
 
 from qframe_core import op_rows
 from qframe_core.dtype import qint8, qint16, qint32
-from qframe_core.lowering import Limit
+from qframe_core.lowering import Allowed, Limit
 from qframe_core.nn import quantized
 from qframe_core.nn.unary import LOOKUP_MODULES, UNARY_FUNCTIONS
+from qframe_core.resize import RecomputeScaleFactor, ShapeLimit
 
 from .spec import NAME
 
@@ -45,6 +46,12 @@ LINEAR_LIMITS = (
     Limit("out_features", max=8192, text="out_features <= 8192"),
 )
 
+INTERPOLATE_LIMITS = (
+    ShapeLimit((1, 2, 3), 1, 8192, "input_shape: [N, C, H, W], 1<=C, H, W<=8192"),
+    Allowed("align_corners", (False, None), "align_corners 支持 False 和 None"),
+    RecomputeScaleFactor(("bilinear",), "scale=[] 时要求 recompute_scale_factors 为 True"),
+)
+
 
 def lowerings():
     return [
@@ -79,7 +86,9 @@ def lowerings():
         *op_rows.lookup_lowerings(NAME, LOOKUP_MODULES, tuple(UNARY_FUNCTIONS), ACT,
                                   note="segment table (piecewise linear, int16 capable); 底层查表实现，有精度风险"),
         *op_rows.layout_lowerings(NAME, ACT),
-        *op_rows.nearest_upsample_lowerings(NAME, ACT),
+        # "只支持 nearest 和 billinear 插值模式。input_shape: [N, C, H, W], 1<=C, H, W<=8192，align_corners 支持 False
+        # 和 None，scale=[] 时要求 recompute_scale_factors 为 True"; qint8 in and out
+        *op_rows.upsample_lowerings(NAME, (qint8,), INTERPOLATE_LIMITS, "只支持 nearest 和 billinear 插值模式"),
         *op_rows.constant_pad_lowerings(NAME, ACT),
         *op_rows.prelu_lowerings(NAME, ACT),
         # "torch.nn.Softmax: qint8 -> qint8, qint16; 使用多次查表、求和等算子拼凑，精度风险较高"

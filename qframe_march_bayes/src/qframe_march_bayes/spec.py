@@ -4,6 +4,7 @@ from qframe_core.dtype import qint8, qint16
 from qframe_core.lookup import SegmentTable
 from qframe_core.march import MarchSpec
 from qframe_core.numerics import RequantRule, Rounding
+from qframe_core.resize import BilinearFormat
 
 NAME = "bayes"
 
@@ -15,4 +16,6 @@ SPEC = MarchSpec(
     kernels="qframe_march_bayes._kernels",
     # non-linear ops: piecewise-linear segments over a dense region, saturating tails, int16 capable
     lookup=SegmentTable(max_segments=1024, frac_bits=16),
+    # bilinear resize: Q16 source coordinates, 12-bit weights, exact Q24 accumulation (int8: fits int32), half to even
+    bilinear=BilinearFormat(coord_frac_bits=16, weight_frac_bits=12),
 )

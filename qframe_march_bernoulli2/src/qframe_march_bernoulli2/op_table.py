@@ -6,6 +6,7 @@ from qframe_core import op_rows
 from qframe_core.dtype import qint8, qint32
 from qframe_core.lowering import Limit, unsupported_lowerings
 from qframe_core.nn import intrinsic, quantized
+from qframe_core.resize import ScaleRange
 
 from .spec import NAME
 
@@ -60,7 +61,9 @@ def lowerings():
         *op_rows.layout_lowerings(NAME, ACT, [op for op in op_rows.LAYOUT_OPS if op not in NOT_4D]),
         *unsupported_lowerings(NAME, NOT_4D, "not supported on bernoulli2 (op table: 不支持; it computes 4-D tensors)",
                                "reshape after the DeQuantStub, or target bayes"),
-        *op_rows.nearest_upsample_lowerings(NAME, ACT),
+        # "支持 nearest 和 billinear 插值模式。1/256<缩放比例<=256"; qint8 in and out
+        *op_rows.upsample_lowerings(NAME, ACT, (ScaleRange(1 / 256, 256, text="1/256<缩放比例<=256"),),
+                                    "支持 nearest 和 billinear 插值模式"),
         *op_rows.constant_pad_lowerings(NAME, ACT),
         *unsupported_lowerings(NAME, (nn.Softmax,), "torch.nn.Softmax is not supported on bernoulli2 (op table: 不支持)",
                                "apply softmax after the DeQuantStub (float), run it on the CPU with "

@@ -4,6 +4,7 @@ from qframe_core.dtype import qint8
 from qframe_core.lookup import DirectTable
 from qframe_core.march import MarchSpec
 from qframe_core.numerics import RequantRule, Rounding
+from qframe_core.resize import BilinearFormat
 
 NAME = "bernoulli2"
 
@@ -16,4 +17,6 @@ SPEC = MarchSpec(
     max_rank=4,
     # non-linear ops: a 256-entry table indexed by the int8 input
     lookup=DirectTable(entries=256),
+    # bilinear resize: Q16 source coordinates, 8-bit weights, exact Q16 accumulation (fits int32), half up
+    bilinear=BilinearFormat(coord_frac_bits=16, weight_frac_bits=8),
 )

@@ -29,6 +29,8 @@ class QuantizationTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if getattr(type(m), "_qframe_leaf", False) or isinstance(m, _TORCH_STUBS):
             return True
+        if hasattr(type(m), "lowering_key"):  # an op of the op tables (qframe_core.nn.Interpolate: nn.Upsample's row)
+            return True
         return super().is_leaf_module(m, module_qualified_name)
 
 
