@@ -60,12 +60,31 @@ def multiplier(ratio: float) -> tuple[int, int]:
     return m, s
 
 
-def requant(v: np.ndarray, ratio: float, bound: int, lo: int, hi: int) -> np.ndarray:
-    """Requantize int64 values of magnitude <= bound: drop low bits first so that v * m < 2**62."""
-    pre = max(0, int(bound).bit_length() + 31 - 62)
+def requant(v: np.ndarray, ratio: float, bound: int, lo: int, hi: int, extra=0) -> np.ndarray:
+    """Requantize int64 values of magnitude <= bound: drop low bits first so that v * m < 2**61, then shift by
+    the multiplier's shift plus ``extra`` (capped at 62: such a product rounds to 0 either way)."""
+    pre = max(0, int(bound).bit_length() + 31 - 61)
     v = round_shift(v, pre)
     m, s = multiplier(ratio * 2.0 ** pre)
-    return np.clip(round_shift(v * m, s), lo, hi)
+    shift = np.minimum(s + np.asarray(extra, dtype=np.int64), 62)
+    out = np.vectorize(lambda a, t: int(round_shift(np.int64(a), int(t))), otypes=[np.int64])(v * m, shift)
+    return np.clip(out, lo, hi)
+
+
+def normalized(v: np.ndarray, even: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``v = M * 2**k``: M in [2**14, 2**15) (even k: [2**13, 2**15)), rounded half to even, in Python ints."""
+    ms, ks = [], []
+    for x in np.asarray(v, dtype=np.int64).reshape(-1).tolist():
+        k = x.bit_length() - 15
+        if even and k % 2:
+            k += 1
+        m = int(round_shift(np.int64(x), k)) if k > 0 else x << -k
+        if m == 1 << 15:
+            m, k = m >> (2 if even else 1), k + (2 if even else 1)
+        ms.append(m)
+        ks.append(k)
+    shape = np.shape(v)
+    return np.array(ms, dtype=np.int64).reshape(shape), np.array(ks, dtype=np.int64).reshape(shape)
 
 
 def lookup(q: np.ndarray, table, lo: int, hi: int) -> np.ndarray:
@@ -104,11 +123,9 @@ def lsb_errors(got: torch.Tensor, want: torch.Tensor, scale: float) -> tuple[flo
 def ref_softmax(q: np.ndarray, p, dim: int) -> np.ndarray:
     d = q - q.max(axis=dim, keepdims=True)
     e = lookup(d, p.exp_table, *rng(p.exp))
-    total = e.sum(axis=dim, keepdims=True)
-    s = requant(total, sc(p.exp) / sc(p.sum), q.shape[dim] * rng(p.exp)[1], *rng(p.sum))
-    r = lookup(s, p.reciprocal_table, *rng(p.reciprocal))
-    return requant(e * r, sc(p.exp) * sc(p.reciprocal) / sc(p.output), rng(p.exp)[1] * rng(p.reciprocal)[1],
-                   *rng(p.output))
+    mantissa, k = normalized(e.sum(axis=dim, keepdims=True), even=False)
+    r = lookup(mantissa, p.reciprocal_table, *rng(p.reciprocal))  # 1 / (M * 2**-15) at 2**-14
+    return requant(e * r, 2.0 ** -29 / sc(p.output), 32767 * 32767, *rng(p.output), extra=k)
 
 
 class LinearSoftmax(nn.Module):
@@ -204,6 +221,45 @@ def test_softmax_accuracy_against_float(n, spread):
         assert worst <= bound and mean <= 0.5, (name, worst, mean)
 
 
+def test_softmax_accuracy_on_rows_of_mixed_temperature():
+    """Peaked rows (sum of exps near 1) among flat ones (sum near n): the normalized sum keeps 15 bits on each."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = QuantStub(scale=8 / 128)
+            self.softmax = nn.Softmax(dim=-1)
+            self.dequant = DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.softmax(self.quant(x)))
+
+    torch.manual_seed(7)
+    for n in (64, 1000):
+        x = (torch.randn(64, n) * torch.exp(torch.randn(64, 1) * 1.2) * 16).round().clamp(-128, 127) / 16
+        want = torch.softmax(x.double(), -1)
+        for name, qconfig, bound in (("int8", Q8, 0.51), ("int16", Q16, 16.0)):
+            _, quantized = calibrate_and_convert(Net(), {"": Q8, "module_name": {"softmax": qconfig}}, x)
+            worst, mean = lsb_errors(quantized(x), want, sc(quantized.softmax.params.output))
+            FIGURES[f"softmax mixed n={n} {name}"] = (worst, mean)
+            print(f"softmax mixed temperatures n={n} {name} output: max {worst:.2f} LSB, mean {mean:.3f} LSB")
+            # int16: each of the n exps is rounded to 1/32767, their sum's error grows like sqrt(n)
+            assert worst <= bound and mean <= 0.5, (name, worst, mean)
+
+
+def test_inner_tables_follow_their_functions():
+    torch.manual_seed(8)
+    x = torch.randn(32, 12)
+    _, quantized = calibrate_and_convert(LinearSoftmax(), {"": Q8}, x)
+    p = quantized.softmax.params
+    d = np.arange(-255, 1)
+    want = np.round(np.exp(d * sc(p.input)) / sc(p.exp))
+    np.testing.assert_array_equal(lookup(d, p.exp_table, *rng(p.exp)), want)  # per code: <= 1024 segments
+    mantissas = np.arange(1 << 14, 1 << 15)
+    got = lookup(mantissas, p.reciprocal_table, -32768, 32767)
+    assert np.abs(got - np.minimum(np.round(2.0 ** 29 / mantissas), 32767)).max() <= 1
+
+
 @pytest.mark.parametrize("spelling", ["F", "method", "torch"])
 def test_functional_softmax_becomes_the_module(spelling):
     torch.manual_seed(4)
@@ -236,7 +292,12 @@ def test_softmax_table_settings():
         qat.softmax.exp_kwargs = {"segments": 8}
     with pytest.raises(ValueError, match=r"auto_divide_strategy='curvature' is not available.*input_range"):
         qat.softmax.reciprocal_kwargs = {"auto_divide_strategy": "curvature"}
-    qat.softmax.reciprocal_kwargs = {"auto_divide_strategy": "evenly"}
+    qat.softmax.reciprocal_kwargs = {"auto_divide_strategy": "evenly", "input_range": (0.5, 0.75)}
+    mantissas = torch.arange(1 << 14, 1 << 15)
+    table = convert_fx(qat).softmax.params.reciprocal_table
+    assert table.q_hi == 3 << 13  # m = 0.75: the table's segments end there, larger mantissas read its end
+    want = np.round(2.0 ** 29 / np.minimum(mantissas.numpy(), 3 << 13))
+    assert np.abs(lookup(mantissas.numpy(), table, -32768, 32767) - want).max() <= 1
 
 
 def test_softmax_bad_paths():
@@ -261,3 +322,210 @@ def test_softmax_bad_paths():
     qat(x)
     set_fake_quantize(qat, FakeQuantState.VALIDATION)
     assert torch.equal(qat(x), convert_fx(qat)(x))
+
+
+# -- layernorm --------------------------------------------------------------------------------------------------
+def ref_layernorm(q: np.ndarray, p, eps: float, weight, bias) -> np.ndarray:
+    axes = tuple(range(q.ndim - p.normalized_ndim, q.ndim))
+    n_el = int(np.prod([q.shape[a] for a in axes]))
+    s_x = sc(p.input)
+    a = q.sum(axis=axes, keepdims=True)
+    b = (q * q).sum(axis=axes, keepdims=True)
+    c = n_el * q - a
+    v = np.maximum(n_el * b - a * a + int(round(eps * n_el * n_el / (s_x * s_x))), 1)
+    mantissa, k = normalized(v, even=True)
+    r = lookup(mantissa, p.rsqrt_table, -32768, 32767)  # rsqrt(M * 2**-14) at 2**-14
+    span = rng(p.input)[1] - rng(p.input)[0]
+    n = requant(c * r, 2.0 ** -14 / sc(p.norm), n_el * span * 32767, *rng(p.norm), extra=7 + k // 2)
+    if weight is None and bias is None:
+        return n
+    w = np.ones(q.shape[-p.normalized_ndim:], dtype=np.float32) if weight is None else weight.detach().numpy()
+    s_g = np.float32(np.abs(w).max()) / np.float32(32767.5)  # qint16 per tensor, in float32
+    g = np.clip(np.round(w.astype(np.float32) / s_g), -32768, 32767).astype(np.int64)
+    acc_scale = sc(p.norm) * float(s_g)
+    bb = np.zeros_like(w, dtype=np.float64) if bias is None else bias.detach().double().numpy()
+    b_int = np.clip(np.round(bb / acc_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int64)
+    return requant(n * g + b_int, acc_scale / sc(p.output), rng(p.norm)[1] * 32768 + 2 ** 31, *rng(p.output))
+
+
+class LinearLayerNorm(nn.Module):
+    def __init__(self, spelling: str = "module", affine: bool = True):
+        super().__init__()
+        self.quant = QuantStub()
+        self.fc = nn.Linear(12, 32)
+        self.layernorm = nn.LayerNorm(32, elementwise_affine=affine)
+        self.dequant = DeQuantStub()
+        self.spelling = spelling
+        if affine:
+            with torch.no_grad():
+                self.layernorm.weight.uniform_(0.3, 1.7)
+                self.layernorm.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        x = self.fc(self.quant(x))
+        if self.spelling == "F":
+            ln = self.layernorm
+            x = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        else:
+            x = self.layernorm(x)
+        return self.dequant(x)
+
+
+class ConvLayerNorm(nn.Module):
+    """LayerNorm over (H, W) of a conv output (normalized_shape H * W < 16384)."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant = QuantStub()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.layernorm = nn.LayerNorm((6, 7))
+        self.dequant = DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.layernorm(self.conv(self.quant(x))))
+
+
+@pytest.mark.parametrize("out_qconfig", [Q8, Q16], ids=["int8", "int16"])
+@pytest.mark.parametrize("model", [LinearLayerNorm, lambda: LinearLayerNorm(affine=False), ConvLayerNorm],
+                         ids=["linear", "linear-no-affine", "conv"])
+def test_layernorm_qat_validation_equals_converted(model, out_qconfig):
+    torch.manual_seed(11)
+    m = model().eval()
+    x = torch.randn(16, 12) if isinstance(m, LinearLayerNorm) else torch.randn(2, 3, 6, 7)
+    qat, quantized = calibrate_and_convert(m, {"": Q8, "module_name": {"layernorm": out_qconfig}}, x)
+    assert type(quantized.layernorm).__name__ == "LayerNorm"
+    for batch in (x, x * 0.6, torch.randn_like(x) * 2):
+        assert torch.equal(qat(batch), quantized(batch))
+
+
+@pytest.mark.parametrize("out_qconfig", [Q8, Q16], ids=["int8", "int16"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layernorm_integer_module_against_reference(out_qconfig, affine):
+    torch.manual_seed(12)
+    model = LinearLayerNorm(affine=affine)
+    _, quantized = calibrate_and_convert(model, {"": Q8, "module_name": {"layernorm": out_qconfig}},
+                                         torch.randn(64, 12))
+    mod = quantized.layernorm
+    codes = torch.randint(-128, 128, (100, 32), dtype=torch.int8)
+    codes[0] = 5  # a constant row (zero variance)
+    codes[1, ::2], codes[1, 1::2] = 1, -1  # a row of tiny variance
+    codes[2, ::2], codes[2, 1::2] = 127, -128  # the largest variance
+    got = mod(codes)
+    assert got.dtype == out_qconfig.activation().dtype.torch_dtype
+    ln = model.layernorm
+    want = ref_layernorm(codes.numpy().astype(np.int64), mod.params, ln.eps, ln.weight if affine else None,
+                         ln.bias if affine else None)
+    np.testing.assert_array_equal(got.numpy().astype(np.int64), want)
+
+
+def test_layernorm_rsqrt_table_follows_the_function():
+    _, quantized = calibrate_and_convert(LinearLayerNorm(), {"": Q8}, torch.randn(16, 12))
+    mantissas = np.arange(1 << 13, 1 << 15)
+    got = lookup(mantissas, quantized.layernorm.params.rsqrt_table, -32768, 32767)
+    want = np.minimum(np.round(2.0 ** 14 / np.sqrt(mantissas * 2.0 ** -14)), 32767)
+    assert np.abs(got - want).max() <= 1
+
+
+@pytest.mark.parametrize("shape,rows", [((64,), "similar"), ((64,), "mixed"), ((768,), "mixed"), ((8, 8), "mixed")])
+def test_layernorm_accuracy_against_float(shape, rows):
+    """Inputs on the QuantStub's grid; "mixed": row standard deviations spanning ~50x (0.1 to 6)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = QuantStub(scale=1 / 16)
+            self.layernorm = nn.LayerNorm(shape)
+            self.dequant = DeQuantStub()
+            with torch.no_grad():
+                self.layernorm.weight.uniform_(0.5, 1.5)
+                self.layernorm.bias.uniform_(-0.5, 0.5)
+
+        def forward(self, x):
+            return self.dequant(self.layernorm(self.quant(x)))
+
+    torch.manual_seed(13)
+    batch = (48, *shape)
+    per_row = torch.exp(torch.randn(48, *([1] * len(shape))) * 0.7) if rows == "mixed" else 1.5
+    x = (torch.randn(*batch) * per_row * 16).round().clamp(-128, 127) / 16
+    model = Net().eval()
+    want = model.layernorm(x).double()
+    for name, qconfig, bound in (("int8", Q8, 0.6), ("int16", Q16, 4.0)):
+        qat, quantized = calibrate_and_convert(model, {"": Q8, "module_name": {"layernorm": qconfig}}, x)
+        got = quantized(x)
+        assert torch.equal(got, qat(x))
+        worst, mean = lsb_errors(got, want, sc(quantized.layernorm.params.output))
+        FIGURES[f"layernorm {shape} {rows} {name}"] = (worst, mean)
+        print(f"layernorm {shape} rows {rows} {name} output: max {worst:.2f} LSB, mean {mean:.3f} LSB")
+        assert worst <= bound and mean <= 0.5, (name, worst, mean)
+
+
+def test_functional_layer_norm_becomes_the_module():
+    torch.manual_seed(14)
+    x = torch.randn(8, 12)
+    model = LinearLayerNorm("F")
+    qat, quantized = calibrate_and_convert(model, {"": Q8}, x)
+    generated = [m for m in qat.modules() if type(m).__name__ == "LayerNorm" and hasattr(m, "norm_post_process")]
+    assert len(generated) == 1 and generated[0].normalized_shape == (32,)
+    assert torch.equal(generated[0].weight, model.layernorm.weight)
+    assert torch.equal(qat(x), quantized(x))
+    module_form = LinearLayerNorm()
+    module_form.load_state_dict(model.state_dict())
+    reference, _ = calibrate_and_convert(module_form, {"": Q8}, x)
+    assert torch.equal(reference(x), qat(x))
+
+
+def test_layernorm_rsqrt_kwargs():
+    torch.manual_seed(15)
+    x = torch.randn(16, 12)
+    qat, quantized = calibrate_and_convert(LinearLayerNorm(), {"": Q8}, x)
+    with pytest.raises(ValueError, match=r"LayerNorm.rsqrt_kwargs: auto_divide_strategy='curvature' is not available"):
+        qat.layernorm.rsqrt_kwargs = {"auto_divide_strategy": "curvature"}
+    qat.layernorm.rsqrt_kwargs = {"input_range": (0.5, 1.0)}
+    narrowed = convert_fx(qat)
+    assert narrowed.layernorm.params.rsqrt_table.q_hi == 1 << 14  # m = 1.0
+    assert torch.equal(qat(x), narrowed(x))
+    # the setting on the float module carries over (eager users set it before prepare)
+    model = LinearLayerNorm()
+    model.layernorm.rsqrt_kwargs = {"input_range": (0.5, 1.0)}
+    with march("bayes"):
+        assert prepare_qat_fx(model, {"": Q8}).layernorm.rsqrt_kwargs == {"input_range": (0.5, 1.0)}
+
+
+def test_layernorm_bad_paths():
+    class Big(nn.Module):
+        def __init__(self, normalized_shape):
+            super().__init__()
+            self.quant = QuantStub()
+            self.layernorm = nn.LayerNorm(normalized_shape)
+            self.dequant = DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.layernorm(self.quant(x)))
+
+    # the table: normalized_shape H * W < 16384 (checked at prepare)
+    with march("bayes"), pytest.raises(UnsupportedOpError, match=r"'layernorm' \(torch.nn.LayerNorm\): "
+                                                                 r"normalized_shape=\[128, 128\] \(product 16384\) "
+                                                                 r"breaks normalized_shape H \* W < 16384"):
+        prepare_qat_fx(Big((128, 128)), {"": Q8})
+    # the table: input H * W <= 16384 (checked when it runs: prepare sees no shapes)
+    with march("bayes"):
+        qat = prepare_qat_fx(Big(130), {"": Q8})
+    set_fake_quantize(qat, FakeQuantState.CALIBRATION)
+    with pytest.raises(UnsupportedOpError, match=r"'layernorm' \(torch.nn.LayerNorm\): input shape \[1, 2, 130, 130\]"
+                                                 r".*breaks H \* W <= 16384 \(march 'bayes' op table\)"):
+        qat(torch.randn(1, 2, 130, 130))
+    qat(torch.randn(1, 2, 100, 130))  # 13000 <= 16384
+    set_fake_quantize(qat, FakeQuantState.VALIDATION)
+    quantized = convert_fx(qat)
+    with pytest.raises(UnsupportedOpError, match=r"input shape \[1, 2, 130, 130\].*H \* W <= 16384"):
+        quantized(torch.randn(1, 2, 130, 130))
+    # the table: input qint8 only
+    with march("bayes"), pytest.raises(UnsupportedOpError, match=r"'layernorm' \(torch.nn.LayerNorm\) input 0: dtype "
+                                                                 r"qint16 is not accepted on march 'bayes'"):
+        prepare_qat_fx(ConvLayerNorm(), {"": Q16})
+    # bernoulli2: 不支持 (F.layer_norm too)
+    for model in (ConvLayerNorm(), LinearLayerNorm("F")):
+        with march("bernoulli2"), pytest.raises(UnsupportedOpError, match=r"\(torch.nn.LayerNorm\): torch.nn.LayerNorm "
+                                                                          r"is not supported on bernoulli2 \(op table: "
+                                                                          r"不支持\).*target bayes"):
+            prepare_qat_fx(model, {"": Q8})

@@ -83,6 +83,54 @@ class Allowed:
         return f"{self.attr}={value!r} breaks {self.text or f'{self.attr} in {self.values}'}"
 
 
+@attrs.frozen
+class ProductLimit:
+    """A bound on the product of a tuple attribute, e.g. ``ProductLimit("normalized_shape", max=16383)``."""
+
+    attr: str
+    max: int
+    text: str = ""
+
+    def violated(self, module: nn.Module) -> Optional[str]:
+        value = _find_attr(module, self.attr)
+        if value is None:
+            return None
+        values = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else (value,)
+        product = 1
+        for v in values:
+            product *= int(v)
+        if product > self.max:
+            return f"{self.attr}={list(values)} (product {product}) breaks {self.text or f'product <= {self.max}'}"
+        return None
+
+
+@attrs.frozen
+class InputProductLimit:
+    """A bound on the product of some input dims, checked when the op runs (prepare sees no shapes).
+
+    ``dims`` index the input shape (``(-2, -1)``: H * W of an [N, C, H, W] tensor); ``rank`` restricts the
+    limit to inputs of that rank.  Modules that honour it read it from their op-table row.
+    """
+
+    dims: tuple[int, ...]
+    max: int
+    rank: Optional[int] = None
+    text: str = ""
+
+    def violated(self, module: nn.Module) -> Optional[str]:
+        return None  # not a module attribute: see violated_by_shape
+
+    def violated_by_shape(self, shape: tuple[int, ...]) -> Optional[str]:
+        if self.rank is not None and len(shape) != self.rank:
+            return None
+        product = 1
+        for d in self.dims:
+            product *= int(shape[d])
+        if product > self.max:
+            return f"the product of dims {list(self.dims)} is {product}, which breaks {self.text or f'<= {self.max}'}"
+        return None
+
+
 def _find_attr(module: nn.Module, attr: str) -> Any:
     """Look ``attr`` up on the module, or on the conv/linear a fused module wraps."""
     for m in (module, getattr(module, "conv", None), getattr(module, "linear", None)):

@@ -167,6 +167,13 @@ def softmax_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_dty
                             limits, note or "exp table, exact sum, reciprocal table, requantized product")
 
 
+def layernorm_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_dtypes: Sequence[QuantDType],
+                        limits: Sequence[Any] = (), note: str = "") -> list[OpLowering]:
+    """LayerNorm (``F.layer_norm`` becomes it): exact moments, rsqrt table, affine step like a conv's."""
+    return module_lowerings(march, (nn.LayerNorm,), qat.LayerNorm, quantized.LayerNorm, input_dtypes, output_dtypes,
+                            limits, note or "exact mean and variance, rsqrt table, quantized weight and bias")
+
+
 def upsample_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequence[Any] = (),
                        mode_text: str = "mode in ('nearest', 'bilinear')") -> list[OpLowering]:
     """Resize: ``nn.Upsample``, ``UpsamplingNearest2d``, ``UpsamplingBilinear2d``, ``qframe_core.nn.Interpolate`` and

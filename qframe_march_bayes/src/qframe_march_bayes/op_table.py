@@ -4,7 +4,7 @@ from torch import nn
 
 from qframe_core import op_rows
 from qframe_core.dtype import qint8, qint16, qint32
-from qframe_core.lowering import Allowed, Limit
+from qframe_core.lowering import Allowed, InputProductLimit, Limit, ProductLimit
 from qframe_core.nn import quantized
 from qframe_core.nn.unary import LOOKUP_MODULES, UNARY_FUNCTIONS
 from qframe_core.resize import RecomputeScaleFactor, ShapeLimit
@@ -94,6 +94,12 @@ def lowerings():
         # "torch.nn.Softmax: qint8 -> qint8, qint16; 使用多次查表、求和等算子拼凑，精度风险较高"
         *op_rows.softmax_lowerings(NAME, (qint8,), ACT,
                                    note="exp table, exact sum, reciprocal table (int16 intermediates); 精度风险较高"),
+        # "torch.nn.Layernorm: qint8 -> qint8, qint16; 底层使用多次查表拼凑 … rsqrt_kwargs …
+        #  H * W <= 16384, normalized_shape H * W < 16384"
+        *op_rows.layernorm_lowerings(NAME, (qint8,), ACT, (
+            ProductLimit("normalized_shape", 16383, "normalized_shape H * W < 16384"),
+            InputProductLimit((-2, -1), 16384, rank=4, text="H * W <= 16384")),
+            note="exact moments, rsqrt table (rsqrt_kwargs), qint16 weight, qint32 bias; 精度风险较高"),
         *op_rows.value_preserving_lowerings(NAME, ACT),
     ]
 

@@ -38,7 +38,7 @@ import torch
 
 from ..dtype import QuantDType
 from ..errors import UnsupportedOpError
-from ..numerics import RequantRule
+from ..numerics import MAX_SHIFT, RequantRule
 from ..quantization.fake_quantize import FakeQuantize, QuantParams
 
 #: keys a ``*_kwargs`` table setting may hold
@@ -123,14 +123,20 @@ def intermediate_fake_quant(factory: Any, dtype: QuantDType, owner: str, scale: 
     return type(proto)(**kwargs)
 
 
+#: products a requantization multiplies stay below this, so a right shift of 62 or more rounds them to 0
+PRODUCT_BITS = 61
+
+
 @attrs.frozen
 class WideRequant:
-    """``round_shift(round_shift(v, pre_shift) * multiplier, shift)``, saturated to the target dtype.
+    """``round_shift(round_shift(v, pre_shift) * multiplier, shift [+ extra])``, saturated to the target dtype.
 
     Requantization of an int64 value whose magnitude may reach ``bound``:
     ``pre_shift`` drops low bits first (the march's rounding) just enough that
-    ``v * multiplier`` stays below ``2**62``; ``multiplier / 2**shift`` is the
-    march rule's integer form of ``ratio * 2**pre_shift``.
+    ``v * multiplier`` stays below ``2**61``; ``multiplier / 2**shift`` is the
+    march rule's integer form of ``ratio * 2**pre_shift``.  A per-row ``extra``
+    right shift (a normalization exponent) may be added; the total is capped at
+    62, which changes nothing (a product below ``2**61`` shifted by 62 or more rounds to 0).
     """
 
     pre_shift: int
@@ -139,17 +145,56 @@ class WideRequant:
 
 
 def wide_requant_params(rule: RequantRule, ratio: float, bound: int, what: str) -> WideRequant:
-    pre = max(0, int(bound).bit_length() + (rule.multiplier_bits - 1) - 62)
+    pre = max(0, int(bound).bit_length() + (rule.multiplier_bits - 1) - PRODUCT_BITS)
     m, s = rule.multipliers(torch.tensor([[float(ratio) * 2.0 ** pre]], dtype=torch.float64), what=what)
     return WideRequant(pre, int(m[0, 0]), int(s[0]))
 
 
-def wide_requant(v: torch.Tensor, p: WideRequant, rule: RequantRule, dtype: QuantDType) -> torch.Tensor:
+def wide_requant(v: torch.Tensor, p: WideRequant, rule: RequantRule, dtype: QuantDType,
+                 extra_shift: Optional[torch.Tensor] = None) -> torch.Tensor:
     v = v.to(torch.int64)
     if p.pre_shift:
         v = rule.round_shift(v, torch.tensor(p.pre_shift, device=v.device))
-    return rule.requantize([(v, torch.tensor(p.multiplier, device=v.device))],
-                           torch.tensor(p.shift, device=v.device), dtype)
+    shift = torch.tensor(p.shift, dtype=torch.int64, device=v.device)
+    if extra_shift is not None:
+        shift = (shift + extra_shift).clamp(0, MAX_SHIFT)
+    return rule.requantize([(v, torch.tensor(p.multiplier, device=v.device))], shift, dtype)
+
+
+#: bits of a normalized mantissa (it fits the intermediate int16 grid: ``2**(MANTISSA_BITS-1) <= M < 2**MANTISSA_BITS``)
+MANTISSA_BITS = 15
+
+
+def bit_length(v: torch.Tensor) -> torch.Tensor:
+    """``floor(log2(v)) + 1`` of positive int64 values below ``2**53`` (exact: float64 holds them exactly)."""
+    _, exponent = torch.frexp(v.to(torch.float64))
+    return exponent.to(torch.int64)
+
+
+def normalize(v: torch.Tensor, rule: RequantRule, even: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``v ≈ M * 2**k`` with the mantissa ``M`` in ``[2**14, 2**15)`` (``even``: ``k`` even, ``M`` in
+    ``[2**13, 2**15)``), ``M = round_shift(v, k)`` by the march's rounding (``v << -k`` when ``k < 0``,
+    exact).  ``v`` must be positive and below ``2**53``.  A mantissa rounded up to ``2**15`` becomes
+    ``2**15 >> step`` with ``k + step`` (exact)."""
+    k = bit_length(v) - MANTISSA_BITS
+    step = 2 if even else 1
+    if even:
+        k = k + torch.remainder(k, 2)
+    right = rule.round_shift(v, k.clamp(min=0))
+    m = torch.where(k >= 0, right, torch.bitwise_left_shift(v, (-k).clamp(min=0)))
+    top = m >= (1 << MANTISSA_BITS)
+    m = torch.where(top, m >> step, m)
+    return m, k + top.to(torch.int64) * step
+
+
+def mantissa_table(lookup: Any, fn: Callable[[torch.Tensor], torch.Tensor], in_scale: float, domain: tuple[float, float],
+                   kwargs: Mapping[str, Any], what: str) -> tuple[QuantParams, QuantParams, Any]:
+    """A table of ``fn`` on normalized mantissas: input grid ``in_scale`` (qint16), output grid ``2**-14`` (qint16)."""
+    from ..dtype import qint16
+
+    inp = QuantParams(torch.tensor([in_scale]), qint16)
+    out = QuantParams(torch.tensor([2.0 ** -14]), qint16)
+    return inp, out, build_inner_table(lookup, fn, domain, inp, out, kwargs, what)
 
 
 def scale_of(p: QuantParams) -> float:

@@ -1,18 +1,23 @@
-"""Integer softmax: five integer steps with calibrated intermediate grids (shared by QAT simulation and convert).
+"""Integer softmax: exp table, exact sum, normalized reciprocal table, requantized product.
 
-Input ``q`` (codes at ``s_x``), softmax along ``dim``:
+Shared by QAT simulation (VALIDATION state) and the integer module.  Input ``q`` (codes at ``s_x``),
+softmax along ``dim``:
 
 1. ``d = q - max(q)`` along ``dim`` — exact, ``d <= 0`` on the input grid ``s_x`` (held as int16);
-2. ``e = exp_table(d)`` — the march's table from ``s_x`` to the exp grid ``s_e = 1 / qmax`` of the
-   intermediate dtype (fixed: every row's largest exp is exactly 1);
-3. ``S = sum(e)`` along ``dim`` — exact int64, at ``s_e``;
-4. ``S' = requant(S, s_e / s_S)`` — to the sum grid ``s_S`` (calibrated, intermediate dtype); then
-   ``r = reciprocal_table(S')`` — the table from ``s_S`` to the reciprocal grid ``s_r`` (calibrated);
-5. ``y = requant(e * r, s_e * s_r / s_y)`` — exact int64 product, requantized to the output.
+2. ``e = exp_table(d)`` — the march's table from ``s_x`` to the exp grid ``s_e = 1 / 32767`` (qint16,
+   fixed: every row's largest exp is exactly 1, so its code is 32767);
+3. ``S = sum(e)`` along ``dim`` — exact int64 (``S >= 32767``);
+4. ``S = M * 2**k`` — normalized (:func:`~.integer_composite.normalize`): ``k = bit_length(S) - 15``,
+   ``M = round_shift(S, k)`` in ``[2**14, 2**15)``; ``R = reciprocal_table(M)`` — the march's table of
+   ``1 / m`` for ``m = M * 2**-15`` in ``[0.5, 1)``, output at ``2**-14`` (``R ≈ 2**29 / M``);
+5. ``y = round_shift(e * R * m_y, s_y + k)`` with ``m_y / 2**s_y ≈ 2**-29 / s_out`` — since
+   ``e / S = e * R * 2**(-29 - k)``.
 
-Requantizations use the march's rule (:func:`~.integer_composite.wide_requant`); the tables'
-domains are ``[(qmin - qmax) * s_x, 0]`` for exp and ``[1, inf)`` for the reciprocal, narrowed by
-``exp_kwargs`` / ``reciprocal_kwargs`` (see :mod:`~.integer_composite`).
+A calibrated grid for the sum would lose relative precision on rows whose sum is small next to the
+largest calibrated sum (a peaked row among flat ones); the normalized mantissa keeps 15 bits on every
+row.  The exp table covers ``[(qmin - qmax) * s_x, 0]``, the reciprocal table ``m`` in ``[0.5, 1]``;
+``exp_kwargs`` / ``reciprocal_kwargs`` narrow them (see :mod:`~.integer_composite`; the reciprocal's
+``input_range`` is in mantissa units).
 """
 
 from __future__ import annotations
@@ -24,7 +29,19 @@ import torch
 
 from ..numerics import RequantRule
 from ..quantization.fake_quantize import QuantParams
-from .integer_composite import WideRequant, build_inner_table, scale_of, wide_requant, wide_requant_params
+from .integer_composite import (
+    MANTISSA_BITS,
+    WideRequant,
+    build_inner_table,
+    mantissa_table,
+    normalize,
+    scale_of,
+    wide_requant,
+    wide_requant_params,
+)
+
+#: ``1 / M`` for ``M`` on the mantissa grid ``2**-15``, output at ``2**-14``: ``R * 2**-29 ≈ 1 / M``
+RECIPROCAL_SHIFT = MANTISSA_BITS + 14
 
 
 def softmax_dim(dim: Optional[int], ndim: int) -> int:
@@ -37,55 +54,42 @@ def softmax_dim(dim: Optional[int], ndim: int) -> int:
 @attrs.frozen
 class SoftmaxIntParams:
     input: QuantParams
-    exp_input: QuantParams  # the grid of q - max(q): s_x, intermediate dtype
+    exp_input: QuantParams  # the grid of q - max(q): s_x, the exp grid's dtype
     exp: QuantParams
-    sum: QuantParams
-    reciprocal: QuantParams
+    reciprocal_input: QuantParams  # the mantissa grid 2**-15
+    reciprocal: QuantParams  # 2**-14
     output: QuantParams
     exp_table: Any
     reciprocal_table: Any
-    sum_requant: WideRequant  # valid for sums up to SUM_BOUND (rows of up to 65536 elements at int16)
     output_requant: WideRequant
     dim: Optional[int]
 
 
-#: the largest row sum ``sum_requant`` is chosen for; longer rows get their own (a pre-shift) at run time
-SUM_BOUND = 2 ** 31 - 1
-
-
-def softmax_tables(lookup: Any, inp: QuantParams, exp: QuantParams, sum_: QuantParams, recip: QuantParams,
-                   exp_kwargs: Mapping[str, Any], reciprocal_kwargs: Mapping[str, Any],
-                   what: str) -> tuple[QuantParams, Any, Any]:
-    """The exp table (input grid ``s_x`` in the intermediate dtype) and the reciprocal table."""
+def softmax_tables(lookup: Any, inp: QuantParams, exp: QuantParams, exp_kwargs: Mapping[str, Any],
+                   reciprocal_kwargs: Mapping[str, Any], what: str) -> tuple[QuantParams, Any, tuple]:
+    """The exp table (input grid ``s_x`` in the exp grid's dtype) and the mantissa reciprocal table."""
     exp_in = QuantParams(inp.scale, exp.dtype)
     lowest = (inp.dtype.quant_min - inp.dtype.quant_max) * scale_of(inp)
     exp_table = build_inner_table(lookup, torch.exp, (lowest, 0.0), exp_in, exp, exp_kwargs, f"{what} exp table")
-    recip_table = build_inner_table(lookup, torch.reciprocal, (1.0, float("inf")), sum_, recip, reciprocal_kwargs,
-                                    f"{what} reciprocal table")
-    return exp_in, exp_table, recip_table
+    recip = mantissa_table(lookup, torch.reciprocal, 2.0 ** -MANTISSA_BITS, (0.5, 1.0), reciprocal_kwargs,
+                           f"{what} reciprocal table")
+    return exp_in, exp_table, recip
 
 
-def softmax_params(rule: RequantRule, tables: tuple[QuantParams, Any, Any], dim: Optional[int], inp: QuantParams,
-                   exp: QuantParams, sum_: QuantParams, recip: QuantParams, out: QuantParams,
-                   what: str) -> SoftmaxIntParams:
-    exp_in, exp_table, recip_table = tables
-    bound = exp.dtype.quant_max * recip.dtype.quant_max
-    out_req = wide_requant_params(rule, scale_of(exp) * scale_of(recip) / scale_of(out), bound, what)
-    sum_req = wide_requant_params(rule, scale_of(exp) / scale_of(sum_), SUM_BOUND, what)
-    return SoftmaxIntParams(inp, exp_in, exp, sum_, recip, out, exp_table, recip_table, sum_req, out_req, dim)
+def softmax_params(rule: RequantRule, tables: tuple[QuantParams, Any, tuple], dim: Optional[int], inp: QuantParams,
+                   exp: QuantParams, out: QuantParams, what: str) -> SoftmaxIntParams:
+    exp_in, exp_table, (recip_in, recip_out, recip_table) = tables
+    bound = exp.dtype.quant_max * recip_out.dtype.quant_max
+    out_req = wide_requant_params(rule, 2.0 ** -RECIPROCAL_SHIFT / scale_of(out), bound, what)
+    return SoftmaxIntParams(inp, exp_in, exp, recip_in, recip_out, out, exp_table, recip_table, out_req, dim)
 
 
-def int_softmax(q: torch.Tensor, p: SoftmaxIntParams, rule: RequantRule, lookup: Any, what: str) -> torch.Tensor:
+def int_softmax(q: torch.Tensor, p: SoftmaxIntParams, rule: RequantRule, lookup: Any) -> torch.Tensor:
     """Integer softmax of codes ``q`` (int64 result on the output grid)."""
     dim = softmax_dim(p.dim, q.dim())
     q64 = q.to(torch.int64)
     d = q64 - q64.amax(dim=dim, keepdim=True)
     e = lookup.apply(d, p.exp_table, rule, p.exp)
-    total = e.sum(dim=dim, keepdim=True)
-    n = q.shape[dim] if q.dim() else 1
-    sum_req = p.sum_requant
-    if n * p.exp.dtype.quant_max > SUM_BOUND:
-        sum_req = wide_requant_params(rule, scale_of(p.exp) / scale_of(p.sum), n * p.exp.dtype.quant_max, what)
-    s = wide_requant(total, sum_req, rule, p.sum.dtype)
-    r = lookup.apply(s, p.reciprocal_table, rule, p.reciprocal)
-    return wide_requant(e * r, p.output_requant, rule, p.output.dtype)
+    mantissa, k = normalize(e.sum(dim=dim, keepdim=True), rule)
+    r = lookup.apply(mantissa, p.reciprocal_table, rule, p.reciprocal)
+    return wide_requant(e * r, p.output_requant, rule, p.output.dtype, extra_shift=k)

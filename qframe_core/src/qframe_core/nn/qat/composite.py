@@ -1,4 +1,4 @@
-"""QAT modules of the composite ops: softmax (and, below, layernorm and GLU).
+"""QAT modules of the composite ops: softmax and layernorm (and, below, GLU).
 
 Each is a sequence of integer steps (see :mod:`qframe_core.nn.integer_softmax` & co.) whose
 intermediate values have fake-quantizes of their own.  In QAT and CALIBRATION state the module
@@ -19,8 +19,22 @@ from torch import nn
 
 from ...march import resolve_march
 from ...numerics import quantize_to_int
-from ...quantization.fake_quantize import FakeQuantize, QuantParams
-from ..integer_composite import check_table_kwargs, intermediate_dtype, intermediate_fake_quant
+from ...quantization.fake_quantize import FakeQuantize, QuantParams, fake_quantize
+from ..integer_composite import (
+    check_shape,
+    check_table_kwargs,
+    intermediate_dtype,
+    intermediate_fake_quant,
+    shape_limits,
+)
+from ..integer_layernorm import (
+    WEIGHT_DTYPE,
+    LayerNormIntParams,
+    int_layernorm,
+    layernorm_params,
+    rsqrt_table,
+    weight_scale,
+)
 from ..integer_softmax import SoftmaxIntParams, int_softmax, softmax_dim, softmax_params, softmax_tables
 from .base import QATModule, integer_tensor_to_float, make_fake_quant
 
@@ -72,55 +86,118 @@ def _settings(mod: nn.Module, names: tuple[str, ...]) -> dict:
 
 
 class Softmax(_Composite):
-    """``softmax(x, dim)`` as exp table, exact sum, reciprocal table and a requantized product.
+    """``softmax(x, dim)`` as exp table, exact sum, normalized reciprocal table and a requantized product.
 
-    Intermediate fake-quantizes: ``exp_post_process`` (fixed at ``1 / qmax``: the largest exp of every
-    row is exactly 1), ``sum_post_process`` and ``reciprocal_post_process`` (calibrated).
-    Settings: ``exp_kwargs``, ``reciprocal_kwargs``.
+    Intermediate fake-quantize: ``exp_post_process`` (fixed at ``1 / 32767``: the largest exp of every row is
+    exactly 1).  The sum and its reciprocal need no calibrated grid: the sum is normalized to a 15-bit
+    mantissa and an exponent.  Settings: ``exp_kwargs``, ``reciprocal_kwargs``.
     """
 
     table_settings = ("exp_kwargs", "reciprocal_kwargs")
 
     def __init__(self, dim: Optional[int], activation_post_process: FakeQuantize, exp_post_process: FakeQuantize,
-                 sum_post_process: FakeQuantize, reciprocal_post_process: FakeQuantize, march: str,
-                 settings: Optional[dict] = None) -> None:
+                 march: str, settings: Optional[dict] = None) -> None:
         super().__init__()
         self.dim = dim
         self.exp_post_process = exp_post_process
-        self.sum_post_process = sum_post_process
-        self.reciprocal_post_process = reciprocal_post_process
         self._init_composite(march, activation_post_process, settings or {})
 
     @classmethod
     def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> Softmax:
         act = _output_fake_quant(qconfig, "Softmax")
         inner = intermediate_dtype(resolve_march(march).activation_dtypes)
-        return cls(mod.dim, act,
-                   intermediate_fake_quant(qconfig.activation, inner, "Softmax", scale=1.0 / inner.quant_max),
-                   intermediate_fake_quant(qconfig.activation, inner, "Softmax"),
-                   intermediate_fake_quant(qconfig.activation, inner, "Softmax"),
-                   march, _settings(mod, cls.table_settings))
+        exp = intermediate_fake_quant(qconfig.activation, inner, "Softmax", scale=1.0 / inner.quant_max)
+        return cls(mod.dim, act, exp, march, _settings(mod, cls.table_settings))
 
     def integer_params(self) -> SoftmaxIntParams:
         spec = resolve_march(self.march)
-        inp, out = self.input_params(0), self.output_params()
-        exp = self.exp_post_process.quant_params()
-        sum_, recip = self.sum_post_process.quant_params(), self.reciprocal_post_process.quant_params()
-        tables = self._cached(self._key(inp, exp, sum_, recip), lambda: softmax_tables(
-            spec.lookup, inp, exp, sum_, recip, self.exp_kwargs, self.reciprocal_kwargs, self._what()))
-        return softmax_params(spec.requant, tables, self.dim, inp, exp, sum_, recip, out, self._what())
+        inp, out, exp = self.input_params(0), self.output_params(), self.exp_post_process.quant_params()
+        tables = self._cached(self._key(inp, exp), lambda: softmax_tables(
+            spec.lookup, inp, exp, self.exp_kwargs, self.reciprocal_kwargs, self._what()))
+        return softmax_params(spec.requant, tables, self.dim, inp, exp, out, self._what())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.simulating():
             dim = softmax_dim(self.dim, x.dim())
             e = self.exp_post_process(torch.exp(x - x.detach().amax(dim=dim, keepdim=True)))
-            s = self.sum_post_process(e.sum(dim=dim, keepdim=True))
-            r = self.reciprocal_post_process(torch.reciprocal(s))
-            return self.activation_post_process(e * r)
+            return self.activation_post_process(e / e.sum(dim=dim, keepdim=True))
         p = self.integer_params()
         spec = resolve_march(self.march)
-        q = int_softmax(quantize_to_int(x, p.input.scale, p.input.dtype), p, spec.requant, spec.lookup, self._what())
+        q = int_softmax(quantize_to_int(x, p.input.scale, p.input.dtype), p, spec.requant, spec.lookup)
         return integer_tensor_to_float(q, p.output)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+
+class LayerNorm(_Composite):
+    """``layer_norm(x, normalized_shape, weight, bias, eps)`` as exact moments, a normalized rsqrt table and an
+    affine step with a qint16 weight and a qint32 bias.
+
+    Intermediate fake-quantize (calibrated), with affine parameters: ``norm_post_process`` (the normalized
+    value before weight and bias).  The variance needs no calibrated grid: it is normalized to a mantissa
+    and an even exponent.  Setting: ``rsqrt_kwargs`` (the seeds' ``layernorm_op.rsqrt_kwargs``).  The
+    march table's input-shape limits are checked when it runs.
+    """
+
+    table_settings = ("rsqrt_kwargs",)
+
+    def __init__(self, normalized_shape: tuple[int, ...], eps: float, weight: Optional[torch.Tensor],
+                 bias: Optional[torch.Tensor], activation_post_process: FakeQuantize,
+                 norm_post_process: Optional[FakeQuantize], march: str, settings: Optional[dict] = None,
+                 limits: tuple = ()) -> None:
+        super().__init__()
+        self.normalized_shape = tuple(int(d) for d in normalized_shape)
+        self.eps = float(eps)
+        self.weight = nn.Parameter(weight.detach().clone()) if weight is not None else None
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.norm_post_process = norm_post_process
+        self.shape_limits = tuple(limits)
+        self._init_composite(march, activation_post_process, settings or {})
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> LayerNorm:
+        act = _output_fake_quant(qconfig, "LayerNorm")
+        inner = intermediate_dtype(resolve_march(march).activation_dtypes)
+        weight, bias = getattr(mod, "weight", None), getattr(mod, "bias", None)
+        affine = weight is not None or bias is not None
+        norm = intermediate_fake_quant(qconfig.activation, inner, "LayerNorm") if affine else None
+        return cls(mod.normalized_shape, mod.eps, weight, bias, act, norm, march, _settings(mod, cls.table_settings),
+                   shape_limits(march, type(mod)))
+
+    @property
+    def affine(self) -> bool:
+        return self.weight is not None or self.bias is not None
+
+    def integer_params(self) -> LayerNormIntParams:
+        spec = resolve_march(self.march)
+        inp, out = self.input_params(0), self.output_params()
+        norm = self.norm_post_process.quant_params() if self.norm_post_process is not None else None
+        table = self._cached((), lambda: rsqrt_table(spec.lookup, self.rsqrt_kwargs, self._what()))
+        return layernorm_params(spec.requant, table, self.normalized_shape, self.eps, inp, norm, out, self.weight,
+                                self.bias, self._what())
+
+    def check_input(self, shape: Any) -> None:
+        check_shape(self.shape_limits, shape, self.qframe_name, "torch.nn.LayerNorm", self.march)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x.shape)
+        if not self.simulating():
+            dims = tuple(range(x.dim() - len(self.normalized_shape), x.dim()))
+            c = x - x.mean(dim=dims, keepdim=True)
+            n = c * torch.rsqrt((c * c).mean(dim=dims, keepdim=True) + self.eps)
+            if self.affine:
+                n = self.norm_post_process(n)
+                if self.weight is not None:
+                    n = n * fake_quantize(self.weight, weight_scale(self.weight), WEIGHT_DTYPE.quant_min,
+                                          WEIGHT_DTYPE.quant_max)
+                if self.bias is not None:
+                    n = n + self.bias
+            return self.activation_post_process(n)
+        p = self.integer_params()
+        spec = resolve_march(self.march)
+        q = int_layernorm(quantize_to_int(x, p.input.scale, p.input.dtype), p, spec.requant, spec.lookup)
+        return integer_tensor_to_float(q, p.output)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.affine}"

@@ -1,4 +1,4 @@
-"""Integer composite ops (softmax, …): the integer steps of :mod:`qframe_core.nn.integer_softmax` & co.,
+"""Integer composite ops (softmax, layernorm, …): the integer steps of :mod:`qframe_core.nn.integer_softmax` & co.,
 with the tables and multipliers fixed at convert from the QAT module's calibrated scales and settings."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from torch import nn
 
 from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
+from ..integer_composite import check_shape
+from ..integer_layernorm import int_layernorm
 from ..integer_softmax import int_softmax
 
 
@@ -42,12 +44,34 @@ class _IntegerComposite(nn.Module):
 
 
 class Softmax(_IntegerComposite):
-    """Integer softmax: ``requant(exp_table(q - max) * reciprocal_table(requant(sum)))``."""
+    """Integer softmax: ``exp_table(q - max) * reciprocal_table(mantissa(sum))``, requantized by the exponent."""
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         spec = resolve_march(self.march)
-        out = int_softmax(self._codes(q), self.params, spec.requant, spec.lookup, self._what())
+        out = int_softmax(self._codes(q), self.params, spec.requant, spec.lookup)
         return out.to(self.params.output.dtype.torch_dtype)
 
     def extra_repr(self) -> str:
         return f"dim={self.params.dim}, " + super().extra_repr()
+
+
+class LayerNorm(_IntegerComposite):
+    """Integer layer normalization: exact moments, ``rsqrt_table``, ``requant(n * g + b)``."""
+
+    def __init__(self, params: Any, march: str, name: str, limits: tuple = ()) -> None:
+        super().__init__(params, march, name)
+        self.shape_limits = tuple(limits)
+
+    @classmethod
+    def from_qat(cls, qat: nn.Module) -> LayerNorm:
+        return cls(qat.integer_params(), qat.march, qat.qframe_name, qat.shape_limits)
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        check_shape(self.shape_limits, q.shape, self.qframe_name, "torch.nn.LayerNorm", self.march)
+        spec = resolve_march(self.march)
+        out = int_layernorm(self._codes(q), self.params, spec.requant, spec.lookup)
+        return out.to(self.params.output.dtype.torch_dtype)
+
+    def extra_repr(self) -> str:
+        return f"normalized_ndim={self.params.normalized_ndim}, affine={self.params.weight is not None}, " + \
+            super().extra_repr()
