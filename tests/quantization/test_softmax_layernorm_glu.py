@@ -33,7 +33,6 @@ from qframe_core.quantization.qconfig import default_qat_8bit_fake_quant_qconfig
 
 Q16 = get_default_qconfig(activation_qkwargs={"dtype": "qint16"})
 MAX_M = 2 ** 31 - 1  # bayes: 32-bit signed multiplier
-FIGURES: dict[str, tuple[float, float]] = {}  # measured error figures, printed by the accuracy tests
 
 
 # -- the reference: the documented integer rules, in numpy / Python integers ---------------------------------
@@ -216,7 +215,6 @@ def test_softmax_accuracy_against_float(n, spread):
         got = quantized(x)
         assert torch.equal(got, qat(x))
         worst, mean = lsb_errors(got, want, sc(quantized.softmax.params.output))
-        FIGURES[f"softmax n={n} spread={spread} {name}"] = (worst, mean)
         print(f"softmax n={n} logit std={spread} {name} output: max {worst:.2f} LSB, mean {mean:.3f} LSB")
         assert worst <= bound and mean <= 0.5, (name, worst, mean)
 
@@ -241,7 +239,6 @@ def test_softmax_accuracy_on_rows_of_mixed_temperature():
         for name, qconfig, bound in (("int8", Q8, 0.51), ("int16", Q16, 16.0)):
             _, quantized = calibrate_and_convert(Net(), {"": Q8, "module_name": {"softmax": qconfig}}, x)
             worst, mean = lsb_errors(quantized(x), want, sc(quantized.softmax.params.output))
-            FIGURES[f"softmax mixed n={n} {name}"] = (worst, mean)
             print(f"softmax mixed temperatures n={n} {name} output: max {worst:.2f} LSB, mean {mean:.3f} LSB")
             # int16: each of the n exps is rounded to 1/32767, their sum's error grows like sqrt(n)
             assert worst <= bound and mean <= 0.5, (name, worst, mean)
@@ -454,7 +451,6 @@ def test_layernorm_accuracy_against_float(shape, rows):
         got = quantized(x)
         assert torch.equal(got, qat(x))
         worst, mean = lsb_errors(got, want, sc(quantized.layernorm.params.output))
-        FIGURES[f"layernorm {shape} {rows} {name}"] = (worst, mean)
         print(f"layernorm {shape} rows {rows} {name} output: max {worst:.2f} LSB, mean {mean:.3f} LSB")
         assert worst <= bound and mean <= 0.5, (name, worst, mean)
 
@@ -529,3 +525,168 @@ def test_layernorm_bad_paths():
                                                                           r"is not supported on bernoulli2 \(op table: "
                                                                           r"不支持\).*target bayes"):
             prepare_qat_fx(model, {"": Q8})
+
+
+# -- GLU --------------------------------------------------------------------------------------------------------
+def ref_glu(q: np.ndarray, p) -> np.ndarray:
+    a, b = np.split(q, 2, axis=p.dim)
+    g = lookup(b, p.sigmoid_table, *rng(p.sigmoid))
+    bound = max(-rng(p.input)[0], rng(p.input)[1]) * rng(p.sigmoid)[1]
+    return requant(a * g, sc(p.input) * sc(p.sigmoid) / sc(p.output), bound, *rng(p.output))
+
+
+class ConvGLU(nn.Module):
+    def __init__(self, spelling: str = "module"):
+        super().__init__()
+        self.quant = QuantStub()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.glu = nn.GLU(dim=1)
+        self.dequant = DeQuantStub()
+        self.spelling = spelling
+
+    def forward(self, x):
+        x = self.conv(self.quant(x))
+        return self.dequant(F.glu(x, 1) if self.spelling == "F" else self.glu(x))
+
+
+class LinearGLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant = QuantStub()
+        self.fc = nn.Linear(12, 16)
+        self.glu = nn.GLU()
+        self.dequant = DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.glu(self.fc(self.quant(x))))
+
+
+@pytest.mark.parametrize("qconfig_dict", [{"": Q8}, {"": Q16}, {"": Q8, "module_name": {"glu": Q16}}],
+                         ids=["int8", "int16", "int8-in-int16-out"])
+def test_glu_qat_validation_equals_converted(qconfig_dict):
+    torch.manual_seed(21)
+    x = torch.randn(2, 3, 5, 6)
+    qat, quantized = calibrate_and_convert(ConvGLU(), qconfig_dict, x)
+    assert type(quantized.glu).__name__ == "GLU"
+    for batch in (x, x * 1.5, torch.randn_like(x)):
+        assert torch.equal(qat(batch), quantized(batch))
+    qat, quantized = calibrate_and_convert(LinearGLU(), {"": Q8}, torch.randn(16, 12))
+    batch = torch.randn(16, 12)
+    assert torch.equal(qat(batch), quantized(batch))
+
+
+@pytest.mark.parametrize("qconfig_dict", [{"": Q8}, {"": Q16}], ids=["int8", "int16"])
+def test_glu_integer_module_against_reference(qconfig_dict):
+    torch.manual_seed(22)
+    _, quantized = calibrate_and_convert(ConvGLU(), qconfig_dict, torch.randn(4, 3, 5, 6))
+    mod = quantized.glu
+    lo, hi = rng(mod.params.input)
+    codes = torch.randint(lo, hi + 1, (3, 8, 5, 6), dtype=mod.params.input.dtype.torch_dtype)
+    codes[0, 4:] = lo  # sigmoid's saturated ends
+    codes[1, 4:] = hi
+    got = mod(codes)
+    np.testing.assert_array_equal(got.numpy().astype(np.int64), ref_glu(codes.numpy().astype(np.int64), mod.params))
+
+
+def test_glu_accuracy_against_float():
+    """Inputs on the QuantStub's grid (int8 at 1/16, int16 at 1/4096), GLU along the last dim."""
+    torch.manual_seed(23)
+
+    class Net(nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.quant = QuantStub(scale=scale)
+            self.glu = nn.GLU()
+            self.dequant = DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.glu(self.quant(x)))
+
+    for name, qconfig, scale, bound in (("int8", Q8, 1 / 16, 0.51), ("int16", Q16, 1 / 4096, 1.0)):
+        lim = (qconfig.activation().dtype.quant_max) * scale
+        x = (torch.randn(64, 32) * 2 / scale).round() * scale
+        x = x.clamp(-lim, lim)
+        _, quantized = calibrate_and_convert(Net(scale), {"": qconfig}, x)
+        got = quantized(x)
+        want = F.glu(x.double(), -1)
+        worst, mean = lsb_errors(got, want, sc(quantized.glu.params.output))
+        print(f"glu {name}: max {worst:.2f} LSB, mean {mean:.3f} LSB")
+        assert worst <= bound and mean <= 0.5, (name, worst, mean)
+
+
+def test_functional_glu_becomes_the_module():
+    torch.manual_seed(24)
+    x = torch.randn(2, 3, 5, 6)
+    model = ConvGLU("F")
+    qat, quantized = calibrate_and_convert(model, {"": Q8}, x)
+    generated = [m for m in qat.modules() if type(m).__name__ == "GLU" and hasattr(m, "sigmoid_post_process")]
+    assert len(generated) == 1 and generated[0].dim == 1
+    assert torch.equal(qat(x), quantized(x))
+    module_form = ConvGLU()
+    module_form.load_state_dict(model.state_dict())
+    reference, _ = calibrate_and_convert(module_form, {"": Q8}, x)
+    assert torch.equal(reference(x), qat(x))
+
+
+def test_glu_bad_paths():
+    # torch's own rule: the halved dimension must be even (the float model fails the same way)
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = QuantStub()
+            self.glu = nn.GLU(dim=1)
+            self.dequant = DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.glu(self.quant(x)))
+
+    with march("bayes"):
+        qat = prepare_qat_fx(Odd(), {"": Q8})
+    with pytest.raises(RuntimeError, match=r"glu: halving dimension must be even, but dimension 1 is size 5"):
+        qat(torch.randn(2, 5, 3))
+    with pytest.raises(ValueError, match=r"GLU.sigmoid_kwargs: input_range must be \(lo, hi\)"):
+        qat.glu.sigmoid_kwargs = {"input_range": (1.0, -1.0)}
+    # bernoulli2: 不支持 (F.glu too)
+    for model in (ConvGLU(), ConvGLU("F")):
+        with march("bernoulli2"), pytest.raises(UnsupportedOpError, match=r"\(torch.nn.GLU\): torch.nn.GLU is not "
+                                                                          r"supported on bernoulli2 \(op table: "
+                                                                          r"不支持\).*target bayes"):
+            prepare_qat_fx(model, {"": Q8})
+
+
+# -- the three together: eager mode, TorchScript ---------------------------------------------------------------------
+class AllThree(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant = QuantStub()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.glu = nn.GLU(dim=1)
+        self.layernorm = nn.LayerNorm((5, 6))
+        self.softmax = nn.Softmax(dim=-1)
+        self.dequant = DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.softmax(self.layernorm(self.glu(self.conv(self.quant(x))))))
+
+
+def test_eager_mode_and_torchscript():
+    from qframe_core.quantization import convert, prepare_qat
+
+    torch.manual_seed(25)
+    x = torch.randn(2, 3, 5, 6)
+    model = AllThree().eval()
+    model.qconfig = Q8
+    with march("bayes"):
+        qat = prepare_qat(model)
+    assert {type(qat.glu).__module__, type(qat.layernorm).__module__, type(qat.softmax).__module__} == \
+        {"qframe_core.nn.qat.composite"}
+    qat.eval()
+    set_fake_quantize(qat, FakeQuantState.CALIBRATION)
+    qat(x)
+    set_fake_quantize(qat, FakeQuantState.VALIDATION)
+    quantized = convert(qat)
+    assert torch.equal(qat(x), quantized(x))
+    traced = torch.jit.trace(quantized, x, check_trace=False)
+    for batch in (x, x * 0.7):
+        assert torch.equal(traced(batch), quantized(batch))
+

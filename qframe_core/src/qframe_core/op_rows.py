@@ -174,6 +174,13 @@ def layernorm_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_d
                             limits, note or "exact mean and variance, rsqrt table, quantized weight and bias")
 
 
+def glu_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequence[Any] = (),
+                  note: str = "") -> list[OpLowering]:
+    """GLU (``F.glu`` becomes it): ``a * sigmoid(b)`` with a sigmoid table and an exact product."""
+    return module_lowerings(march, (nn.GLU,), qat.GLU, quantized.GLU, dtypes, dtypes, limits,
+                            note or "sigmoid table, exact product")
+
+
 def upsample_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequence[Any] = (),
                        mode_text: str = "mode in ('nearest', 'bilinear')") -> list[OpLowering]:
     """Resize: ``nn.Upsample``, ``UpsamplingNearest2d``, ``UpsamplingBilinear2d``, ``qframe_core.nn.Interpolate`` and

@@ -100,6 +100,8 @@ def lowerings():
             ProductLimit("normalized_shape", 16383, "normalized_shape H * W < 16384"),
             InputProductLimit((-2, -1), 16384, rank=4, text="H * W <= 16384")),
             note="exact moments, rsqrt table (rsqrt_kwargs), qint16 weight, qint32 bias; 精度风险较高"),
+        # "torch.nn.GLU: 参考 torch.acos" (qint8, qint16; 底层查表实现)
+        *op_rows.glu_lowerings(NAME, ACT, note="sigmoid segment table (int16 intermediate), exact product"),
         *op_rows.value_preserving_lowerings(NAME, ACT),
     ]
 

@@ -1,4 +1,4 @@
-"""QAT modules of the composite ops: softmax and layernorm (and, below, GLU).
+"""QAT modules of the composite ops: softmax, layernorm and GLU.
 
 Each is a sequence of integer steps (see :mod:`qframe_core.nn.integer_softmax` & co.) whose
 intermediate values have fake-quantizes of their own.  In QAT and CALIBRATION state the module
@@ -27,6 +27,7 @@ from ..integer_composite import (
     intermediate_fake_quant,
     shape_limits,
 )
+from ..integer_glu import GLUIntParams, glu_halves, glu_params, glu_table, int_glu
 from ..integer_layernorm import (
     WEIGHT_DTYPE,
     LayerNormIntParams,
@@ -201,3 +202,45 @@ class LayerNorm(_Composite):
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.affine}"
+
+
+class GLU(_Composite):
+    """``glu(x, dim) = a * sigmoid(b)`` as a sigmoid table and an exact product.
+
+    Intermediate fake-quantize (calibrated): ``sigmoid_post_process``.  Setting: ``sigmoid_kwargs``.
+    """
+
+    table_settings = ("sigmoid_kwargs",)
+
+    def __init__(self, dim: int, activation_post_process: FakeQuantize, sigmoid_post_process: FakeQuantize,
+                 march: str, settings: Optional[dict] = None) -> None:
+        super().__init__()
+        self.dim = int(dim)
+        self.sigmoid_post_process = sigmoid_post_process
+        self._init_composite(march, activation_post_process, settings or {})
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> GLU:
+        act = _output_fake_quant(qconfig, "GLU")
+        inner = intermediate_dtype(resolve_march(march).activation_dtypes)
+        return cls(mod.dim, act, intermediate_fake_quant(qconfig.activation, inner, "GLU"), march,
+                   _settings(mod, cls.table_settings))
+
+    def integer_params(self) -> GLUIntParams:
+        spec = resolve_march(self.march)
+        inp, out, sig = self.input_params(0), self.output_params(), self.sigmoid_post_process.quant_params()
+        table = self._cached(self._key(inp, sig), lambda: glu_table(spec.lookup, inp, sig, self.sigmoid_kwargs,
+                                                                    self._what()))
+        return glu_params(spec.requant, table, self.dim, inp, sig, out, self._what())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.simulating():
+            a, b = glu_halves(x, self.dim, self.qframe_name)
+            return self.activation_post_process(a * self.sigmoid_post_process(torch.sigmoid(b)))
+        p = self.integer_params()
+        spec = resolve_march(self.march)
+        q = int_glu(quantize_to_int(x, p.input.scale, p.input.dtype), p, spec.requant, spec.lookup, self.qframe_name)
+        return integer_tensor_to_float(q, p.output)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"

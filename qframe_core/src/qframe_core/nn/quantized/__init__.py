@@ -1,6 +1,6 @@
 """Integer modules produced by convert, and ``FloatFunctional`` for float models."""
 
-from .composite import LayerNorm, Softmax
+from .composite import GLU, LayerNorm, Softmax
 from .functional_modules import FloatFunctional
 from .lookup import LookupTable
 from .pooling import AvgPool2d, ScalePreserving
@@ -10,4 +10,4 @@ from .stubs import DeQuantize, Quantize
 from .weighted import Conv2d, Linear
 from .weighted_exact import Conv3d, ConvTranspose2d
 
-__all__ = ["LookupTable", "PReLU", "AvgPool2d", "ScalePreserving", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantize", "FloatFunctional", "LayerNorm", "Linear", "QFunctional", "Quantize", "Softmax"]
+__all__ = ["LookupTable", "PReLU", "AvgPool2d", "ScalePreserving", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantize", "FloatFunctional", "GLU", "LayerNorm", "Linear", "QFunctional", "Quantize", "Softmax"]

@@ -1,4 +1,4 @@
-"""Integer composite ops (softmax, layernorm, …): the integer steps of :mod:`qframe_core.nn.integer_softmax` & co.,
+"""Integer composite ops (softmax, layernorm, GLU): the integer steps of :mod:`qframe_core.nn.integer_softmax` & co.,
 with the tables and multipliers fixed at convert from the QAT module's calibrated scales and settings."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from torch import nn
 from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
 from ..integer_composite import check_shape
+from ..integer_glu import int_glu
 from ..integer_layernorm import int_layernorm
 from ..integer_softmax import int_softmax
 
@@ -75,3 +76,15 @@ class LayerNorm(_IntegerComposite):
     def extra_repr(self) -> str:
         return f"normalized_ndim={self.params.normalized_ndim}, affine={self.params.weight is not None}, " + \
             super().extra_repr()
+
+
+class GLU(_IntegerComposite):
+    """Integer GLU: ``requant(a * sigmoid_table(b))``."""
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        spec = resolve_march(self.march)
+        out = int_glu(self._codes(q), self.params, spec.requant, spec.lookup, self.qframe_name)
+        return out.to(self.params.output.dtype.torch_dtype)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.params.dim}, " + super().extra_repr()
