@@ -146,9 +146,11 @@ def quantize_to_int(x: torch.Tensor, scale: torch.Tensor, dtype: QuantDType, ch_
         shape = [1] * x.dim()
         shape[ch_axis] = -1
         s = s.reshape(shape)
-    q = torch.round(x / s)
-    q = torch.nan_to_num(q, nan=0.0, posinf=dtype.quant_max, neginf=dtype.quant_min)
-    return q.clamp(dtype.quant_min, dtype.quant_max).to(torch.int64)
+    with torch.no_grad():  # an integer result has no gradient; in place: one buffer, not four (large weights)
+        q = x / s
+        q.round_()
+        q.nan_to_num_(nan=0.0, posinf=dtype.quant_max, neginf=dtype.quant_min)
+        return q.clamp_(dtype.quant_min, dtype.quant_max).to(torch.int64)
 
 
 def float_bound_to_int(value: float, scale: torch.Tensor) -> int:

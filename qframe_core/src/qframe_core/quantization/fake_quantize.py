@@ -46,9 +46,13 @@ class QuantParams:
 class _FakeQuantSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-        q = torch.round(x / scale)
-        ctx.save_for_backward((q >= qmin) & (q <= qmax))
-        return q.clamp(qmin, qmax) * scale
+        # round(x / scale), clamped, times scale; ``inside`` is where clamping left q unchanged
+        # (qmin <= q <= qmax; False for NaN).  One comparison and in-place steps: 5 passes over x, not 7.
+        q = x / scale
+        q.round_()
+        out = q.clamp(qmin, qmax)
+        ctx.save_for_backward(out == q)
+        return out.mul_(scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:

@@ -147,15 +147,28 @@ class ObserverBase(nn.Module, abc.ABC):
         Entries with no finite value come out as ``+inf``/``-inf``.
         """
         x = x.detach()
-        x, mask = self.finite_view(x)
-        lo_src = x if mask is None else torch.where(mask, x, torch.full_like(x, float("inf")))
-        hi_src = x if mask is None else torch.where(mask, x, torch.full_like(x, float("-inf")))
         if x.numel() == 0:
             n = x.shape[self.ch_axis] if self.per_channel else 1
             return (torch.full((n,), float("inf"), device=x.device), torch.full((n,), float("-inf"), device=x.device))
+        # min and max propagate NaN and show +-inf, so finite extremes mean finite data: two reductions
+        # decide it, without an elementwise isfinite pass over x (which costs ~20x more per step)
+        lo, hi = self._reduce_min_max(x, x)
+        if bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all()):
+            return lo, hi
+        x, mask = self.finite_view(x)
+        if mask is None:
+            return lo, hi
+        return self._reduce_min_max(torch.where(mask, x, torch.full_like(x, float("inf"))),
+                                    torch.where(mask, x, torch.full_like(x, float("-inf"))))
+
+    def _reduce_min_max(self, lo_src: torch.Tensor, hi_src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[1]`` (or per-channel ``[C]``) float32 min of ``lo_src`` and max of ``hi_src``; NaN propagates."""
         if self.per_channel:
-            lo_src = lo_src.transpose(0, self.ch_axis).flatten(1)
-            hi_src = hi_src.transpose(0, self.ch_axis).flatten(1)
+            if lo_src is hi_src:
+                lo_src = hi_src = lo_src.transpose(0, self.ch_axis).flatten(1)
+            else:
+                lo_src = lo_src.transpose(0, self.ch_axis).flatten(1)
+                hi_src = hi_src.transpose(0, self.ch_axis).flatten(1)
             return lo_src.amin(dim=1).float(), hi_src.amax(dim=1).float()
         return lo_src.amin().reshape(1).float(), hi_src.amax().reshape(1).float()
 

@@ -17,6 +17,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 from ...dtype import qint32
 from ...numerics import quantize_to_int
@@ -105,7 +106,8 @@ class _WeightedQAT(CalledAsAdd, QATModule, abc.ABC):
         return mod, None, False
 
     def _adopt(self, mod: nn.Module, qconfig: Any, march: str, activation: Optional[str], has_add: bool) -> Any:
-        """Finish ``from_float``: fake-quantizes, then the float parameters."""
+        """Finish ``from_float``: fake-quantizes, then the float parameters (every parameter is copied,
+        so ``from_float`` builds the module with ``skip_init``: no random initialisation to overwrite)."""
         self._init_weighted(qconfig, march, activation, has_add)
         with torch.no_grad():
             self.weight.copy_(mod.weight)
@@ -198,8 +200,8 @@ class Conv2d(nn.Conv2d, _WeightedQAT):
         if mod.padding_mode != "zeros":
             raise ValueError(f"Conv2d with padding_mode={mod.padding_mode!r} cannot be quantized: only zero padding "
                              f"is computed by the integer kernels (pad explicitly with a supported op instead)")
-        qat = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
-                  mod.groups, mod.bias is not None, device=mod.weight.device)
+        qat = skip_init(cls, mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                        mod.dilation, mod.groups, mod.bias is not None, device=mod.weight.device)
         return qat._adopt(mod, qconfig, march, activation, has_add)
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
@@ -222,8 +224,8 @@ class ConvTranspose2d(nn.ConvTranspose2d, _WeightedQAT):
         mod, activation, has_add = cls._unfuse(mod)
         if mod.padding_mode != "zeros":
             raise ValueError(f"ConvTranspose2d with padding_mode={mod.padding_mode!r} cannot be quantized")
-        qat = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.output_padding,
-                  mod.groups, mod.bias is not None, mod.dilation, device=mod.weight.device)
+        qat = skip_init(cls, mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                        mod.output_padding, mod.groups, mod.bias is not None, mod.dilation, device=mod.weight.device)
         return qat._adopt(mod, qconfig, march, activation, has_add)
 
     def _oc_major(self, w: torch.Tensor) -> torch.Tensor:
@@ -251,8 +253,8 @@ class Conv3d(nn.Conv3d, _WeightedQAT):
         mod, activation, has_add = cls._unfuse(mod)
         if mod.padding_mode != "zeros":
             raise ValueError(f"Conv3d with padding_mode={mod.padding_mode!r} cannot be quantized")
-        qat = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
-                  mod.groups, mod.bias is not None, device=mod.weight.device)
+        qat = skip_init(cls, mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                        mod.dilation, mod.groups, mod.bias is not None, device=mod.weight.device)
         return qat._adopt(mod, qconfig, march, activation, has_add)
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
@@ -271,7 +273,7 @@ class Linear(nn.Linear, _WeightedQAT):
     @classmethod
     def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> Linear:
         mod, activation, has_add = cls._unfuse(mod)
-        qat = cls(mod.in_features, mod.out_features, mod.bias is not None, device=mod.weight.device)
+        qat = skip_init(cls, mod.in_features, mod.out_features, mod.bias is not None, device=mod.weight.device)
         return qat._adopt(mod, qconfig, march, activation, has_add)
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
