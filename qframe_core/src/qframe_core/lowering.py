@@ -154,6 +154,8 @@ class OpLowering:
         limits: attribute limits of the op table.
         note: the op table's remark, or for UNSUPPORTED the reason.
         way_out: what the user can do instead (quoted in errors).
+        output_only: the table's "只能作为模型输出": the result may only leave the model (through
+            DeQuantStubs, indexing) and feed no other op.
     """
 
     march: str
@@ -166,6 +168,7 @@ class OpLowering:
     limits: tuple[Any, ...] = ()  # Limit / Allowed records
     note: str = ""
     way_out: str = ""
+    output_only: bool = False
 
     @property
     def op_key(self) -> Any:
@@ -291,10 +294,11 @@ def module_lowerings(
     ]
 
 
-def passthrough_lowerings(march: str, ops: Iterable[Any], dtypes: Sequence[QuantDType], note: str = "") -> list[OpLowering]:
+def passthrough_lowerings(march: str, ops: Iterable[Any], dtypes: Sequence[QuantDType], note: str = "",
+                          limits: Sequence[Any] = (), output_only: bool = False) -> list[OpLowering]:
     """Ops that run unchanged on integer tensors at the input's scale."""
-    return [OpLowering(march, op, LoweringKind.PASSTHROUGH, input_dtypes=tuple(dtypes),
-                       output_dtypes=tuple(dtypes), note=note) for op in ops]
+    return [OpLowering(march, op, LoweringKind.PASSTHROUGH, input_dtypes=tuple(dtypes), output_dtypes=tuple(dtypes),
+                       limits=tuple(limits), note=note, output_only=output_only) for op in ops]
 
 
 def unsupported_lowerings(march: str, ops: Iterable[Any], reason: str, way_out: str) -> list[OpLowering]:

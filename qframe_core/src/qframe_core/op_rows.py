@@ -49,7 +49,14 @@ LAYOUT_OPS: tuple = (
     operator.getitem, torch.split, torch.chunk, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
     "Tensor.split", "Tensor.chunk", "Tensor.permute", "Tensor.transpose", "Tensor.squeeze", "Tensor.unsqueeze",
     "Tensor.expand", "Tensor.expand_as", "Tensor.repeat", "Tensor.view_as", "Tensor.reshape_as",
+    torch.tile, "Tensor.tile",
 )
+
+#: selections: their results are input elements (max, topk values, gathered elements) or their
+#: indices, computed on the integer codes (the order of codes is the order of the values)
+REDUCE_SELECT_OPS: tuple = (torch.max, torch.min, "Tensor.max", "Tensor.min", "Tensor.values")
+INDEX_SELECT_OPS: tuple = (torch.argmax, torch.argmin, "Tensor.argmax", "Tensor.argmin", "Tensor.indices")
+GATHER_OPS: tuple = (torch.topk, "Tensor.topk", torch.gather, "Tensor.gather")
 
 
 def stub_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:
@@ -136,6 +143,27 @@ def clamp_lowerings(march: str, ops: Sequence[Any], dtypes: Sequence[QuantDType]
     """ReLU6 / Hardtanh / clamp / clip as standalone ops: integer clamps at the input's scale."""
     return module_lowerings(march, ops, qat.ScalePreserving, quantized.ScalePreserving, dtypes, dtypes,
                             note="bounds become round(bound / scale)")
+
+
+def selection_lowerings(march: str, ops: Sequence[Any], dtypes: Sequence[QuantDType], note: str = "",
+                        output_only: bool = False) -> list[OpLowering]:
+    """max/min (values and indices), argmax/argmin, topk, gather: exact on the integer codes."""
+    return passthrough_lowerings(march, ops, dtypes, note or "selects on the integer codes (order-preserving)",
+                                 output_only=output_only)
+
+
+def compare_lowerings(march: str, dtypes: Sequence[QuantDType]) -> list[OpLowering]:
+    """eq/gt/ge/lt/le and their long names: exact comparison of dequantized codes; bool (qbool) output."""
+    from .nn.compare import COMPARE_FUNCTIONS
+
+    return module_lowerings(march, [f"torch.{n}" for n in COMPARE_FUNCTIONS], qat.Compare, quantized.Compare, dtypes,
+                            (), note="output qbool; q_a * s_a vs q_b * s_b (or the constant) compared exactly")
+
+
+def grid_lowerings(march: str, ops: Sequence[Any], dtypes: Sequence[QuantDType], limits: Sequence[Any] = (),
+                   note: str = "") -> list[OpLowering]:
+    """Element-wise ops whose result lies on the input's grid (abs, F.pad): computed on the codes, saturated."""
+    return module_lowerings(march, ops, qat.ScalePreserving, quantized.ScalePreserving, dtypes, dtypes, limits, note)
 
 
 def lookup_lowerings(march: str, modules: Sequence[type], functions: Sequence[str], dtypes: Sequence[QuantDType],

@@ -1,5 +1,6 @@
 """bayes's op table: the "Bayes" columns of the seeds' op tables (appendix)."""
 
+import torch.nn.functional as F
 from torch import nn
 
 from qframe_core import op_rows
@@ -86,6 +87,14 @@ def lowerings():
         *op_rows.lookup_lowerings(NAME, LOOKUP_MODULES, tuple(UNARY_FUNCTIONS), ACT,
                                   note="segment table (piecewise linear, int16 capable); 底层查表实现，有精度风险"),
         *op_rows.layout_lowerings(NAME, ACT),
+        # "torch.max: out: qint8, qint16 index: int32; index 只能作为模型输出"
+        *op_rows.selection_lowerings(NAME, op_rows.REDUCE_SELECT_OPS, ACT),
+        *op_rows.selection_lowerings(NAME, op_rows.INDEX_SELECT_OPS, ACT, output_only=True,
+                                     note="indices on the integer codes; index 只能作为模型输出"),
+        *op_rows.selection_lowerings(NAME, op_rows.GATHER_OPS, (*ACT, qint32)),
+        *op_rows.compare_lowerings(NAME, ACT),
+        *op_rows.grid_lowerings(NAME, ("torch.abs",), ACT, note="|q| saturated (abs(-32768) = 32767)"),
+        *op_rows.grid_lowerings(NAME, (F.pad,), ACT, (Allowed("mode", ("constant", "replicate"), "不支持 reflect 模式"),)),
         # "只支持 nearest 和 billinear 插值模式。input_shape: [N, C, H, W], 1<=C, H, W<=8192，align_corners 支持 False
         # 和 None，scale=[] 时要求 recompute_scale_factors 为 True"; qint8 in and out
         *op_rows.upsample_lowerings(NAME, (qint8,), INTERPOLATE_LIMITS, "只支持 nearest 和 billinear 插值模式"),

@@ -1,11 +1,14 @@
 """bernoulli2's op table: the "Bernoulli2" columns of the seeds' op tables (appendix)."""
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from qframe_core import op_rows
 from qframe_core.dtype import qint8, qint32
 from qframe_core.lowering import Limit, unsupported_lowerings
 from qframe_core.nn import intrinsic, quantized
+from qframe_core.nn.compare import COMPARE_FUNCTIONS
 from qframe_core.resize import ScaleRange
 
 from .spec import NAME
@@ -13,7 +16,7 @@ from .spec import NAME
 ACT = (qint8,)
 
 #: Tensor methods the table lists as 不支持 on bernoulli2
-NOT_4D = ("Tensor.transpose", "Tensor.expand", "Tensor.repeat", "Tensor.reshape", "Tensor.tile")
+NOT_4D = ("Tensor.transpose", "Tensor.expand", "Tensor.repeat", "Tensor.reshape", "Tensor.tile", torch.tile)
 
 
 def lowerings():
@@ -55,12 +58,20 @@ def lowerings():
             NAME, (nn.ELU, nn.SELU, nn.Softplus, nn.Hardsigmoid, nn.Hardswish, nn.Mish, nn.LeakyReLU,
                    *(f"torch.{n}" for n in ("log", "sqrt", "rsqrt", "reciprocal", "erf", "sin", "cos", "tan", "asin",
                                             "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "ceil",
-                                            "floor", "elu", "selu", "softplus", "hardsigmoid", "hardswish", "mish",
+                                            "floor", "elu", "selu", "softplus", "hardsigmoid", "hardswish", "mish", "pow",
                                             "leaky_relu"))),
             "not supported on bernoulli2 (op table: 不支持)", "run it after the DeQuantStub, or target bayes"),
         *op_rows.layout_lowerings(NAME, ACT, [op for op in op_rows.LAYOUT_OPS if op not in NOT_4D]),
         *unsupported_lowerings(NAME, NOT_4D, "not supported on bernoulli2 (op table: 不支持; it computes 4-D tensors)",
                                "reshape after the DeQuantStub, or target bayes"),
+        # "torch.max: qint8, 只能作为模型输出"; argmax/argmin "参考 torch.max"
+        *op_rows.selection_lowerings(NAME, (torch.max, torch.argmax, torch.argmin, "Tensor.argmax", "Tensor.argmin",
+                                            "Tensor.values", "Tensor.indices"), ACT, output_only=True,
+                                     note="only as a model output (只能作为模型输出)"),
+        *unsupported_lowerings(NAME, (torch.min, "Tensor.max", "Tensor.min", "torch.abs", F.pad, torch.topk,
+                                      torch.gather, *(f"torch.{n}" for n in COMPARE_FUNCTIONS)),
+                               "not supported on bernoulli2 (op table: 不支持)",
+                               "compute it after the DeQuantStub (torch.max(x, dim) may end the model), or target bayes"),
         # "支持 nearest 和 billinear 插值模式。1/256<缩放比例<=256"; qint8 in and out
         *op_rows.upsample_lowerings(NAME, ACT, (ScaleRange(1 / 256, 256, text="1/256<缩放比例<=256"),),
                                     "支持 nearest 和 billinear 插值模式"),

@@ -8,6 +8,7 @@ Users of eager mode can instantiate ``Unary("exp")`` directly.
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable
 
 import torch
@@ -23,15 +24,22 @@ UNARY_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "atanh": torch.atanh, "ceil": torch.ceil, "floor": torch.floor,
     "silu": F.silu, "gelu": F.gelu, "elu": F.elu, "selu": F.selu, "softplus": F.softplus,
     "hardsigmoid": F.hardsigmoid, "hardswish": F.hardswish, "mish": F.mish, "leaky_relu": F.leaky_relu,
+    "pow": torch.pow,  # with a constant exponent
 }
 
+#: element-wise ops whose output lies on the input's grid (computed on the codes, saturated), not tables
+GRID_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {"abs": torch.abs}
+
+#: every op a :class:`Unary` can compute
+ALL_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {**UNARY_FUNCTIONS, **GRID_FUNCTIONS}
+
 #: torch callables (functions) that mean each name, for prepare's functional -> module pass
-FUNCTION_ALIASES: dict[Any, str] = {fn: name for name, fn in UNARY_FUNCTIONS.items()}
+FUNCTION_ALIASES: dict[Any, str] = {fn: name for name, fn in ALL_FUNCTIONS.items()}
 FUNCTION_ALIASES.update({F.sigmoid: "sigmoid", F.tanh: "tanh", torch.special.expit: "sigmoid",
-                         torch.special.erf: "erf"})
+                         torch.special.erf: "erf", operator.pow: "pow"})
 
 #: tensor method names (``x.exp()``) that are table lookups
-METHOD_NAMES: frozenset[str] = frozenset(n for n in UNARY_FUNCTIONS if hasattr(torch.Tensor, n))
+METHOD_NAMES: frozenset[str] = frozenset(n for n in ALL_FUNCTIONS if hasattr(torch.Tensor, n))
 
 #: module classes computed by table lookup
 LOOKUP_MODULES: tuple[type, ...] = (nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.ELU, nn.SELU, nn.Softplus,
@@ -45,8 +53,8 @@ class Unary(nn.Module):
 
     def __init__(self, name: str, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        if name not in UNARY_FUNCTIONS:
-            raise ValueError(f"Unary: unknown op {name!r}; known: {sorted(UNARY_FUNCTIONS)}")
+        if name not in ALL_FUNCTIONS:
+            raise ValueError(f"Unary: unknown op {name!r}; known: {sorted(ALL_FUNCTIONS)}")
         self.name = name
         self.args = args
         self.kwargs = kwargs
@@ -57,7 +65,7 @@ class Unary(nn.Module):
         return f"torch.{self.name}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return UNARY_FUNCTIONS[self.name](x, *self.args, **self.kwargs)
+        return ALL_FUNCTIONS[self.name](x, *self.args, **self.kwargs)
 
     def extra_repr(self) -> str:
         extra = ", ".join([repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()])

@@ -1,6 +1,11 @@
 """QAT modules: float compute with fake quantization, and the march's integer
 arithmetic in VALIDATION state."""
 
+# the quantization package imports this one (prepare needs QATModule): load it first, whatever the order below
+from ... import quantization as _quantization  # noqa: F401
+
+# isort: split
+from .compare import Compare
 from .composite import GLU, LayerNorm, Softmax
 from .functional_modules import FloatFunctional
 from .lookup import LookupTable
@@ -9,4 +14,4 @@ from .prelu import PReLU
 from .stubs import DeQuantStub, QuantStub
 from .weighted import BatchNorm, Conv2d, Conv3d, ConvTranspose2d, Linear
 
-__all__ = ["LookupTable", "PReLU", "AvgPool2d", "BatchNorm", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantStub", "FloatFunctional", "GLU", "LayerNorm", "Linear", "QuantStub", "ScalePreserving", "Softmax"]
+__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "BatchNorm", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantStub", "FloatFunctional", "GLU", "LayerNorm", "Linear", "QuantStub", "ScalePreserving", "Softmax"]

@@ -10,6 +10,7 @@ from ...numerics import float_bound_to_int
 from ...quantization.fake_quantize import QuantParams
 from ..clamp import Clamp
 from ..integer_pooling import int_avg_pool
+from ..pad import Pad
 
 
 class ScalePreserving(nn.Module):
@@ -41,12 +42,14 @@ class ScalePreserving(nn.Module):
             hi = None if m.max_val is None else min(max(float_bound_to_int(m.max_val, self.params.scale),
                                                         d.quant_min), d.quant_max)
             return q.clamp(lo, hi)
-        if isinstance(m, nn.ConstantPad2d):  # the pad value in integer units of this scale, saturated
+        if isinstance(m, nn.ConstantPad2d) or (isinstance(m, Pad) and m.mode == "constant"):
+            # the pad value in integer units of this scale, saturated
             d = self.params.dtype
             value = min(max(float_bound_to_int(m.value, self.params.scale), d.quant_min), d.quant_max)
-            return torch.nn.functional.pad(q, m.padding, value=value)
-        # selection ops (max pool, …) are exact on integers held in float64
-        return torch.round(m(q.to(torch.float64))).to(q.dtype)
+            return torch.nn.functional.pad(q, m.padding if isinstance(m, nn.ConstantPad2d) else m.pad, value=value)
+        # selection ops (max pool, abs, …) are exact on integers held in float64; saturated (abs(-128) = 127)
+        d = self.params.dtype
+        return torch.round(m(q.to(torch.float64))).clamp(d.quant_min, d.quant_max).to(q.dtype)
 
 
 class AvgPool2d(nn.Module):

@@ -15,7 +15,6 @@ from torch import fx, nn
 
 from ...errors import QframeError
 from ...lowering import op_display_name
-from ...nn.quantized.preserved import PreservedQAT
 from ...registry import registry
 from .graph_utils import module_name_of, op_nodes
 
@@ -33,6 +32,8 @@ def quantized_modules(model: nn.Module, march: str, float_ops: dict[str, Any],
                               f"{op_display_name(float_ops[name])}; was the march plugin changed since prepare?")
         qat = model.get_submodule(name)
         if getattr(qat, "preserve_qat_mode", False):
+            from ...nn.quantized.preserved import PreservedQAT  # not at import: nn imports the quantization package
+
             new_modules[name] = PreservedQAT.from_qat(qat)  # kept in QAT form for debugging
         else:
             new_modules[name] = lowering.quantized_module.from_qat(qat)

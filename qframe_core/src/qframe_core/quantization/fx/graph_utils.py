@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import builtins
+import operator
 from typing import Any, Iterator, Optional
 
+import torch
 from torch import fx, nn
 
 from ...lowering import op_display_name
@@ -45,6 +47,8 @@ def op_key(gm: fx.GraphModule, node: fx.Node, module_key: Optional[type] = None)
         mod = gm.get_submodule(node.target)
         return module_key or getattr(mod, "lowering_key", None) or type(mod)
     if node.op == "call_function":
+        if node.target is builtins.getattr and len(node.args) == 2 and node.args[1] in ("values", "indices"):
+            return f"Tensor.{node.args[1]}"  # the fields of torch.max/min/topk/sort results
         return node.target
     if node.op == "call_method":
         owner = module_of(gm, node)
@@ -91,10 +95,35 @@ def op_nodes(gm: fx.GraphModule) -> Iterator[fx.Node]:
             yield node
 
 
-def quantized_region(gm: fx.GraphModule, is_quant_stub: Any, is_dequant_stub: Any) -> set[fx.Node]:
-    """Nodes whose output is a quantized tensor: from a QuantStub to a DeQuantStub.
+#: ops whose result is indices (int64), not quantized codes, when applied to quantized values
+INDEX_OPS: tuple[Any, ...] = (torch.argmax, torch.argmin, "Tensor.argmax", "Tensor.argmin", "Tensor.indices")
+#: ops returning (values, indices) — with a ``dim`` for max/min; item 1 is the indices
+VALUES_INDICES_OPS: tuple[Any, ...] = (torch.max, torch.min, "Tensor.max", "Tensor.min", torch.topk, "Tensor.topk",
+                                       torch.sort, "Tensor.sort")
 
-    ``is_quant_stub``/``is_dequant_stub`` classify a module.
+
+def yields_codes(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """False when ``node`` — an op on quantized values — returns indices or booleans rather than codes."""
+    key = op_key(gm, node)
+    if key in INDEX_OPS:
+        return False
+    if node.op == "call_module" and getattr(gm.get_submodule(node.target), "quantized_output", True) is False:
+        return False
+    if node.op == "call_function" and node.target is operator.getitem and len(node.args) == 2 \
+            and node.args[1] == 1 and isinstance(node.args[0], fx.Node):
+        src = node.args[0]
+        return not (op_key(gm, src) in VALUES_INDICES_OPS and (len(src.args) > 1 or "dim" in src.kwargs
+                                                               or op_key(gm, src) not in (torch.max, torch.min,
+                                                                                          "Tensor.max", "Tensor.min")))
+    return True
+
+
+def quantized_region(gm: fx.GraphModule, is_quant_stub: Any, is_dequant_stub: Any) -> set[fx.Node]:
+    """Nodes computing on quantized tensors: from a QuantStub to a DeQuantStub.
+
+    ``is_quant_stub``/``is_dequant_stub`` classify a module.  An op returning indices or booleans
+    (``argmax``, a comparison, the indices of ``topk``) belongs to the region — the march must run
+    it — but its result is not quantized, so the ops after it do not.
     """
     region: set[fx.Node] = set()
     for node in gm.graph.nodes:
@@ -108,7 +137,7 @@ def quantized_region(gm: fx.GraphModule, is_quant_stub: Any, is_dequant_stub: An
             continue
         if op_key(gm, node) in METADATA_OPS:
             continue
-        if any(i in region for i in tensor_inputs(node)):
+        if any(i in region and yields_codes(gm, i) for i in tensor_inputs(node)):
             region.add(node)
     return region
 

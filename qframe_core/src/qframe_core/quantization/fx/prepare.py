@@ -10,6 +10,7 @@ what they become, and what the march forbids.
 
 from __future__ import annotations
 
+import builtins
 import operator
 from typing import Any, Optional
 
@@ -20,8 +21,9 @@ from ...dtype import QuantDType, qint32
 from ...errors import UnsupportedOpError
 from ...lowering import LoweringKind, OpLowering, op_display_name
 from ...march import MarchLike, resolve_march
-from ...nn import unary
+from ...nn import compare, unary
 from ...nn.clamp import Clamp
+from ...nn.pad import Pad
 from ...nn.qat.base import QATModule
 from ...nn.quantized.functional_modules import FloatFunctional
 from ...registry import registry
@@ -39,6 +41,7 @@ from .graph_utils import (
     scope_of,
     tensor_inputs,
     unique_module_name,
+    yields_codes,
 )
 from .hybrid import insert_hybrid_boundaries
 from .qconfig_resolution import QConfigResolver
@@ -85,6 +88,11 @@ def is_dequant_stub(m: nn.Module) -> bool:
 
 # -- pass 3 -----------------------------------------------------------------------------
 def _functional_method(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    two_tensors = len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args) and not node.kwargs
+    if two_tensors and ((node.op == "call_function" and node.target in (torch.max, torch.min))
+                        or (node.op == "call_method" and node.target in ("max", "min")
+                            and module_of(gm, node) is None)):
+        return "maximum" if node.target in (torch.max, "max") else "minimum"  # torch.max(a, b) is element-wise
     for method, (functions, tensor_methods) in FUNCTIONAL_TO_METHOD.items():
         if node.op == "call_function" and node.target in functions:
             return method
@@ -171,6 +179,19 @@ def _pool_module(node: fx.Node) -> Optional[tuple[str, nn.Module]]:
     return node.target.__name__, cls(**kwargs)
 
 
+def _pad_module(node: fx.Node) -> Optional[nn.Module]:
+    """``F.pad(x, pad, mode, value)`` with constant arguments as a :class:`~qframe_core.nn.pad.Pad`."""
+    if node.op != "call_function" or node.target is not torch.nn.functional.pad or not node.args \
+            or not isinstance(node.args[0], fx.Node):
+        return None
+    kwargs = dict(zip(("pad", "mode", "value"), node.args[1:]))
+    kwargs.update(node.kwargs)
+    if set(kwargs) - {"pad", "mode", "value"} or any(isinstance(v, fx.Node) for v in kwargs.values()) \
+            or not isinstance(kwargs.get("pad"), (list, tuple)) or any(isinstance(p, fx.Node) for p in kwargs["pad"]):
+        return None
+    return Pad(kwargs["pad"], kwargs.get("mode", "constant"), kwargs.get("value"))
+
+
 def _clamp_module(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
     """A Clamp (or ReLU6) module for ``torch.clamp(x, lo, hi)``, ``x.clip(...)``, ``F.relu6(x)`` with constant bounds."""
     if node.op == "call_function" and node.target is torch.nn.functional.relu6:
@@ -188,6 +209,32 @@ def _clamp_module(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
     if not all(v is None or isinstance(v, (int, float)) for v in (lo, hi)) or (lo is None and hi is None):
         return None  # tensor bounds: not lowered
     return Clamp(lo, hi, name)
+
+
+_MIRRORED = {"eq": "eq", "gt": "lt", "ge": "le", "lt": "gt", "le": "ge", "greater": "less", "less": "greater",
+             "greater_equal": "less_equal", "less_equal": "greater_equal"}
+
+
+def _compare_module(gm: fx.GraphModule, node: fx.Node, region: set[fx.Node]) -> Optional[tuple[nn.Module, tuple]]:
+    """A comparison of a quantized value (``x > y``, ``torch.eq(x, 0.5)``, ``0 < x``): (Compare module, args)."""
+    if node.op == "call_function" and node.target in compare.FUNCTION_ALIASES:
+        name = compare.FUNCTION_ALIASES[node.target]
+    elif node.op == "call_method" and node.target in compare.METHOD_NAMES and module_of(gm, node) is None:
+        name = str(node.target)
+    else:
+        return None
+    args = list(node.args) + ([node.kwargs["other"]] if "other" in node.kwargs else [])
+    if len(args) != 2 or set(node.kwargs) - {"other"}:
+        return None
+    a, b = args
+    number = (int, float)
+    if isinstance(a, fx.Node) and a in region and isinstance(b, fx.Node):
+        return compare.Compare(name), (a, b)
+    if isinstance(a, fx.Node) and a in region and isinstance(b, number) and not isinstance(b, bool):
+        return compare.Compare(name, b), (a,)
+    if isinstance(b, fx.Node) and b in region and isinstance(a, number) and not isinstance(a, bool):
+        return compare.Compare(_MIRRORED[name], a), (b,)
+    return None
 
 
 def _composite_module(gm: fx.GraphModule, node: fx.Node) -> Optional[tuple[str, nn.Module]]:
@@ -248,9 +295,13 @@ def module_form(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
         return f"qframe_core.nn.{name.capitalize()}()" if name in unary.NAMED_UNARY else f"qframe_core.nn.Unary({name!r})"
     if _interpolate_module(node) is not None:
         return "qframe_core.nn.Interpolate(...)"
+    if _pad_module(node) is not None:
+        return "qframe_core.nn.pad.Pad(pad, mode, value)"
     clamp = _clamp_module(gm, node)
     if clamp is not None:
         return "nn.ReLU6()" if isinstance(clamp, nn.ReLU6) else "qframe_core.nn.clamp.Clamp(min, max)"
+    if _compare_module(gm, node, set(tensor_inputs(node))) is not None:
+        return "qframe_core.nn.compare.Compare(name, value)"
     method = _functional_method(gm, node)
     if method is not None:
         scalar = _scalar_call(method, node) if method in ("add", "sub", "mul") else None
@@ -274,6 +325,31 @@ def _replace_with_module(gm: fx.GraphModule, node: fx.Node, stem: str, module: n
     node.args, node.kwargs = tuple(args), dict(kwargs)
 
 
+DIV_FUNCTIONS = (operator.truediv, torch.div, torch.true_divide)
+
+
+def _rewrite_div(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """``x / c`` -> ``mul_scalar(x, 1/c)``; ``a / b`` -> ``a * reciprocal(b)`` (a reciprocal table and a
+    multiply, each with its own output scale: the seeds' horizon.nn.Div).  True when rewritten."""
+    is_div = (node.op == "call_function" and node.target in DIV_FUNCTIONS) or (
+        node.op == "call_method" and node.target in ("div", "true_divide") and module_of(gm, node) is None)
+    if not is_div or node.kwargs or len(node.args) != 2 or not isinstance(node.args[0], fx.Node):
+        return False
+    a, b = node.args
+    if isinstance(b, (int, float)) and not isinstance(b, bool) and b != 0:
+        _replace_with_module(gm, node, "mul_scalar", FloatFunctional(), "mul_scalar", (a, 1.0 / float(b)), {})
+        return True
+    if not isinstance(b, fx.Node):
+        return False
+    name = generated_name(gm, scope_of(node), "reciprocal")
+    gm.add_submodule(name, unary.Unary("reciprocal"))
+    with gm.graph.inserting_before(node):
+        reciprocal = gm.graph.call_module(name, (b,))
+    reciprocal.meta = dict(node.meta)
+    _replace_with_module(gm, node, "mul", FloatFunctional(), "mul", (a, reciprocal), {})
+    return True
+
+
 def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
     """Give every tensor ``a + b``, ``a - b``, ``a * b``, ``torch.cat`` its own generated FloatFunctional,
     and every functional non-linear op (``torch.exp``, ``x.sigmoid()``, ``F.silu`` …) a generated ``Unary``.
@@ -281,7 +357,15 @@ def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
     The module is named ``_generated_<op>_N`` inside the module where the op
     was written, so ``module_name`` qconfigs of that module apply to it.
     """
+    # comparisons only where they compare quantized values (elsewhere they may compare shapes)
+    region = quantized_region(gm, is_quant_stub, is_dequant_stub)
     for node in list(gm.graph.nodes):
+        if _rewrite_div(gm, node):
+            continue
+        comparison = _compare_module(gm, node, region)
+        if comparison is not None:
+            _replace_with_module(gm, node, comparison[0].name, comparison[0], None, comparison[1], {})
+            continue
         name = _unary_name(gm, node)
         if name is not None:
             rest = list(node.args[1:])
@@ -293,6 +377,10 @@ def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
         upsample = _interpolate_module(node)
         if upsample is not None:
             _replace_with_module(gm, node, "interpolate", upsample, None, (node.args[0],), {})
+            continue
+        pad = _pad_module(node)
+        if pad is not None:
+            _replace_with_module(gm, node, "pad", pad, None, (node.args[0],), {})
             continue
         composite = _composite_module(gm, node)
         if composite is not None:
@@ -345,6 +433,19 @@ class _Problems:
                 f"march {self.march!r} cannot run {len(self.items)} op(s) of this model:\n" + "\n".join(self.items))
 
 
+def _feeds_only_outputs(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """True when every use of ``node`` leads straight out of the model (via DeQuantStubs, indexing, fields)."""
+    for user in node.users:
+        if user.op == "output":
+            continue
+        mod = module_of(gm, user)
+        through = (mod is not None and is_dequant_stub(mod)) or (
+            user.op == "call_function" and user.target in (operator.getitem, builtins.getattr))
+        if not through or not _feeds_only_outputs(gm, user):
+            return False
+    return True
+
+
 def _lowering_for(gm: fx.GraphModule, node: fx.Node, march: str) -> tuple[Any, Optional[OpLowering]]:
     key = op_key(gm, node)
     return key, registry.lowering(march, key)
@@ -365,7 +466,7 @@ def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver,
         mod = module_of(gm, node)
         name = module_name_of(node)
         in_region = node in region or (mod is not None and is_dequant_stub(mod) and
-                                       any(i in region for i in tensor_inputs(node)))
+                                       any(i in region and yields_codes(gm, i) for i in tensor_inputs(node)))
         if not in_region:
             continue
         key, lowering = _lowering_for(gm, node, march)
@@ -380,6 +481,10 @@ def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver,
         if lowering.kind is LoweringKind.UNSUPPORTED:
             problems.add(describe(gm, node), lowering.note or "not supported", lowering.way_out or DEFAULT_WAY_OUT)
             continue
+        if lowering.output_only and not _feeds_only_outputs(gm, node):
+            problems.add(describe(gm, node), f"{lowering.op_name} may only be a model output (op table: "
+                         f"只能作为模型输出) but feeds {', '.join(sorted(u.name for u in node.users))}",
+                         "return its result from the model (through a DeQuantStub), and compute on it after the model")
         for violation in lowering.violations(mod):
             problems.add(describe(gm, node), f"{violation} (march {march!r} op table)", lowering.way_out or
                          "change the layer's parameters to fit the limit, or keep it out of the quantized region")
