@@ -6,8 +6,10 @@ tracing fails the error names the offending source line and the way out.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import traceback
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from torch import fx, nn
 
@@ -23,24 +25,77 @@ except ImportError:  # pragma: no cover
     _TORCH_STUBS = ()
 
 
+try:  # torch.ao's FloatFunctional: the seeds list its add among the fusable add spellings
+    from torch.ao.nn.quantized import FloatFunctional as _TorchFloatFunctional
+except ImportError:  # pragma: no cover
+    _TorchFloatFunctional = None
+
+#: torch.ao FloatFunctional methods recorded as one ``call_method`` node (as qframe's own FloatFunctional is)
+_TORCH_FF_METHODS = ("add", "mul", "cat", "add_scalar", "mul_scalar")
+
+
+@contextlib.contextmanager
+def _torch_float_functional_recorded() -> Iterator[None]:
+    """While tracing, torch.ao FloatFunctional calls become ``call_method`` nodes instead of being traced
+    through (into ``torch.add`` and its Identity ``activation_post_process``), so they fuse and lower
+    exactly like qframe's FloatFunctional."""
+    if _TorchFloatFunctional is None:
+        yield
+        return
+    from ...nn.quantized.functional_modules import traced_method_call
+
+    originals = {m: getattr(_TorchFloatFunctional, m) for m in _TORCH_FF_METHODS}
+
+    def recorded(method: str, original: Any) -> Any:
+        @functools.wraps(original)
+        def call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            traced = traced_method_call(self, method, args, kwargs)
+            return traced if traced is not None else original(self, *args, **kwargs)
+        return call
+
+    try:
+        for m, original in originals.items():
+            setattr(_TorchFloatFunctional, m, recorded(m, original))
+        yield
+    finally:
+        for m, original in originals.items():
+            setattr(_TorchFloatFunctional, m, original)
+
+
 class QuantizationTracer(fx.Tracer):
-    """A tracer that keeps qframe modules (and torch.ao's stubs) as single nodes."""
+    """A tracer that keeps qframe modules (and torch.ao's stubs and FloatFunctional) as single nodes."""
+
+    def trace(self, root: Any, concrete_args: Optional[dict[str, Any]] = None) -> fx.Graph:
+        with _torch_float_functional_recorded():
+            return super().trace(root, concrete_args)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if getattr(type(m), "_qframe_leaf", False) or isinstance(m, _TORCH_STUBS):
+        if getattr(type(m), "_qframe_leaf", False) or isinstance(m, _TORCH_STUBS) or (
+                _TorchFloatFunctional is not None and isinstance(m, _TorchFloatFunctional)):
             return True
         if hasattr(type(m), "lowering_key"):  # an op of the op tables (qframe_core.nn.Interpolate: nn.Upsample's row)
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
 
-def _user_frame(exc: BaseException) -> Optional[traceback.FrameSummary]:
-    frames = traceback.extract_tb(exc.__traceback__)
-    for fr in reversed(frames):
-        path = fr.filename.replace("\\", "/")
+def _user_frame(exc: BaseException, model: nn.Module) -> tuple[Optional[traceback.FrameSummary], str]:
+    """The innermost frame of user code in the traceback, and the name of the module whose method it is
+    (``Block.forward`` of a submodule, not the top-level model's name), e.g. ``"layer1 (Block).forward"``."""
+    tb, user = exc.__traceback__, None
+    while tb is not None:
+        path = tb.tb_frame.f_code.co_filename.replace("\\", "/")
         if "/torch/" not in path and "/qframe_core/" not in path:
-            return fr
-    return None
+            user = tb
+        tb = tb.tb_next
+    if user is None:
+        return None, f"{type(model).__name__}.forward"
+    fr = traceback.extract_tb(user, limit=1)[0]
+    owner = user.tb_frame.f_locals.get("self")
+    if not isinstance(owner, nn.Module):
+        return fr, f"{fr.name}()"
+    path = next((n for n, m in model.named_modules() if m is owner), None)
+    label = type(owner).__name__ if not path else f"{path!r} ({type(owner).__name__})"
+    return fr, f"{label}.{fr.name}"
 
 
 def symbolic_trace(model: nn.Module, concrete_args: Optional[dict[str, Any]] = None) -> fx.GraphModule:
@@ -56,10 +111,10 @@ def symbolic_trace(model: nn.Module, concrete_args: Optional[dict[str, Any]] = N
     try:
         graph = tracer.trace(model, concrete_args)
     except Exception as exc:
-        fr = _user_frame(exc)
+        fr, what = _user_frame(exc, model)
         where = f" at {fr.filename}:{fr.lineno} `{(fr.line or '').strip()}`" if fr else ""
         raise TraceError(
-            f"torch.fx cannot trace {type(model).__name__}.forward{where}: {type(exc).__name__}: {exc}. "
+            f"torch.fx cannot trace {what}{where}: {type(exc).__name__}: {exc}. "
             f"Data-dependent Python (if/for on tensor values, len(), .item(), numpy) cannot be traced: move it "
             f"into a function decorated with qframe_core.utils.fx_helper.fx_wrap(), or keep that part out of "
             f"the quantized region (hybrid mode)"
