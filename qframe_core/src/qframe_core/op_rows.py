@@ -103,8 +103,8 @@ def batchnorm_lowerings(march: str, ops: Sequence[type], conv_class: type, dtype
 
 def linear_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_dtypes: Sequence[QuantDType],
                      limits: Sequence[Limit] = (), note: str = "") -> list[OpLowering]:
-    """Linear and its fused ReLU/ReLU6 forms (Linear+add is not lowered)."""
-    ops = (nn.Linear, intrinsic.LinearReLU, intrinsic.LinearReLU6)
+    """Linear and every fused Linear form (with an add: exact torch integer form, see ``LinearAdd``)."""
+    ops = (nn.Linear, *intrinsic.FUSED_LINEAR)
     return module_lowerings(march, ops, qat.Linear, quantized.Linear, input_dtypes, output_dtypes, limits, note)
 
 
@@ -249,5 +249,4 @@ def conv3d_patterns(marches: Sequence[str]) -> list[FusionPattern]:
 
 
 def linear_patterns(marches: Sequence[str]) -> list[FusionPattern]:
-    return conv_fusion_patterns(marches, nn.Linear, (nn.BatchNorm1d, nn.SyncBatchNorm), intrinsic.fuse_chain, "linear",
-                                with_add=False)
+    return conv_fusion_patterns(marches, nn.Linear, (nn.BatchNorm1d, nn.SyncBatchNorm), intrinsic.fuse_chain, "linear")

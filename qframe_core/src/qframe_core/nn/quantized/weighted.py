@@ -133,7 +133,11 @@ class Linear(_WeightedQuantized):
     """Integer Linear over the last axis (leading axes are batch)."""
 
     @classmethod
-    def from_qat(cls, qat: nn.Module) -> Linear:
+    def from_qat(cls, qat: nn.Module) -> nn.Module:
+        if qat.has_add:  # the GEMM kernel takes no residual: the exact torch form
+            from .weighted_exact import LinearAdd
+
+            return LinearAdd.from_qat(qat)
         mod = cls(qat.integer_params(), qat.march, qat.qframe_name)
         mod.packed_weight()
         return mod
@@ -143,7 +147,7 @@ class Linear(_WeightedQuantized):
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         if other is not None:
-            raise TypeError(f"{self.qframe_name}: the integer Linear takes one input (Linear+add is not lowered)")
+            raise TypeError(f"{self.qframe_name}: the integer Linear takes one input (a fused add converts to LinearAdd)")
         lo, hi = self._clamp_bounds()
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])

@@ -1,4 +1,4 @@
-"""Integer ConvTranspose2d and Conv3d: exact torch arithmetic instead of a C++ kernel.
+"""Integer ConvTranspose2d, Conv3d and Linear+add: exact torch arithmetic instead of a C++ kernel.
 
 They hold the same integer parameters as the kernel-backed Conv2d (per-output-channel int8
 weight in conv2d's ``[O, I/groups, ...]`` layout, int32 bias, the march's multipliers and
@@ -95,3 +95,13 @@ class Conv3d(_ExactWeighted):
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return F.conv3d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+
+class LinearAdd(_ExactWeighted):
+    """Integer Linear fused with a residual add (+ ReLU/ReLU6): the GEMM kernel of :class:`Linear` has no
+    residual input, so this form computes exactly in torch (``Linear.from_qat`` picks it)."""
+
+    channel_axis = -1
+
+    def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w, b)

@@ -1,0 +1,59 @@
+"""Linear + BN1d + add + ReLU: fused, simulated in VALIDATION state and converted exactly (LinearAdd)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from qframe_core.nn.quantized.weighted_exact import LinearAdd
+from qframe_core.quantization import (
+    DeQuantStub,
+    FakeQuantState,
+    QuantStub,
+    convert_fx,
+    prepare_qat_fx,
+    set_fake_quantize,
+)
+from qframe_core.quantization.qconfig import default_qat_8bit_fake_quant_qconfig as Q8
+from tests.kernels.reference import MARCH_RULES, finish
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = QuantStub(), DeQuantStub()
+        self.fc1, self.fc2, self.bn, self.relu = nn.Linear(8, 8), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU()
+
+    def forward(self, x):
+        x = self.fc1(self.quant(x))
+        return self.dequant(self.relu(self.bn(self.fc2(x)) + x))
+
+
+def test_linear_add_relu_exact_on_bayes():
+    torch.manual_seed(0)
+    model = Residual().eval()
+    model.bn.running_mean.uniform_(-0.3, 0.3)
+    model.bn.running_var.uniform_(0.5, 2)
+    qat = prepare_qat_fx(model, {"": Q8}, march="bayes")
+    assert type(qat._generated_add_0).__name__ == "Linear" and qat._generated_add_0.has_add
+    set_fake_quantize(qat, FakeQuantState.CALIBRATION)
+    with torch.no_grad():
+        qat(torch.randn(16, 8))
+    qat.eval()
+    set_fake_quantize(qat, FakeQuantState.VALIDATION)
+    quantized = convert_fx(qat)
+    integer = quantized._generated_add_0
+    assert type(integer) is LinearAdd
+    x = torch.randn(16, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(quantized(x), qat(x), atol=0, rtol=0)
+        q = torch.randint(-128, 128, (5, 8), dtype=torch.int8)
+        r = torch.randint(-128, 128, (5, 8), dtype=torch.int8)
+        out = integer(q, r)
+    acc = q.numpy().astype(np.int64) @ integer.weight.numpy().astype(np.int64).T
+    ref = finish(acc, integer.bias.numpy(), integer.multiplier.numpy(), integer.shift.numpy(), "int8",
+                 integer.clamp_min, integer.clamp_max, MARCH_RULES["bayes"][1], 1, r.numpy(),
+                 integer.residual_multiplier.numpy())
+    np.testing.assert_array_equal(out.numpy(), ref)
+    with pytest.raises(ValueError, match="residual"):
+        integer(q)
