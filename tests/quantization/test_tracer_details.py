@@ -70,3 +70,13 @@ def test_trace_error_names_the_submodule_and_its_line():
     with pytest.raises(TraceError, match=r"cannot trace 'inner' \(DataDependent\)\.forward at .*test_tracer_details.py"
                                          r":\d+ `if x.sum\(\) > 0:`.*fx_wrap"):
         prepare_qat_fx(Outer(), {"": Q8}, march="bayes")
+
+
+def test_prepare_leaves_the_callers_model_as_it_was():
+    model = TorchFFBlock().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    types = [type(m) for m in model.modules()]
+    prepare_qat_fx(model, {"": Q8}, march="bayes")
+    assert all(m.training for m in model.modules())  # BN folding must not leave the user's modules in eval mode
+    assert [type(m) for m in model.modules()] == types
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -195,9 +195,11 @@ def _fold_bn(head: nn.Module, bn: Optional[nn.Module]) -> nn.Module:
             fused.weight.copy_(swap_transposed_layout(w, head.groups))
             fused.bias.copy_((b - bn.running_mean) * gamma / std + beta)
         return fused
-    was_training = head.training
-    folded = fuse_conv_bn_eval(head.eval(), bn.eval())
-    folded.train(was_training)
+    head_training, bn_training = head.training, bn.training
+    folded = fuse_conv_bn_eval(head.eval(), bn.eval())  # a new module; the user's are put back as they were
+    head.train(head_training)
+    bn.train(bn_training)
+    folded.train(head_training)
     return folded
 
 
