@@ -227,6 +227,22 @@ def upsample_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequenc
                             "nearest copies elements; bilinear: fixed-point coordinates, exact 4-neighbour sum")
 
 
+def grid_sample_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_dtypes: Sequence[QuantDType],
+                          limits: Sequence[Any] = (), note: str = "") -> list[OpLowering]:
+    """``F.grid_sample`` (prepare makes a constant-argument call a ``qframe_core.nn.GridSample``): the march's
+    fixed-point coordinates from the grid codes, exact neighbour sums; the output keeps the input's scale.
+
+    ``input_dtypes`` covers every input (input and grid); a per-input rule is a
+    :class:`qframe_core.grid_sample.InputDType` in ``limits``, checked with the shapes when the module runs.
+    """
+    from .nn.qat.grid_sample import GridSample as QATGridSample
+    from .nn.quantized.grid_sample import GridSample as IntegerGridSample
+
+    return module_lowerings(march, (torch.nn.functional.grid_sample,), QATGridSample, IntegerGridSample,
+                            input_dtypes, output_dtypes, limits,
+                            note or "fixed-point source coordinates from the grid codes, exact neighbour sum")
+
+
 def value_preserving_lowerings(march: str, dtypes: Sequence[QuantDType], exclude: Sequence[Any] = ()) -> list[OpLowering]:
     ops = [op for op in VALUE_PRESERVING_OPS if op not in exclude]
     return passthrough_lowerings(march, ops, (*dtypes, *_int32(dtypes)),

@@ -42,13 +42,16 @@ class BilinearFormat:
         coord_frac_bits: fraction bits ``F`` of the source-coordinate step and offset registers.
         weight_frac_bits: fraction bits ``W`` of the interpolation weights (``<= F``); the
             accumulator holds ``2W`` fraction bits.
+        grid_mult_frac_bits: fraction bits of grid_sample's grid-code multiplier (``>= coord_frac_bits``):
+            ``src = round_shift(g * A, grid_mult_frac_bits - coord_frac_bits) + B`` (:mod:`qframe_core.grid_sample`).
     """
 
     coord_frac_bits: int = 16
     weight_frac_bits: int = 8
+    grid_mult_frac_bits: int = 32
 
     def __attrs_post_init__(self) -> None:
-        if not 0 <= self.weight_frac_bits <= self.coord_frac_bits:
+        if not 0 <= self.weight_frac_bits <= self.coord_frac_bits <= self.grid_mult_frac_bits:
             raise ValueError(f"BilinearFormat: need 0 <= weight_frac_bits <= coord_frac_bits, got {self}")
 
 

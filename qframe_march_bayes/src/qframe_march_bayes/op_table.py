@@ -5,6 +5,7 @@ from torch import nn
 
 from qframe_core import op_rows
 from qframe_core.dtype import qint8, qint16, qint32
+from qframe_core.grid_sample import InputDType
 from qframe_core.lowering import Allowed, InputProductLimit, Limit, ProductLimit
 from qframe_core.nn import quantized
 from qframe_core.nn.unary import LOOKUP_MODULES, UNARY_FUNCTIONS
@@ -52,6 +53,15 @@ INTERPOLATE_LIMITS = (
     Allowed("align_corners", (False, None), "align_corners 支持 False 和 None"),
     RecomputeScaleFactor(("bilinear",), "scale=[] 时要求 recompute_scale_factors 为 True"),
 )
+
+GRID_SAMPLE_LIMITS = (
+    Allowed("mode", ("bilinear", "nearest"), "只支持 bilinear 和 nearest 插值"),
+    Allowed("padding_mode", ("zeros", "border"), "padding 模式只支持 zeros 和 border"),
+    InputDType(0, (qint8,), "input：qint8"),
+    ShapeLimit((2, 3), 1, 1024, "输入 shape: [N, C, H, W], 1<=H, W<=1024"),
+    InputProductLimit((-2, -1), 720 * 1024, rank=4, text="H*W<=720*1024"),
+)
+
 
 
 def lowerings():
@@ -111,6 +121,9 @@ def lowerings():
             note="exact moments, rsqrt table (rsqrt_kwargs), qint16 weight, qint32 bias; 精度风险较高"),
         # "torch.nn.GLU: 参考 torch.acos" (qint8, qint16; 底层查表实现)
         *op_rows.glu_lowerings(NAME, ACT, note="sigmoid segment table (int16 intermediate), exact product"),
+        # "input：qint8 grid： qint8, qint16 -> qint8; 输入 shape: [N, C, H, W], 1<=H, W<=1024 且 H*W<=720*1024; grid 支持
+        # qint8 和 qint16，只支持 bilinear 和 nearest 插值 padding 模式只支持 zeros 和 border"
+        *op_rows.grid_sample_lowerings(NAME, ACT, (qint8,), GRID_SAMPLE_LIMITS),
         *op_rows.value_preserving_lowerings(NAME, ACT),
     ]
 

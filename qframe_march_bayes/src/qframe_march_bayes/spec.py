@@ -17,5 +17,5 @@ SPEC = MarchSpec(
     # non-linear ops: piecewise-linear segments over a dense region, saturating tails, int16 capable
     lookup=SegmentTable(max_segments=1024, frac_bits=16),
     # bilinear resize: Q16 source coordinates, 12-bit weights, exact Q24 accumulation (int8: fits int32), half to even
-    bilinear=BilinearFormat(coord_frac_bits=16, weight_frac_bits=12),
+    bilinear=BilinearFormat(coord_frac_bits=16, weight_frac_bits=12, grid_mult_frac_bits=32),
 )

@@ -85,6 +85,10 @@ def lowerings():
         *unsupported_lowerings(NAME, (nn.GLU,), "torch.nn.GLU is not supported on bernoulli2 (op table: 不支持)",
                                "apply it after the DeQuantStub (float), run it on the CPU with "
                                "prepare_qat_fx(..., hybrid=True), or target bayes"),
+        *unsupported_lowerings(NAME, (F.grid_sample,),
+                               "torch.nn.functional.grid_sample is not supported on bernoulli2 (op table: 不支持)",
+                               "sample after the DeQuantStub (float), run it on the CPU with "
+                               "prepare_qat_fx(..., hybrid=True), or target bayes"),
         *op_rows.value_preserving_lowerings(NAME, ACT, exclude=NOT_4D),
     ]
 

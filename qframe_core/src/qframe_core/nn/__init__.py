@@ -2,8 +2,9 @@
 integer modules (``quantized``, including ``FloatFunctional``)."""
 
 from . import intrinsic, qat, quantized, unary
+from .grid_sample import GridSample
 from .unary import NAMED_UNARY, Interpolate, Unary
 
 globals().update({n.capitalize(): getattr(unary, n.capitalize()) for n in NAMED_UNARY})  # Exp, Log, Sqrt, …
 
-__all__ = ["Interpolate", "Unary", "intrinsic", "qat", "quantized", *[n.capitalize() for n in NAMED_UNARY]]
+__all__ = ["GridSample", "Interpolate", "Unary", "intrinsic", "qat", "quantized", *[n.capitalize() for n in NAMED_UNARY]]

@@ -8,10 +8,11 @@ from ... import quantization as _quantization  # noqa: F401
 from .compare import Compare
 from .composite import GLU, LayerNorm, Softmax
 from .functional_modules import FloatFunctional
+from .grid_sample import GridSample
 from .lookup import LookupTable
 from .pooling import AvgPool2d, ScalePreserving
 from .prelu import PReLU
 from .stubs import DeQuantStub, QuantStub
 from .weighted import BatchNorm, Conv2d, Conv3d, ConvTranspose2d, Linear
 
-__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "BatchNorm", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantStub", "FloatFunctional", "GLU", "LayerNorm", "Linear", "QuantStub", "ScalePreserving", "Softmax"]
+__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "BatchNorm", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantStub", "FloatFunctional", "GLU", "GridSample", "LayerNorm", "Linear", "QuantStub", "ScalePreserving", "Softmax"]

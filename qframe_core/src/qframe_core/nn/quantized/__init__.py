@@ -3,6 +3,7 @@
 from .compare import Compare
 from .composite import GLU, LayerNorm, Softmax
 from .functional_modules import FloatFunctional
+from .grid_sample import GridSample
 from .lookup import LookupTable
 from .pooling import AvgPool2d, ScalePreserving
 from .prelu import PReLU
@@ -11,4 +12,4 @@ from .stubs import DeQuantize, Quantize
 from .weighted import Conv2d, Linear
 from .weighted_exact import Conv3d, ConvTranspose2d
 
-__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "ScalePreserving", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantize", "FloatFunctional", "GLU", "LayerNorm", "Linear", "QFunctional", "Quantize", "Softmax"]
+__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "ScalePreserving", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantize", "FloatFunctional", "GLU", "GridSample", "LayerNorm", "Linear", "QFunctional", "Quantize", "Softmax"]

@@ -23,6 +23,7 @@ from ...lowering import LoweringKind, OpLowering, op_display_name
 from ...march import MarchLike, resolve_march
 from ...nn import compare, unary
 from ...nn.clamp import Clamp
+from ...nn.grid_sample import GridSample
 from ...nn.pad import Pad
 from ...nn.qat.base import QATModule
 from ...nn.quantized.functional_modules import FloatFunctional
@@ -192,6 +193,20 @@ def _pad_module(node: fx.Node) -> Optional[nn.Module]:
     return Pad(kwargs["pad"], kwargs.get("mode", "constant"), kwargs.get("value"))
 
 
+def _grid_sample_module(node: fx.Node) -> Optional[nn.Module]:
+    """``F.grid_sample(x, grid, mode, padding_mode, align_corners)`` with constant arguments as a
+    :class:`~qframe_core.nn.GridSample` (called with ``(x, grid)``)."""
+    if node.op != "call_function" or node.target is not torch.nn.functional.grid_sample or len(node.args) < 2 \
+            or not all(isinstance(a, fx.Node) for a in node.args[:2]):
+        return None
+    names = ("mode", "padding_mode", "align_corners")
+    kwargs = dict(zip(names, node.args[2:]))
+    kwargs.update(node.kwargs)
+    if len(node.args) > 5 or set(kwargs) - set(names) or any(isinstance(v, fx.Node) for v in kwargs.values()):
+        return None
+    return GridSample(**kwargs)
+
+
 def _clamp_module(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
     """A Clamp (or ReLU6) module for ``torch.clamp(x, lo, hi)``, ``x.clip(...)``, ``F.relu6(x)`` with constant bounds."""
     if node.op == "call_function" and node.target is torch.nn.functional.relu6:
@@ -297,6 +312,8 @@ def module_form(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
         return "qframe_core.nn.Interpolate(...)"
     if _pad_module(node) is not None:
         return "qframe_core.nn.pad.Pad(pad, mode, value)"
+    if _grid_sample_module(node) is not None:
+        return "qframe_core.nn.GridSample(mode, padding_mode, align_corners)"
     clamp = _clamp_module(gm, node)
     if clamp is not None:
         return "nn.ReLU6()" if isinstance(clamp, nn.ReLU6) else "qframe_core.nn.clamp.Clamp(min, max)"
@@ -381,6 +398,10 @@ def functionals_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
         pad = _pad_module(node)
         if pad is not None:
             _replace_with_module(gm, node, "pad", pad, None, (node.args[0],), {})
+            continue
+        sampler = _grid_sample_module(node)
+        if sampler is not None:
+            _replace_with_module(gm, node, "grid_sample", sampler, None, tuple(node.args[:2]), {})
             continue
         composite = _composite_module(gm, node)
         if composite is not None:
@@ -595,6 +616,12 @@ def _bind_inputs(gm: fx.GraphModule, march: str, float_ops: dict[str, Any]) -> N
                              f"{march!r} (accepted: {', '.join(map(str, lowering.input_dtypes))})",
                              "a high-precision (qint32) output may only feed a DeQuantStub; otherwise use an "
                              "accepted activation dtype")
+        per_input = [lim for lim in (lowering.limits if lowering is not None else ()) if hasattr(lim, "violated_by_dtypes")]
+        for lim in per_input:  # a rule on one input's dtype (grid_sample: "input：qint8", grid qint8/qint16)
+            broken = lim.violated_by_dtypes([_producer_dtype(p) for p in producers])
+            if broken is not None:
+                problems.add(f"{name!r} ({lowering.op_name})", f"{broken} (march {march!r} op table)",
+                             "quantize that input with an accepted dtype (its producer's qconfig)")
     problems.raise_if_any()
 
 
