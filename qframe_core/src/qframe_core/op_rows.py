@@ -209,6 +209,13 @@ def glu_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequence[Any
                             note or "sigmoid table, exact product")
 
 
+def lstm_cell_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequence[Any] = (),
+                        note: str = "") -> list[OpLowering]:
+    """LSTMCell: exact int8-weight linears, sigmoid/tanh tables, exact products; outputs ``(h, c)``."""
+    return module_lowerings(march, (nn.LSTMCell,), qat.LSTMCell, quantized.LSTMCell, dtypes, dtypes, limits,
+                            note or "exact linears, sigmoid/tanh tables, exact products; qint16 cell state")
+
+
 def upsample_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequence[Any] = (),
                        mode_text: str = "mode in ('nearest', 'bilinear')") -> list[OpLowering]:
     """Resize: ``nn.Upsample``, ``UpsamplingNearest2d``, ``UpsamplingBilinear2d``, ``qframe_core.nn.Interpolate`` and

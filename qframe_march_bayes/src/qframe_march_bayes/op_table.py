@@ -124,6 +124,9 @@ def lowerings():
         # "input：qint8 grid： qint8, qint16 -> qint8; 输入 shape: [N, C, H, W], 1<=H, W<=1024 且 H*W<=720*1024; grid 支持
         # qint8 和 qint16，只支持 bilinear 和 nearest 插值 padding 模式只支持 zeros 和 border"
         *op_rows.grid_sample_lowerings(NAME, ACT, (qint8,), GRID_SAMPLE_LIMITS),
+        # "torch.nn.LSTMCell: qint8, qint16 -> qint8, qint16; 输入是 2 维" (checked when it runs)
+        *op_rows.lstm_cell_lowerings(NAME, ACT, note="input 2-D (输入是 2 维); int8 per-channel weights, exact "
+                                     "linears, sigmoid/tanh segment tables, qint16 gates and cell state"),
         *op_rows.value_preserving_lowerings(NAME, ACT),
     ]
 

@@ -89,6 +89,9 @@ def lowerings():
                                "torch.nn.functional.grid_sample is not supported on bernoulli2 (op table: 不支持)",
                                "sample after the DeQuantStub (float), run it on the CPU with "
                                "prepare_qat_fx(..., hybrid=True), or target bayes"),
+        *unsupported_lowerings(NAME, (nn.LSTMCell,), "torch.nn.LSTMCell is not supported on bernoulli2 (op table: 不支持)",
+                               "run the cell after the DeQuantStub (float), run it on the CPU with "
+                               "prepare_qat_fx(..., hybrid=True), or target bayes"),
         *op_rows.value_preserving_lowerings(NAME, ACT, exclude=NOT_4D),
     ]
 

@@ -83,3 +83,19 @@ def integer_tensor_to_float(q: torch.Tensor, params: QuantParams) -> torch.Tenso
     else:
         s = s.reshape(())
     return q.float() * s
+
+
+class OutputView:
+    """One output of a module with several (``out[i]`` of an LSTMCell): the producer prepare binds a consumer
+    of ``out[i]`` to.  The module provides ``output_params_at(i)`` and ``output_post_process_at(i)``."""
+
+    def __init__(self, module: nn.Module, index: int) -> None:
+        self.module = module
+        self.index = index
+
+    def output_params(self) -> QuantParams:
+        return self.module.output_params_at(self.index)
+
+    @property
+    def activation_post_process(self) -> FakeQuantize:
+        return self.module.output_post_process_at(self.index)

@@ -25,7 +25,7 @@ from ...nn import compare, unary
 from ...nn.clamp import Clamp
 from ...nn.grid_sample import GridSample
 from ...nn.pad import Pad
-from ...nn.qat.base import QATModule
+from ...nn.qat.base import OutputView, QATModule
 from ...nn.quantized.functional_modules import FloatFunctional
 from ...registry import registry
 from ..qconfig import QConfig
@@ -561,6 +561,11 @@ def _producer(gm: fx.GraphModule, node: fx.Node, march: str, consumer: str) -> n
         mod = module_of(gm, cur)
         if mod is not None and hasattr(mod, "output_params"):
             return mod
+        if (cur.op == "call_function" and cur.target is operator.getitem and isinstance(cur.args[1], int)
+                and isinstance(cur.args[0], fx.Node)):
+            owner = module_of(gm, cur.args[0])
+            if owner is not None and hasattr(owner, "output_params_at"):
+                return OutputView(owner, cur.args[1])  # one output of a module with several (LSTMCell's h, c)
         key, lowering = _lowering_for(gm, cur, march)
         ins = tensor_inputs(cur)
         if lowering is not None and lowering.kind is LoweringKind.PASSTHROUGH and ins:

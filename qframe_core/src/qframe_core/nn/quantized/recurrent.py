@@ -1,0 +1,50 @@
+"""Integer LSTMCell: :func:`~qframe_core.nn.integer_lstm.int_lstm_cell` with the parameters fixed at convert."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ...march import resolve_march
+from ...quantization.fake_quantize import QuantParams
+from ..integer_lstm import LSTMCellIntParams, int_lstm_cell
+from ..qat.recurrent import check_lstm_input
+
+
+class LSTMCell(nn.Module):
+    """``(h', c') = lstm_cell(x, (h, c))`` on integer codes; ``h'`` on the output grid, ``c'`` on the cell grid."""
+
+    _qframe_leaf = True
+
+    def __init__(self, params: LSTMCellIntParams, march: str, name: str) -> None:
+        super().__init__()
+        self.params = params
+        self.march = march
+        self.qframe_name = name
+
+    @classmethod
+    def from_qat(cls, qat: nn.Module) -> LSTMCell:
+        return cls(qat.integer_params(), qat.march, qat.qframe_name)
+
+    def output_params(self) -> QuantParams:
+        return self.params.output
+
+    def output_params_at(self, index: int) -> QuantParams:
+        return (self.params.output, self.params.cell_out)[index]
+
+    def forward(self, x: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> Any:
+        for t in (x, *(hx or ())):
+            if t.is_floating_point():
+                raise TypeError(f"{self.qframe_name}: expects integer tensors, got {t.dtype}")
+        check_lstm_input(x, self.qframe_name, self.march)
+        h, c = hx if hx is not None and self.params.hidden is not None else (None, None)
+        spec = resolve_march(self.march)
+        h_new, c_new = int_lstm_cell(x, h, c, self.params, spec.requant, spec.lookup)
+        return h_new.to(self.params.output.dtype.torch_dtype), c_new.to(self.params.cell_out.dtype.torch_dtype)
+
+    def extra_repr(self) -> str:
+        w = self.params.weight_ih
+        return (f"{w.shape[1]}, {w.shape[0] // 4}, out_dtype={self.params.output.dtype}, "
+                f"cell_dtype={self.params.cell_out.dtype}, march={self.march}")
