@@ -71,7 +71,10 @@ REWRITTEN: dict[str, tuple] = {"div": ("torch.reciprocal",)}
 def candidate_keys(name: str) -> list[Any]:
     """Op-table keys qframe may list the seeds' op under."""
     if name.startswith("torchvision"):
-        return []
+        # qframe_core.nn mirrors the torchvision ops it lowers (torchvision itself is optional)
+        from qframe_core import nn as qnn
+
+        return [getattr(qnn, name.rsplit(".", 1)[-1], None)]
     if name.startswith("torch.Tensor."):
         m = name[len("torch.Tensor."):]
         if m == "__getitem__":

@@ -250,6 +250,25 @@ def grid_sample_lowerings(march: str, input_dtypes: Sequence[QuantDType], output
                             note or "fixed-point source coordinates from the grid codes, exact neighbour sum")
 
 
+def roi_align_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_dtypes: Sequence[QuantDType],
+                        limits: Sequence[Any] = (), note: str = "") -> list[OpLowering]:
+    """``qframe_core.nn.RoIAlign`` (and ``torchvision.ops.RoIAlign`` when torchvision is importable): quantized boxes
+    to fixed-point corners, the march's bilinear weights, exact sums averaged by a fixed-point reciprocal."""
+    from .nn.qat.roi_align import RoIAlign as QATRoIAlign
+    from .nn.quantized.roi_align import RoIAlign as IntegerRoIAlign
+    from .nn.roi_align import RoIAlign
+
+    keys: list[Any] = [RoIAlign]
+    try:  # pragma: no cover - torchvision is optional
+        from torchvision.ops import RoIAlign as TorchvisionRoIAlign
+
+        keys.append(TorchvisionRoIAlign)
+    except ImportError:
+        pass
+    return module_lowerings(march, keys, QATRoIAlign, IntegerRoIAlign, input_dtypes, output_dtypes, limits,
+                            note or "fixed-point box corners and samples, exact bilinear sums, averaged")
+
+
 def value_preserving_lowerings(march: str, dtypes: Sequence[QuantDType], exclude: Sequence[Any] = ()) -> list[OpLowering]:
     ops = [op for op in VALUE_PRESERVING_OPS if op not in exclude]
     return passthrough_lowerings(march, ops, (*dtypes, *_int32(dtypes)),

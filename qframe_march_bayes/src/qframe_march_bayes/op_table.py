@@ -10,6 +10,7 @@ from qframe_core.lowering import Allowed, InputProductLimit, Limit, ProductLimit
 from qframe_core.nn import quantized
 from qframe_core.nn.unary import LOOKUP_MODULES, UNARY_FUNCTIONS
 from qframe_core.resize import RecomputeScaleFactor, ShapeLimit
+from qframe_core.roi_align import BoxFormat
 
 from .spec import NAME
 
@@ -60,6 +61,12 @@ GRID_SAMPLE_LIMITS = (
     InputDType(0, (qint8,), "input：qint8"),
     ShapeLimit((2, 3), 1, 1024, "输入 shape: [N, C, H, W], 1<=H, W<=1024"),
     InputProductLimit((-2, -1), 720 * 1024, rank=4, text="H*W<=720*1024"),
+)
+
+
+ROI_ALIGN_LIMITS = (
+    InputDType(0, (qint8,), "input：qint8"),
+    BoxFormat("bbox 仅支持 List[Tensor] 格式 shape:[1, box_num, 4]"),
 )
 
 
@@ -124,6 +131,9 @@ def lowerings():
         # "input：qint8 grid： qint8, qint16 -> qint8; 输入 shape: [N, C, H, W], 1<=H, W<=1024 且 H*W<=720*1024; grid 支持
         # qint8 和 qint16，只支持 bilinear 和 nearest 插值 padding 模式只支持 zeros 和 border"
         *op_rows.grid_sample_lowerings(NAME, ACT, (qint8,), GRID_SAMPLE_LIMITS),
+        # "torchvision.ops.RoIAlign: qint8 -> qint8; bbox 仅支持 List[Tensor] 格式 shape:[1, box_num, 4]"; the feature map
+        # is qint8, the boxes qint8 or qint16 (the table's input column is the feature map; qint16 keeps box precision)
+        *op_rows.roi_align_lowerings(NAME, ACT, (qint8,), ROI_ALIGN_LIMITS),
         # "torch.nn.LSTMCell: qint8, qint16 -> qint8, qint16; 输入是 2 维" (checked when it runs)
         *op_rows.lstm_cell_lowerings(NAME, ACT, note="input 2-D (输入是 2 维); int8 per-channel weights, exact "
                                      "linears, sigmoid/tanh segment tables, qint16 gates and cell state"),

@@ -10,6 +10,7 @@ from qframe_core.lowering import Limit, unsupported_lowerings
 from qframe_core.nn import intrinsic, quantized
 from qframe_core.nn.compare import COMPARE_FUNCTIONS
 from qframe_core.resize import ScaleRange
+from qframe_core.roi_align import BoxFormat
 
 from .spec import NAME
 
@@ -92,6 +93,8 @@ def lowerings():
         *unsupported_lowerings(NAME, (nn.LSTMCell,), "torch.nn.LSTMCell is not supported on bernoulli2 (op table: 不支持)",
                                "run the cell after the DeQuantStub (float), run it on the CPU with "
                                "prepare_qat_fx(..., hybrid=True), or target bayes"),
+        # "torchvision.ops.RoIAlign: qint8 -> qint8" (feature map and boxes qint8)
+        *op_rows.roi_align_lowerings(NAME, ACT, ACT, (BoxFormat("bbox 仅支持 List[Tensor] 格式 shape:[1, box_num, 4]"),)),
         *op_rows.value_preserving_lowerings(NAME, ACT, exclude=NOT_4D),
     ]
 

@@ -13,7 +13,8 @@ from .lookup import LookupTable
 from .pooling import AvgPool2d, ScalePreserving
 from .prelu import PReLU
 from .recurrent import LSTMCell
+from .roi_align import RoIAlign
 from .stubs import DeQuantStub, QuantStub
 from .weighted import BatchNorm, Conv2d, Conv3d, ConvTranspose2d, Linear
 
-__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "BatchNorm", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantStub", "FloatFunctional", "GLU", "GridSample", "LayerNorm", "Linear", "LSTMCell", "QuantStub", "ScalePreserving", "Softmax"]
+__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "BatchNorm", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantStub", "FloatFunctional", "GLU", "GridSample", "LayerNorm", "Linear", "LSTMCell", "QuantStub", "RoIAlign", "ScalePreserving", "Softmax"]

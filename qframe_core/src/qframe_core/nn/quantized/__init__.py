@@ -9,8 +9,9 @@ from .pooling import AvgPool2d, ScalePreserving
 from .prelu import PReLU
 from .qfunctional import QFunctional
 from .recurrent import LSTMCell
+from .roi_align import RoIAlign
 from .stubs import DeQuantize, Quantize
 from .weighted import Conv2d, Linear
 from .weighted_exact import Conv3d, ConvTranspose2d
 
-__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "ScalePreserving", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantize", "FloatFunctional", "GLU", "GridSample", "LayerNorm", "Linear", "LSTMCell", "QFunctional", "Quantize", "Softmax"]
+__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "ScalePreserving", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantize", "FloatFunctional", "GLU", "GridSample", "LayerNorm", "Linear", "LSTMCell", "QFunctional", "Quantize", "RoIAlign", "Softmax"]

@@ -1,0 +1,177 @@
+"""RoIAlign (torchvision's ``roi_align``) in float and in integers, as a march declares it.
+
+Float (:func:`float_roi_align`): torchvision's algorithm in pure torch (torchvision is optional).  Boxes are
+``List[Tensor[L, 4]]`` (one tensor per image, ``[x1, y1, x2, y2]``) or ``Tensor[K, 5]`` (batch index first).
+
+Integer (:func:`int_roi_align`): the march's :class:`~qframe_core.resize.BilinearFormat` (``F = coord_frac_bits``,
+``W = weight_frac_bits``, ``M = grid_mult_frac_bits``).  Boxes are quantized with their own scale ``s_b`` (codes
+``b``, qint16 or qint8).  Per box and axis (``P`` output bins, input size ``n``)::
+
+    A      = floor(s_b * spatial_scale * 2**M + 1/2)             # box-code multiplier, Q(M)
+    c      = round_shift(b * A, M - F) - (2**(F-1) if aligned else 0)      # box corner, Q(F)
+    roi    = c2 - c1;   roi = max(roi, 2**F) unless aligned
+    bin    = floor(roi / P)                                       # Q(F)
+    g      = sampling_ratio if > 0 else ceil(roi / (P * 2**F))    # samples per bin (torchvision's adaptive rule)
+    y      = c1 + p * bin + floor((2 i + 1) * bin / (2 g))        # sample i of bin p, Q(F)
+    weight = 0 when y < -2**F or y > n * 2**F; else y = max(y, 0), i0 = y >> F, and
+             i0 >= n - 1: all weight on n - 1; otherwise lam = ((y & (2**F-1)) + 2**(F-W-1)) >> (F-W) on i0 + 1,
+             2**W - lam on i0
+
+and for each output bin the samples' four-neighbour products are accumulated exactly::
+
+    acc = sum over samples of wy * wx * q                         # Q(2W), int64
+    R   = floor(2**20 / count + 1/2)                              # count = max(gy * gx, 1)
+    out = clamp(round_shift(acc * R, 2W + 20))                    # the march's rounding
+
+The output keeps the input's scale (an average of bilinear samples).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any, Optional, Sequence, Union
+
+import attrs
+import torch
+
+from .numerics import RequantRule
+from .resize import BilinearFormat
+
+#: fraction bits of the reciprocal of the sample count
+COUNT_RECIPROCAL_BITS = 20
+
+Boxes = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def boxes_to_rois(boxes: Boxes) -> torch.Tensor:
+    """``Tensor[K, 5]`` (batch index, x1, y1, x2, y2) from either box format."""
+    if isinstance(boxes, torch.Tensor):
+        return boxes
+    rows = []
+    for i, b in enumerate(boxes):
+        b = b.reshape(-1, 4)
+        rows.append(torch.cat([torch.full((b.shape[0], 1), float(i), dtype=b.dtype, device=b.device), b], 1))
+    return torch.cat(rows, 0) if rows else torch.zeros(0, 5)
+
+
+# -- float ------------------------------------------------------------------------------------------------------------
+def _float_axis_weights(start: float, roi: float, bins: int, n: int, ratio: int) -> tuple[torch.Tensor, int]:
+    """``[bins, n]`` summed bilinear weights of the samples of each bin, and the samples per bin."""
+    bin_size = roi / bins
+    g = ratio if ratio > 0 else int(math.ceil(roi / bins))
+    w = torch.zeros(bins, n, dtype=torch.float64)
+    for p in range(bins):
+        for i in range(g):
+            y = start + p * bin_size + (i + 0.5) * bin_size / g
+            if y < -1.0 or y > n:
+                continue
+            y = max(y, 0.0)
+            lo = int(math.floor(y))
+            if lo >= n - 1:
+                w[p, n - 1] += 1.0
+                continue
+            frac = y - lo
+            w[p, lo] += 1.0 - frac
+            w[p, lo + 1] += frac
+    return w, g
+
+
+def float_roi_align(x: torch.Tensor, boxes: Boxes, output_size: Any, spatial_scale: float = 1.0,
+                    sampling_ratio: int = -1, aligned: bool = False) -> torch.Tensor:
+    """torchvision's ``roi_align`` in pure torch: ``[K, C, PH, PW]``."""
+    rois = boxes_to_rois(boxes).to(torch.float64)
+    ph, pw = _pair(output_size)
+    h, w = x.shape[-2:]
+    off = 0.5 if aligned else 0.0
+    outs = []
+    for r in rois.tolist():
+        n = int(r[0])
+        x1, y1, x2, y2 = (v * spatial_scale - off for v in r[1:])
+        rw, rh = x2 - x1, y2 - y1
+        if not aligned:
+            rw, rh = max(rw, 1.0), max(rh, 1.0)
+        wy, gy = _float_axis_weights(y1, rh, ph, h, sampling_ratio)
+        wx, gx = _float_axis_weights(x1, rw, pw, w, sampling_ratio)
+        acc = wy.to(x.dtype) @ x[n] @ wx.to(x.dtype).t()
+        outs.append(acc / max(gy * gx, 1))
+    return torch.stack(outs) if outs else x.new_zeros(0, x.shape[1], ph, pw)
+
+
+# -- integer ----------------------------------------------------------------------------------------------------------
+def box_multiplier(box_scale: float, spatial_scale: float, fmt: BilinearFormat) -> int:
+    """``A``: box codes times ``A`` are box corners on the feature map in Q(grid_mult_frac_bits)."""
+    return math.floor(Fraction(float(box_scale)) * Fraction(spatial_scale) * (1 << fmt.grid_mult_frac_bits)
+                      + Fraction(1, 2))
+
+
+def _int_axis_weights(c1: int, roi: int, bins: int, n: int, ratio: int, fmt: BilinearFormat) -> tuple[torch.Tensor, int]:
+    f, wb = fmt.coord_frac_bits, fmt.weight_frac_bits
+    one, unit = 1 << wb, 1 << f
+    bin_size = roi // bins
+    g = ratio if ratio > 0 else -(-roi // (bins * unit))
+    w = torch.zeros(bins, n, dtype=torch.int64)
+    for p in range(bins):
+        for i in range(g):
+            y = c1 + p * bin_size + ((2 * i + 1) * bin_size) // (2 * g)
+            if y < -unit or y > n * unit:
+                continue
+            y = max(y, 0)
+            lo = y >> f
+            if lo >= n - 1:
+                w[p, n - 1] += one
+                continue
+            frac = y & (unit - 1)
+            lam = (frac + ((1 << (f - wb)) >> 1)) >> (f - wb) if f > wb else frac
+            w[p, lo] += one - lam
+            w[p, lo + 1] += lam
+    return w, g
+
+
+def int_roi_align(q: torch.Tensor, box_codes: Sequence[torch.Tensor], box_scales: Sequence[float], output_size: Any,
+                  spatial_scale: float, sampling_ratio: int, aligned: bool, fmt: BilinearFormat, rule: RequantRule,
+                  qmin: int, qmax: int) -> torch.Tensor:
+    """Integer RoIAlign of codes ``q`` ``[N, C, H, W]`` over per-image box codes (int64 ``[K, C, PH, PW]``)."""
+    ph, pw = _pair(output_size)
+    h, w = q.shape[-2:]
+    f, m = fmt.coord_frac_bits, fmt.grid_mult_frac_bits
+    q = q.to(torch.int64)
+    off = (1 << (f - 1)) if aligned else 0
+    shift = torch.tensor(m - f, dtype=torch.int64)
+    outs = []
+    for n, (codes, scale) in enumerate(zip(box_codes, box_scales)):
+        a = box_multiplier(scale, spatial_scale, fmt)
+        corners = (rule.round_shift(codes.reshape(-1, 4).to(torch.int64) * a, shift) - off).tolist()
+        for x1, y1, x2, y2 in corners:
+            rw, rh = x2 - x1, y2 - y1
+            if not aligned:
+                rw, rh = max(rw, 1 << f), max(rh, 1 << f)
+            wy, gy = _int_axis_weights(y1, rh, ph, h, sampling_ratio, fmt)
+            wx, gx = _int_axis_weights(x1, rw, pw, w, sampling_ratio, fmt)
+            acc = wy @ q[n] @ wx.t()  # exact int64, Q(2W)
+            recip = (2 * (1 << COUNT_RECIPROCAL_BITS) + max(gy * gx, 1)) // (2 * max(gy * gx, 1))
+            out = rule.round_shift(acc * recip, torch.tensor(2 * fmt.weight_frac_bits + COUNT_RECIPROCAL_BITS))
+            outs.append(out.clamp(qmin, qmax))
+    return torch.stack(outs) if outs else q.new_zeros(0, q.shape[1], ph, pw)
+
+
+@attrs.frozen
+class BoxFormat:
+    """The box argument's format the table allows (``bbox 仅支持 List[Tensor] 格式``), checked when it runs."""
+
+    text: str = ""
+
+    def violated(self, module: Any) -> Optional[str]:
+        return None
+
+    def violated_by_boxes(self, boxes: Any) -> Optional[str]:
+        if isinstance(boxes, torch.Tensor):
+            return f"boxes given as one Tensor{list(boxes.shape)} break {self.text}"
+        for b in boxes:
+            if b.shape[-1] != 4 or b.dim() not in (2, 3) or (b.dim() == 3 and b.shape[0] != 1):
+                return f"a box tensor of shape {list(b.shape)} breaks {self.text}"
+        return None
