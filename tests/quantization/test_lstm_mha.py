@@ -1,10 +1,12 @@
-"""LSTMCell on bayes as integer steps (exact linears, sigmoid/tanh tables, exact products, qint16 cell state).
+"""LSTMCell and MultiheadAttention on bayes as integer steps (exact linears and matmuls, sigmoid/tanh tables, the
+integer softmax, exact products; qint16 intermediates, a qint16 LSTM cell state).
 
 The integer module is checked bit for bit against a reference written here in numpy from the documented steps
 (:mod:`qframe_core.nn.integer_lstm`), reading only the scales, integer weights and table entries the module
 exposes (the multipliers are recomputed here from the scales); the QAT model in VALIDATION state equals the
-converted model bit for bit at int8 and int16; accuracy against float is measured in output LSBs; the input
-rank limit (输入是 2 维) and bernoulli2's 不支持 are errors naming module, op, march and rule.
+converted model bit for bit at int8 and int16 (attention: seq/batch first, unbatched, cross, per-head weights);
+accuracy against float is measured in output LSBs; the LSTM input rank limit (输入是 2 维), attention masks,
+add_bias_kv / add_zero_attn / kdim, and bernoulli2's 不支持 are errors naming module, op, march and rule.
 """
 
 from __future__ import annotations
@@ -239,3 +241,103 @@ def test_lstm_cell_limits_and_bernoulli2():
                                                                       r"not supported on bernoulli2 \(op table: "
                                                                       r"不支持\).*target bayes"):
         prepare_qat_fx(copy.deepcopy(model), {"": Q8})
+
+
+# -- MultiheadAttention ----------------------------------------------------------------------------------------
+class Attention(nn.Module):
+    def __init__(self, batch_first: bool = False, bias: bool = True, need_weights: bool = True,
+                 average: bool = True, cross: bool = False, **kwargs):
+        super().__init__()
+        self.q, self.kv = QuantStub(), QuantStub()
+        self.mha = nn.MultiheadAttention(16, 4, bias=bias, batch_first=batch_first, **kwargs)
+        self.d, self.dw = DeQuantStub(), DeQuantStub()
+        self.need_weights, self.average, self.cross = need_weights, average, cross
+
+    def forward(self, x, y):
+        q = self.q(x)
+        kv = self.kv(y) if self.cross else q
+        out = self.mha(q, kv, kv, need_weights=self.need_weights, average_attn_weights=self.average)
+        if self.need_weights:
+            return self.d(out[0]), self.dw(out[1])
+        return self.d(out[0])
+
+
+def attention_data(batch_first: bool, seed: int = 0, length: int = 5, kv_length: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    shape = (3, length, 16) if batch_first else (length, 3, 16)
+    kv_shape = (3, kv_length, 16) if batch_first else (kv_length, 3, 16)
+    return torch.randn(*shape, generator=g), torch.randn(*kv_shape, generator=g)
+
+
+@pytest.mark.parametrize("qconfig", [Q8, Q16], ids=["int8", "int16"])
+@pytest.mark.parametrize("variant", [dict(), dict(batch_first=True), dict(bias=False), dict(need_weights=False),
+                                     dict(average=False), dict(cross=True), dict(cross=True, batch_first=True)],
+                         ids=["seq_first", "batch_first", "no_bias", "no_weights", "per_head_weights", "cross",
+                              "cross_batch_first"])
+def test_mha_validation_equals_converted(qconfig, variant):
+    torch.manual_seed(0)
+    model = Attention(**variant).eval()
+    x, y = attention_data(model.mha.batch_first)
+    qat, qmodel = calibrate_and_convert(model, qconfig, x, y)
+    for seed in (0, 1):
+        x, y = attention_data(model.mha.batch_first, seed)
+        v, o = qat(x, 2 * y), qmodel(x, 2 * y)
+        v, o = (v, o) if isinstance(v, tuple) else ((v,), (o,))
+        for a, b in zip(v, o):
+            assert torch.equal(a, b)
+    p = qmodel.mha.params
+    assert p.scores_requant is not None and p.context.dtype.name == "qint16" and p.weights.dtype.name == "qint16"
+
+
+def test_mha_unbatched_validation_equals_converted():
+    torch.manual_seed(0)
+    model = Attention().eval()
+    x = torch.randn(5, 16)
+    qat, qmodel = calibrate_and_convert(model, Q8, x, x)
+    for a, b in zip(qat(x, x), qmodel(x, x)):
+        assert torch.equal(a, b)
+    assert qmodel(x, x)[0].shape == (5, 16) and qmodel(x, x)[1].shape == (5, 5)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_mha_accuracy_against_float(batch_first):
+    """Output within 3 int8 LSB of float attention on the same quantized input; weights within 3e-3 (measured: output
+    <= 1.34 LSB, weights <= 1.8e-3)."""
+    torch.manual_seed(0)
+    model = Attention(batch_first=batch_first).eval()
+    x, _ = attention_data(batch_first)
+    qat, qmodel = calibrate_and_convert(model, Q8, x, x, steps=20)
+    fq = qat.q.activation_post_process
+    xq = torch.round(x / fq.scale).clamp(fq.dtype.quant_min, fq.dtype.quant_max) * fq.scale
+    with torch.no_grad():
+        want = model.mha(xq, xq, xq)
+    got = qmodel(x, x)
+    s = float(qmodel.mha.params.output.scale)
+    err, err_w = float((got[0] - want[0]).abs().max()) / s, float((got[1] - want[1]).abs().max())
+    print(f"MultiheadAttention int8 batch_first={batch_first}: output max error {err:.2f} LSB, weights {err_w:.2e}")
+    assert err <= 3.0
+    assert err_w <= 3e-3
+
+
+def test_mha_refusals_and_bernoulli2():
+    x, _ = attention_data(False)
+    # masks: refused when the module runs, naming module, op, march and rule (QAT and integer modules)
+    model = Attention().eval()
+    qat, qmodel = calibrate_and_convert(model, Q8, x, x)
+    mask = torch.zeros(5, 5, dtype=torch.bool)
+    for mod, inp in ((qat.mha, x), (qmodel.mha, torch.zeros(5, 3, 16, dtype=torch.int8))):
+        with pytest.raises(UnsupportedOpError, match=r"'mha' \(torch.nn.MultiheadAttention\): attn_mask is not "
+                                                     r"lowered on march 'bayes' \(op table: .*mask.*Way out"):
+            mod(inp, inp, inp, attn_mask=mask)
+        with pytest.raises(UnsupportedOpError, match=r"key_padding_mask is not lowered"):
+            mod(inp, inp, inp, key_padding_mask=torch.zeros(3, 5, dtype=torch.bool))
+    # table limits at prepare: add_bias_kv, add_zero_attn, different q/k/v embed dims
+    for kwargs, rule in ((dict(add_bias_kv=True), "不支持 add_bias_kv"), (dict(add_zero_attn=True), "不支持 add_zero_attn"),
+                         (dict(kdim=8, vdim=8), "不支持 q k v embed_dim 不一致的情况")):
+        with march("bayes"), pytest.raises(UnsupportedOpError, match=rf"torch.nn.MultiheadAttention.*{rule}.*bayes"):
+            prepare_qat_fx(Attention(**kwargs).eval(), {"": Q8})
+    # bernoulli2: 不支持, with the way out
+    with march("bernoulli2"), pytest.raises(UnsupportedOpError, match=r"\(torch.nn.MultiheadAttention\): "
+                                                                      r"torch.nn.MultiheadAttention is not supported "
+                                                                      r"on bernoulli2 \(op table: 不支持\).*target bayes"):
+        prepare_qat_fx(Attention().eval(), {"": Q8})

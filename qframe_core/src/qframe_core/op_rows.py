@@ -216,6 +216,13 @@ def lstm_cell_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequen
                             note or "exact linears, sigmoid/tanh tables, exact products; qint16 cell state")
 
 
+def mha_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequence[Any] = (),
+                  note: str = "") -> list[OpLowering]:
+    """MultiheadAttention (no masks): exact projections and matmuls, the integer softmax; outputs ``(out, weights)``."""
+    return module_lowerings(march, (nn.MultiheadAttention,), qat.MultiheadAttention, quantized.MultiheadAttention,
+                            dtypes, dtypes, limits, note or "exact projections and matmuls, integer softmax; no masks")
+
+
 def upsample_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequence[Any] = (),
                        mode_text: str = "mode in ('nearest', 'bilinear')") -> list[OpLowering]:
     """Resize: ``nn.Upsample``, ``UpsamplingNearest2d``, ``UpsamplingBilinear2d``, ``qframe_core.nn.Interpolate`` and

@@ -95,6 +95,10 @@ def lowerings():
                                "prepare_qat_fx(..., hybrid=True), or target bayes"),
         # "torchvision.ops.RoIAlign: qint8 -> qint8" (feature map and boxes qint8)
         *op_rows.roi_align_lowerings(NAME, ACT, ACT, (BoxFormat("bbox 仅支持 List[Tensor] 格式 shape:[1, box_num, 4]"),)),
+        *unsupported_lowerings(NAME, (nn.MultiheadAttention,),
+                               "torch.nn.MultiheadAttention is not supported on bernoulli2 (op table: 不支持)",
+                               "run attention after the DeQuantStub (float), run it on the CPU with "
+                               "prepare_qat_fx(..., hybrid=True), or target bayes"),
         *op_rows.value_preserving_lowerings(NAME, ACT, exclude=NOT_4D),
     ]
 

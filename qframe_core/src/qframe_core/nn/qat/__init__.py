@@ -5,6 +5,7 @@ arithmetic in VALIDATION state."""
 from ... import quantization as _quantization  # noqa: F401
 
 # isort: split
+from .attention import MultiheadAttention
 from .compare import Compare
 from .composite import GLU, LayerNorm, Softmax
 from .functional_modules import FloatFunctional
@@ -17,4 +18,4 @@ from .roi_align import RoIAlign
 from .stubs import DeQuantStub, QuantStub
 from .weighted import BatchNorm, Conv2d, Conv3d, ConvTranspose2d, Linear
 
-__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "BatchNorm", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantStub", "FloatFunctional", "GLU", "GridSample", "LayerNorm", "Linear", "LSTMCell", "QuantStub", "RoIAlign", "ScalePreserving", "Softmax"]
+__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "BatchNorm", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantStub", "FloatFunctional", "GLU", "GridSample", "LayerNorm", "Linear", "LSTMCell", "MultiheadAttention", "QuantStub", "RoIAlign", "ScalePreserving", "Softmax"]

@@ -1,5 +1,6 @@
 """Integer modules produced by convert, and ``FloatFunctional`` for float models."""
 
+from .attention import MultiheadAttention
 from .compare import Compare
 from .composite import GLU, LayerNorm, Softmax
 from .functional_modules import FloatFunctional
@@ -14,4 +15,4 @@ from .stubs import DeQuantize, Quantize
 from .weighted import Conv2d, Linear
 from .weighted_exact import Conv3d, ConvTranspose2d
 
-__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "ScalePreserving", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantize", "FloatFunctional", "GLU", "GridSample", "LayerNorm", "Linear", "LSTMCell", "QFunctional", "Quantize", "RoIAlign", "Softmax"]
+__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "ScalePreserving", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantize", "FloatFunctional", "GLU", "GridSample", "LayerNorm", "Linear", "LSTMCell", "MultiheadAttention", "QFunctional", "Quantize", "RoIAlign", "Softmax"]

@@ -1,0 +1,155 @@
+"""Integer MultiheadAttention: exact linears and matmuls requantized, the integer softmax, an exact out projection.
+
+Shared by QAT simulation (VALIDATION state) and the integer module.  Inputs ``query``, ``key``, ``value``
+(codes, ``[L, N, E]``, ``[N, L, E]`` with ``batch_first``, or unbatched ``[L, E]``); ``H`` heads of
+``d = E / H``:
+
+1. ``q = requant(x_q W_q^T + b_q, s_q)``, likewise ``k``, ``v`` — the in-projection's int8 per-channel
+   weights, exact int64 accumulations, the bias qint32 at ``s_x s_w[c]``, requantized per channel to the
+   calibrated qint16 grids ``s_q``, ``s_k``, ``s_v`` (``q_post_process`` & co.);
+2. ``a = requant(q_h k_h^T, s_q s_k / (sqrt(d) s_a))`` per head — exact int64 dot products (torch's
+   ``1/sqrt(d)`` folded into the ratio) onto the calibrated qint8 logit grid ``s_a`` (``scores_post_process``;
+   qint8 like the softmax row's input: the exp table reads ``q - max(q)``, which must fit the table's grid);
+3. ``p = softmax(a)`` along the keys — :func:`~.integer_softmax.int_softmax` (exp table, exact sum,
+   normalized reciprocal table) onto the fixed qint16 grid ``1/32767`` (``weights_post_process``);
+4. ``o = requant(p v_h, s_p s_v / s_o)`` — exact int64 products onto the calibrated qint16 context grid
+   ``s_o`` (``context_post_process``), heads concatenated;
+5. ``y = requant(o W_out^T + b_out, s_y)`` — the out projection like step 1, onto the output grid.
+
+The attention weights (second output, ``need_weights``) are ``p`` on its grid, averaged over heads by an
+exact sum requantized by ``1/H`` (``average_attn_weights``).  Masks are not lowered (refused).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import attrs
+import torch
+
+from ..dtype import qint16
+from ..numerics import RequantRule
+from ..quantization.fake_quantize import QuantParams
+from .integer_composite import PRODUCT_BITS, WideRequant, scale_of, wide_requant, wide_requant_params
+from .integer_softmax import SoftmaxIntParams, int_softmax
+from .requant_params import accumulator_scale, bias_to_int, requant_multipliers, weight_to_int
+
+#: the fixed grid of the attention probabilities
+PROB_SCALE = 1.0 / qint16.quant_max
+
+
+@attrs.frozen
+class LinearIntParams:
+    """``requant(round_shift(q W^T + b, pre) * m[c], shift[c])``: int8 per-channel weight, exact accumulation."""
+
+    weight: torch.Tensor  # int64 [O, I]
+    bias: torch.Tensor  # int64 [O] at s_x * s_w[c]
+    multipliers: torch.Tensor  # int64 [O]
+    shift: torch.Tensor  # int64 [O]
+    pre_shift: int
+    output: QuantParams
+
+
+def linear_params(rule: RequantRule, inp: QuantParams, w: torch.Tensor, wp: QuantParams, b: Optional[torch.Tensor],
+                  out: QuantParams, what: str) -> LinearIntParams:
+    acc = accumulator_scale(inp.scale, wp.scale)
+    bias = bias_to_int(b, acc)
+    if bias.numel() == 1 and w.shape[0] > 1:
+        bias = bias.expand(w.shape[0]).clone()
+    bound = max(-inp.dtype.quant_min, inp.dtype.quant_max) * 128 * w.shape[1] + int(bias.abs().max())
+    pre = max(0, int(bound).bit_length() + (rule.multiplier_bits - 1) - PRODUCT_BITS)
+    m, s = requant_multipliers(rule, [acc * 2.0 ** pre], out.scale, what=what)
+    return LinearIntParams(weight_to_int(w, wp), bias, m[:, 0], s, pre, out)
+
+
+def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` exactly in int64 (float64 holds every int16 x int16 dot product below 2**53 exactly)."""
+    return torch.round(torch.matmul(a.double(), b.double())).to(torch.int64)
+
+
+def int_linear(q: torch.Tensor, p: LinearIntParams, rule: RequantRule) -> torch.Tensor:
+    acc = exact_matmul(q.to(torch.int64), p.weight.t()) + p.bias.to(q.device)
+    acc = rule.round_shift(acc, torch.tensor(p.pre_shift, device=q.device))
+    return rule.requantize([(acc, p.multipliers.to(q.device))], p.shift.to(q.device), p.output.dtype)
+
+
+@attrs.frozen
+class MHAIntParams:
+    num_heads: int
+    batch_first: bool
+    query: QuantParams
+    key: QuantParams
+    value: QuantParams
+    q_proj: LinearIntParams
+    k_proj: LinearIntParams
+    v_proj: LinearIntParams
+    scores_requant: WideRequant
+    softmax: SoftmaxIntParams  # its input grid is the logit grid s_a, its output the probability grid
+    context: QuantParams
+    context_requant: WideRequant
+    out_proj: LinearIntParams
+    average_requant: tuple[int, int]  # (multiplier, shift) of 1 / num_heads
+
+    @property
+    def output(self) -> QuantParams:
+        return self.out_proj.output
+
+    @property
+    def weights(self) -> QuantParams:
+        return self.softmax.output
+
+
+def mha_params(rule: RequantRule, num_heads: int, batch_first: bool, inputs: tuple[QuantParams, ...],
+               projections: tuple[LinearIntParams, ...], scores: QuantParams, softmax: SoftmaxIntParams,
+               context: QuantParams, out_proj: LinearIntParams, what: str) -> MHAIntParams:
+    q_proj, k_proj, v_proj = projections
+    head_dim = q_proj.weight.shape[0] // num_heads
+    qk_bound = 2 ** 30 * head_dim
+    scores_req = wide_requant_params(
+        rule, scale_of(q_proj.output) * scale_of(k_proj.output) / (math.sqrt(head_dim) * scale_of(scores)), qk_bound,
+        f"{what} scores")
+    # the probability codes of a row sum to about 32767: |sum p v| <= 2 * 32767 * 32768 leaves room for rounding
+    context_req = wide_requant_params(rule, scale_of(softmax.output) * scale_of(v_proj.output) / scale_of(context),
+                                      2 ** 31, f"{what} context")
+    m, s = rule.multipliers(torch.tensor([[1.0 / num_heads]], dtype=torch.float64), what=f"{what} head average")
+    return MHAIntParams(num_heads, batch_first, *inputs, q_proj, k_proj, v_proj, scores_req, softmax, context, context_req,
+                        out_proj, (int(m[0, 0]), int(s[0])))
+
+
+def _heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """``[N, L, E]`` -> ``[N, H, L, d]``."""
+    n, length, e = t.shape
+    return t.reshape(n, length, n_heads, e // n_heads).transpose(1, 2)
+
+
+def int_mha(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, p: MHAIntParams, rule: RequantRule,
+            lookup: Any, need_weights: bool = True, average_attn_weights: bool = True
+            ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Integer attention on codes: ``(output codes, attention-weight codes or None)`` in int64."""
+    unbatched = query.dim() == 2
+    if unbatched:
+        query, key, value = (t.unsqueeze(1) for t in (query, key, value))
+    if not p.batch_first or unbatched:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    q = _heads(int_linear(query, p.q_proj, rule), p.num_heads)
+    k = _heads(int_linear(key, p.k_proj, rule), p.num_heads)
+    v = _heads(int_linear(value, p.v_proj, rule), p.num_heads)
+    scores = wide_requant(exact_matmul(q, k.transpose(-2, -1)), p.scores_requant, rule, p.softmax.input.dtype)
+    probs = int_softmax(scores, p.softmax, rule, lookup)
+    ctx = wide_requant(exact_matmul(probs, v), p.context_requant, rule, p.context.dtype)
+    n, h, length, d = ctx.shape
+    out = int_linear(ctx.transpose(1, 2).reshape(n, length, h * d), p.out_proj, rule)
+    if not p.batch_first or unbatched:
+        out = out.transpose(0, 1)
+    if unbatched:
+        out = out.squeeze(1)
+    weights = None
+    if need_weights:
+        weights = probs
+        if average_attn_weights:
+            m, s = p.average_requant
+            weights = rule.requantize([(probs.sum(dim=1), torch.tensor(m))], torch.tensor(s), p.weights.dtype)
+        if unbatched:
+            weights = weights.squeeze(0)
+    return out, weights

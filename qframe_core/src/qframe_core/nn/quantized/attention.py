@@ -1,0 +1,52 @@
+"""Integer MultiheadAttention: :func:`~qframe_core.nn.integer_mha.int_mha` with the parameters fixed at convert."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ...march import resolve_march
+from ...quantization.fake_quantize import QuantParams
+from ..integer_mha import MHAIntParams, int_mha
+from ..qat.attention import check_masks
+
+
+class MultiheadAttention(nn.Module):
+    """``(out, weights)`` of multi-head attention on integer codes (no masks)."""
+
+    _qframe_leaf = True
+
+    def __init__(self, params: MHAIntParams, march: str, name: str) -> None:
+        super().__init__()
+        self.params = params
+        self.march = march
+        self.qframe_name = name
+
+    @classmethod
+    def from_qat(cls, qat: nn.Module) -> MultiheadAttention:
+        return cls(qat.integer_params(), qat.march, qat.qframe_name)
+
+    def output_params(self) -> QuantParams:
+        return self.params.output
+
+    def output_params_at(self, index: int) -> QuantParams:
+        return (self.params.output, self.params.weights)[index]
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
+                attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> Any:
+        check_masks(self.qframe_name, self.march, attn_mask, key_padding_mask, is_causal)
+        for t in (query, key, value):
+            if t.is_floating_point():
+                raise TypeError(f"{self.qframe_name}: expects integer tensors, got {t.dtype}")
+        spec = resolve_march(self.march)
+        out, weights = int_mha(query, key, value, self.params, spec.requant, spec.lookup, need_weights,
+                               average_attn_weights)
+        return (out.to(self.params.output.dtype.torch_dtype),
+                weights.to(self.params.weights.dtype.torch_dtype) if weights is not None else None)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.params.num_heads}, batch_first={self.params.batch_first}, march={self.march}"
