@@ -321,16 +321,16 @@ def test_mha_accuracy_against_float(batch_first):
 
 def test_mha_refusals_and_bernoulli2():
     x, _ = attention_data(False)
-    # masks: refused when the module runs, naming module, op, march and rule (QAT and integer modules)
+    # an additive float mask and is_causal: refused when the module runs, naming module, op, march and rule
     model = Attention().eval()
     qat, qmodel = calibrate_and_convert(model, Q8, x, x)
-    mask = torch.zeros(5, 5, dtype=torch.bool)
     for mod, inp in ((qat.mha, x), (qmodel.mha, torch.zeros(5, 3, 16, dtype=torch.int8))):
-        with pytest.raises(UnsupportedOpError, match=r"'mha' \(torch.nn.MultiheadAttention\): attn_mask is not "
-                                                     r"lowered on march 'bayes' \(op table: .*mask.*Way out"):
-            mod(inp, inp, inp, attn_mask=mask)
-        with pytest.raises(UnsupportedOpError, match=r"key_padding_mask is not lowered"):
-            mod(inp, inp, inp, key_padding_mask=torch.zeros(3, 5, dtype=torch.bool))
+        with pytest.raises(UnsupportedOpError, match=r"'mha' \(torch.nn.MultiheadAttention\): a torch.float32 "
+                                                     r"attn_mask with values other than 0 and -inf .* march 'bayes' "
+                                                     r"\(op table: mask .*Way out"):
+            mod(inp, inp, inp, attn_mask=torch.randn(5, 5))
+        with pytest.raises(UnsupportedOpError, match=r"is_causal=True is not lowered on march 'bayes'"):
+            mod(inp, inp, inp, attn_mask=torch.ones(5, 5, dtype=torch.bool).triu(1), is_causal=True)
     # table limits at prepare: add_bias_kv, add_zero_attn, different q/k/v embed dims
     for kwargs, rule in ((dict(add_bias_kv=True), "不支持 add_bias_kv"), (dict(add_zero_attn=True), "不支持 add_zero_attn"),
                          (dict(kdim=8, vdim=8), "不支持 q k v embed_dim 不一致的情况")):
@@ -341,3 +341,47 @@ def test_mha_refusals_and_bernoulli2():
                                                                       r"torch.nn.MultiheadAttention is not supported "
                                                                       r"on bernoulli2 \(op table: 不支持\).*target bayes"):
         prepare_qat_fx(Attention().eval(), {"": Q8})
+
+
+class MaskedAttention(nn.Module):
+    """Masks as model inputs (boolean or 0/-inf float): not quantized, they bypass the QuantStubs."""
+
+    def __init__(self, batch_first: bool = False):
+        super().__init__()
+        self.q = QuantStub()
+        self.mha = nn.MultiheadAttention(16, 4, batch_first=batch_first)
+        self.d, self.dw = DeQuantStub(), DeQuantStub()
+
+    def forward(self, x, attn_mask, key_padding_mask):
+        y = self.q(x)
+        out = self.mha(y, y, y, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
+        return self.d(out[0]), self.dw(out[1])
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("qconfig", [Q8, Q16], ids=["int8", "int16"])
+def test_mha_masks_validation_equals_converted(batch_first, qconfig):
+    torch.manual_seed(0)
+    model = MaskedAttention(batch_first).eval()
+    x, _ = attention_data(batch_first)
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    padding = torch.zeros(3, 5, dtype=torch.bool)
+    padding[1, 3:] = True
+    qat, qmodel = calibrate_and_convert(model, qconfig, x, causal, padding)
+    float_causal = torch.zeros(5, 5).masked_fill(causal, float("-inf"))
+    per_head = torch.rand(12, 5, 5) > 0.7
+    per_head[..., 0] = False  # every row keeps a key
+    for am, kpm in ((causal, padding), (float_causal, None), (None, padding), (per_head, None), (None, None)):
+        v, o = qat(x, am, kpm), qmodel(x, am, kpm)
+        for a, b in zip(v, o):
+            assert torch.equal(a, b)
+        # masked keys get weight 0; float vs integer within a few LSB
+        with torch.no_grad():
+            fq = qat.q.activation_post_process
+            xq = torch.round(x / fq.scale).clamp(fq.dtype.quant_min, fq.dtype.quant_max) * fq.scale
+            want = model.mha(xq, xq, xq, attn_mask=am, key_padding_mask=kpm)
+        if am is causal:
+            assert (o[1][:, causal] == 0).all()
+        err = float((o[0] - want[0]).abs().max()) / float(qmodel.mha.params.output.scale)
+        assert err <= (3.0 if qconfig is Q8 else 600.0), err  # int16: limited by the int8 weights and logits
+        assert float((o[1] - want[1]).abs().max()) <= 5e-3  # the qint8 logits bound it

@@ -218,9 +218,9 @@ def lstm_cell_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequen
 
 def mha_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequence[Any] = (),
                   note: str = "") -> list[OpLowering]:
-    """MultiheadAttention (no masks): exact projections and matmuls, the integer softmax; outputs ``(out, weights)``."""
+    """MultiheadAttention (boolean masks): exact projections and matmuls, the integer softmax; outputs ``(out, weights)``."""
     return module_lowerings(march, (nn.MultiheadAttention,), qat.MultiheadAttention, quantized.MultiheadAttention,
-                            dtypes, dtypes, limits, note or "exact projections and matmuls, integer softmax; no masks")
+                            dtypes, dtypes, limits, note or "exact projections and matmuls, integer softmax; boolean masks")
 
 
 def upsample_lowerings(march: str, dtypes: Sequence[QuantDType], limits: Sequence[Any] = (),

@@ -139,11 +139,11 @@ def lowerings():
         *op_rows.lstm_cell_lowerings(NAME, ACT, note="input 2-D (输入是 2 维); int8 per-channel weights, exact "
                                      "linears, sigmoid/tanh segment tables, qint16 gates and cell state"),
         # "torch.nn.MultiheadAttention: qint8, qint16 in and out; 不支持 add_bias_kv、add_zero_attn 和 q k v embed_dim
-        #  不一致的情况 … 底层查表算子与 mask 量化可能带来精度风险"; masks are refused when it runs
+        #  不一致的情况 … 底层查表算子与 mask 量化可能带来精度风险"; boolean masks lowered
         *op_rows.mha_lowerings(NAME, ACT, (
             NoBiasKV(), Allowed("add_zero_attn", (False,), "不支持 add_zero_attn"),
             Allowed("_qkv_same_embed_dim", (True,), "不支持 q k v embed_dim 不一致的情况")),
-            note="no masks (attn_mask/key_padding_mask refused); int8 weights, qint16 intermediates, integer softmax"),
+            note="boolean (or 0/-inf) masks; additive masks, is_causal refused; int8 weights, integer softmax"),
         *op_rows.value_preserving_lowerings(NAME, ACT),
     ]
 

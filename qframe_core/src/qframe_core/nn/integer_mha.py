@@ -17,7 +17,12 @@ Shared by QAT simulation (VALIDATION state) and the integer module.  Inputs ``qu
 5. ``y = requant(o W_out^T + b_out, s_y)`` — the out projection like step 1, onto the output grid.
 
 The attention weights (second output, ``need_weights``) are ``p`` on its grid, averaged over heads by an
-exact sum requantized by ``1/H`` (``average_attn_weights``).  Masks are not lowered (refused).
+exact sum requantized by ``1/H`` (``average_attn_weights``).
+
+Masks (``attn_mask`` ``[L, S]`` or ``[N*H, L, S]``, ``key_padding_mask`` ``[N, S]``; boolean, or float holding
+only ``0`` and ``-inf``) are merged into one boolean mask: masked logits are left out of the row's maximum and
+their exps are set to 0 before the sum.  A row with every key masked gives 0 (torch gives NaN).  Other float
+masks (additive biases) are refused.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ import attrs
 import torch
 
 from ..dtype import qint16
+from ..errors import UnsupportedOpError
 from ..numerics import RequantRule
 from ..quantization.fake_quantize import QuantParams
-from .integer_composite import PRODUCT_BITS, WideRequant, scale_of, wide_requant, wide_requant_params
+from .integer_composite import PRODUCT_BITS, WideRequant, normalize, scale_of, wide_requant, wide_requant_params
 from .integer_softmax import SoftmaxIntParams, int_softmax
 from .requant_params import accumulator_scale, bias_to_int, requant_multipliers, weight_to_int
 
@@ -123,9 +129,50 @@ def _heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
     return t.reshape(n, length, n_heads, e // n_heads).transpose(1, 2)
 
 
+def _bool_mask(m: torch.Tensor, what: str, name: str, march: str) -> torch.Tensor:
+    if m.dtype == torch.bool:
+        return m
+    if m.is_floating_point() and bool(((m == 0) | (m == float("-inf"))).all()):
+        return m == float("-inf")
+    raise UnsupportedOpError(
+        f"{name!r} (torch.nn.MultiheadAttention): a {m.dtype} {what} with values other than 0 and -inf (an "
+        f"additive bias) is not lowered on march {march!r} (op table: mask 量化可能带来精度风险). Way out: pass a "
+        f"boolean mask (True = masked), or run the attention after the DeQuantStub (float)")
+
+
+def merged_mask(attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor], n: int, h: int,
+                length: int, s: int, unbatched: bool, name: str, march: str) -> Optional[torch.Tensor]:
+    """One boolean mask broadcastable to ``[N, H, L, S]`` (True = masked), or None."""
+    out = None
+    if attn_mask is not None:
+        m = _bool_mask(attn_mask, "attn_mask", name, march)
+        m = m.reshape(1, 1, length, s) if m.dim() == 2 else m.reshape(n, h, length, s)
+        out = m
+    if key_padding_mask is not None:
+        m = _bool_mask(key_padding_mask, "key_padding_mask", name, march)
+        m = m.reshape(1 if unbatched else n, 1, 1, s)
+        out = m if out is None else out | m
+    return out
+
+
+def int_masked_softmax(q: torch.Tensor, mask: Optional[torch.Tensor], p: SoftmaxIntParams, rule: RequantRule,
+                       lookup: Any) -> torch.Tensor:
+    """:func:`int_softmax` along the last dim with masked entries left out (their output 0)."""
+    if mask is None:
+        return int_softmax(q, p, rule, lookup)
+    q64 = q.to(torch.int64)
+    mask = mask.to(q.device).expand(q64.shape)
+    top = torch.where(mask, torch.full_like(q64, -(1 << 40)), q64).amax(dim=-1, keepdim=True)
+    d = torch.where(mask, torch.zeros_like(q64), q64 - top)
+    e = torch.where(mask, torch.zeros_like(q64), lookup.apply(d, p.exp_table, rule, p.exp))
+    mantissa, k = normalize(e.sum(dim=-1, keepdim=True).clamp(min=1), rule)
+    r = lookup.apply(mantissa, p.reciprocal_table, rule, p.reciprocal)
+    return wide_requant(e * r, p.output_requant, rule, p.output.dtype, extra_shift=k)
+
+
 def int_mha(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, p: MHAIntParams, rule: RequantRule,
-            lookup: Any, need_weights: bool = True, average_attn_weights: bool = True
-            ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+            lookup: Any, need_weights: bool = True, average_attn_weights: bool = True,
+            mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Integer attention on codes: ``(output codes, attention-weight codes or None)`` in int64."""
     unbatched = query.dim() == 2
     if unbatched:
@@ -136,7 +183,7 @@ def int_mha(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, p: MHAI
     k = _heads(int_linear(key, p.k_proj, rule), p.num_heads)
     v = _heads(int_linear(value, p.v_proj, rule), p.num_heads)
     scores = wide_requant(exact_matmul(q, k.transpose(-2, -1)), p.scores_requant, rule, p.softmax.input.dtype)
-    probs = int_softmax(scores, p.softmax, rule, lookup)
+    probs = int_masked_softmax(scores, mask, p.softmax, rule, lookup)
     ctx = wide_requant(exact_matmul(probs, v), p.context_requant, rule, p.context.dtype)
     n, h, length, d = ctx.shape
     out = int_linear(ctx.transpose(1, 2).reshape(n, length, h * d), p.out_proj, rule)

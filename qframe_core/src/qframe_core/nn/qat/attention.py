@@ -7,8 +7,10 @@ channel), and each intermediate its own fake-quantize: ``q_post_process``, ``k_p
 (``p v``), all qint16 and calibrated unless fixed; the output ``activation_post_process`` (the qconfig's
 activation).  VALIDATION: :func:`int_mha` on the codes.  Two outputs, like torch's: ``(out, weights)``.
 
-Refused: ``attn_mask``, ``key_padding_mask``, ``is_causal`` (when it runs); ``add_bias_kv``, ``add_zero_attn``
-and different q/k/v embedding sizes (at prepare, from the op table).
+Masks: boolean ``attn_mask`` / ``key_padding_mask`` (or float ones holding only 0 and -inf) are lowered; refused:
+additive float masks and ``is_causal`` (when it runs); ``add_bias_kv``, ``add_zero_attn`` and different q/k/v
+embedding sizes (at prepare, from the op table).  Only query, key and value carry quantization (masks are not
+quantized: ``quantized_inputs = 3``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ...march import resolve_march
 from ...numerics import quantize_to_int
 from ...quantization.fake_quantize import FakeQuantize, QuantParams
 from ..integer_composite import intermediate_dtype, intermediate_fake_quant
-from ..integer_mha import PROB_SCALE, MHAIntParams, int_mha, linear_params, mha_params
+from ..integer_mha import PROB_SCALE, MHAIntParams, int_mha, linear_params, merged_mask, mha_params
 from ..integer_softmax import softmax_params, softmax_tables
 from .base import QATModule, integer_tensor_to_float, make_fake_quant
 
@@ -42,20 +44,34 @@ class NoBiasKV:
         return None
 
 
-def check_masks(name: str, march: str, attn_mask: Any, key_padding_mask: Any, is_causal: bool) -> None:
-    given = [n for n, v in (("attn_mask", attn_mask), ("key_padding_mask", key_padding_mask)) if v is not None]
+def check_masks(name: str, march: str, is_causal: bool) -> None:
     if is_causal:
-        given.append("is_causal=True")
-    if given:
         raise UnsupportedOpError(
-            f"{name!r} (torch.nn.MultiheadAttention): {', '.join(given)} is not lowered on march {march!r} (op table: "
-            f"底层查表算子与 mask 量化可能带来精度风险; qframe lowers attention without masks). Way out: run the "
-            f"attention without a mask, run it after the DeQuantStub (float), or on the CPU with "
-            f"prepare_qat_fx(..., hybrid=True)")
+            f"{name!r} (torch.nn.MultiheadAttention): is_causal=True is not lowered on march {march!r} (op table: "
+            f"mask 量化可能带来精度风险). Way out: pass the causal mask itself as a boolean attn_mask")
+
+
+def attention_mask(query: torch.Tensor, key: torch.Tensor, batch_first: bool, num_heads: int,
+                   attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor], name: str,
+                   march: str) -> Optional[torch.Tensor]:
+    """The merged boolean mask (see :func:`~qframe_core.nn.integer_mha.merged_mask`) for these inputs."""
+    if attn_mask is None and key_padding_mask is None:
+        return None
+    unbatched = query.dim() == 2
+    if unbatched:
+        n, length, s = 1, query.shape[0], key.shape[0]
+    elif batch_first:
+        n, length, s = query.shape[0], query.shape[1], key.shape[1]
+    else:
+        n, length, s = query.shape[1], query.shape[0], key.shape[0]
+    return merged_mask(attn_mask, key_padding_mask, n, num_heads, length, s, unbatched, name, march)
 
 
 class MultiheadAttention(QATModule):
-    """``nn.MultiheadAttention`` (no masks) as integer steps; outputs ``(out, weights)``."""
+    """``nn.MultiheadAttention`` as integer steps; outputs ``(out, weights)``."""
+
+    #: prepare binds only query, key and value to producers (masks are boolean, not quantized)
+    quantized_inputs = 3
 
     def __init__(self, mod: nn.MultiheadAttention, qconfig: Any, march: str) -> None:
         super().__init__()
@@ -133,13 +149,15 @@ class MultiheadAttention(QATModule):
                 key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
                 attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        check_masks(self.qframe_name, self.march, attn_mask, key_padding_mask, is_causal)
+        check_masks(self.qframe_name, self.march, is_causal)
+        mask = attention_mask(query, key, self.batch_first, self.num_heads, attn_mask, key_padding_mask,
+                              self.qframe_name, self.march)
         if self.simulating():
             p = self.integer_params()
             spec = resolve_march(self.march)
             codes = [quantize_to_int(t, ip.scale, ip.dtype) for t, ip in zip((query, key, value),
                                                                                 (p.query, p.key, p.value))]
-            out, weights = int_mha(*codes, p, spec.requant, spec.lookup, need_weights, average_attn_weights)
+            out, weights = int_mha(*codes, p, spec.requant, spec.lookup, need_weights, average_attn_weights, mask)
             return (integer_tensor_to_float(out, p.output),
                     integer_tensor_to_float(weights, p.weights) if weights is not None else None)
         unbatched = query.dim() == 2
@@ -159,6 +177,8 @@ class MultiheadAttention(QATModule):
         q, k, v = proj(query, 0, self.q_post_process), proj(key, 1, self.k_post_process), proj(value, 2,
                                                                                                 self.v_post_process)
         scores = self.scores_post_process(q @ k.transpose(-2, -1) / math.sqrt(e // h))
+        if mask is not None:
+            scores = scores.masked_fill(mask, float("-inf"))
         ex = self.exp_post_process(torch.exp(scores - scores.detach().amax(dim=-1, keepdim=True)))
         probs = self.weights_post_process(ex / ex.sum(dim=-1, keepdim=True))
         ctx = self.context_post_process(probs @ v)

@@ -10,11 +10,11 @@ from torch import nn
 from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
 from ..integer_mha import MHAIntParams, int_mha
-from ..qat.attention import check_masks
+from ..qat.attention import attention_mask, check_masks
 
 
 class MultiheadAttention(nn.Module):
-    """``(out, weights)`` of multi-head attention on integer codes (no masks)."""
+    """``(out, weights)`` of multi-head attention on integer codes (boolean masks)."""
 
     _qframe_leaf = True
 
@@ -38,13 +38,15 @@ class MultiheadAttention(nn.Module):
                 key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
                 attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> Any:
-        check_masks(self.qframe_name, self.march, attn_mask, key_padding_mask, is_causal)
+        check_masks(self.qframe_name, self.march, is_causal)
+        mask = attention_mask(query, key, self.params.batch_first, self.params.num_heads, attn_mask,
+                              key_padding_mask, self.qframe_name, self.march)
         for t in (query, key, value):
             if t.is_floating_point():
                 raise TypeError(f"{self.qframe_name}: expects integer tensors, got {t.dtype}")
         spec = resolve_march(self.march)
         out, weights = int_mha(query, key, value, self.params, spec.requant, spec.lookup, need_weights,
-                               average_attn_weights)
+                               average_attn_weights, mask)
         return (out.to(self.params.output.dtype.torch_dtype),
                 weights.to(self.params.weights.dtype.torch_dtype) if weights is not None else None)
 

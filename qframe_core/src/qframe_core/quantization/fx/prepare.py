@@ -603,7 +603,10 @@ def _bind_inputs(gm: fx.GraphModule, march: str, float_ops: dict[str, Any]) -> N
         if float_ops[name] is QuantStub or (isinstance(float_ops[name], type) and float_ops[name].__name__ == "QuantStub"):
             _bind_segment_boundary(gm, node, mod, march, name)
             continue
-        producers = [_producer(gm, i, march, f"{name!r}") for i in tensor_inputs(node)]
+        inputs = tensor_inputs(node)
+        if getattr(mod, "quantized_inputs", None) is not None:
+            inputs = inputs[:mod.quantized_inputs]  # the rest (attention masks) are not quantized
+        producers = [_producer(gm, i, march, f"{name!r}") for i in inputs]
         mod.bind_inputs(producers)
         if node.op == "call_method":
             mod.method = str(node.target)
