@@ -64,12 +64,10 @@ GRID_SAMPLE_LIMITS = (
     InputProductLimit((-2, -1), 720 * 1024, rank=4, text="H*W<=720*1024"),
 )
 
-
 ROI_ALIGN_LIMITS = (
     InputDType(0, (qint8,), "input：qint8"),
     BoxFormat("bbox 仅支持 List[Tensor] 格式 shape:[1, box_num, 4]"),
 )
-
 
 
 def lowerings():
