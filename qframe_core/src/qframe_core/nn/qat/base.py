@@ -54,8 +54,14 @@ class QATModule(nn.Module):
         return FakeQuantState.QAT
 
     def simulating(self) -> bool:
-        """True in VALIDATION state: compute with the march's integer arithmetic."""
-        return self.state() is FakeQuantState.VALIDATION
+        """True in VALIDATION state: compute with the march's integer arithmetic.
+
+        A module without a fake-quantize of its own (max pooling, comparisons, grid sampling…)
+        follows the state of the module producing its first input."""
+        if any(isinstance(m, FakeQuantize) for m in self.modules()):
+            return self.state() is FakeQuantState.VALIDATION
+        producer = self._input_producers[0] if getattr(self, "_input_producers", None) else None
+        return producer is not None and hasattr(producer, "simulating") and producer.simulating()
 
     def set_names(self, name: str) -> None:
         self.qframe_name = name

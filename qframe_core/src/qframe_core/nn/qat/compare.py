@@ -27,10 +27,6 @@ class Compare(QATModule):
     def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> Compare:
         return cls(mod, march)
 
-    def simulating(self) -> bool:
-        """It follows the state of its first input's producer (it has no fake-quantize)."""
-        producer = self._input_producers[0] if self._input_producers else None
-        return producer is not None and hasattr(producer, "simulating") and producer.simulating()
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.simulating():

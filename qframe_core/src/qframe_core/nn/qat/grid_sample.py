@@ -56,9 +56,6 @@ class GridSample(QATModule):
     def output_params(self) -> QuantParams:
         return self.input_params(0)
 
-    def simulating(self) -> bool:
-        producer = self._input_producers[0] if self._input_producers else None
-        return producer is not None and hasattr(producer, "simulating") and producer.simulating()
 
     def forward(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         if len(self._input_producers) >= 2:

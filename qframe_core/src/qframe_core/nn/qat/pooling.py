@@ -32,10 +32,6 @@ class ScalePreserving(QATModule):
     def output_params(self) -> QuantParams:
         return self.input_params(0)
 
-    def simulating(self) -> bool:
-        """It has no fake-quantize of its own: it follows the state of its input's producer."""
-        producer = self._input_producers[0] if self._input_producers else None
-        return producer is not None and hasattr(producer, "simulating") and producer.simulating()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.float_module(x)

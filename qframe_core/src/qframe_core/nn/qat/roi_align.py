@@ -56,9 +56,6 @@ class RoIAlign(QATModule):
     def output_params(self) -> QuantParams:
         return self.input_params(0)
 
-    def simulating(self) -> bool:
-        producer = self._input_producers[0] if self._input_producers else None
-        return producer is not None and hasattr(producer, "simulating") and producer.simulating()
 
     def forward(self, x: torch.Tensor, boxes: Any) -> torch.Tensor:
         check_boxes(self.limits, self.float_module, boxes, self.qframe_name, self.march)
