@@ -276,6 +276,46 @@ def roi_align_lowerings(march: str, input_dtypes: Sequence[QuantDType], output_d
                             note or "fixed-point box corners and samples, exact bilinear sums, averaged")
 
 
+def multi_scale_roi_align_lowerings(march: str, input_dtypes: Sequence[QuantDType],
+                                    output_dtypes: Sequence[QuantDType], limits: Sequence[Any] = (),
+                                    note: str = "") -> list[OpLowering]:
+    """``qframe_core.nn.MultiScaleRoIAlign`` (and ``torchvision.ops.MultiScaleRoIAlign`` when importable): each box's
+    level from its exact integer code area, the integer RoIAlign of that level requantized onto the largest
+    feature scale."""
+    from .nn.qat.roi_align import MultiScaleRoIAlign as QATMultiScaleRoIAlign
+    from .nn.quantized.roi_align import MultiScaleRoIAlign as IntegerMultiScaleRoIAlign
+    from .nn.roi_align import MultiScaleRoIAlign
+
+    keys: list[Any] = [MultiScaleRoIAlign]
+    try:  # pragma: no cover - torchvision is optional
+        from torchvision.ops import MultiScaleRoIAlign as TorchvisionMultiScaleRoIAlign
+
+        keys.append(TorchvisionMultiScaleRoIAlign)
+    except ImportError:
+        pass
+    return module_lowerings(march, keys, QATMultiScaleRoIAlign, IntegerMultiScaleRoIAlign, input_dtypes,
+                            output_dtypes, limits,
+                            note or "integer box-area levels, per level the integer RoIAlign onto the largest scale")
+
+
+def anchor_generator_lowerings(march: str, input_dtypes: Sequence[QuantDType], note: str = "") -> list[OpLowering]:
+    """``qframe_core.nn.AnchorGenerator`` (and torchvision's when importable): float32 anchors from the inputs'
+    shapes (the op table's output dtype); no output dtype is listed because the result is not quantized."""
+    from .nn.anchor_generator import AnchorGenerator
+    from .nn.qat.anchor_generator import AnchorGenerator as QATAnchorGenerator
+    from .nn.quantized.anchor_generator import AnchorGenerator as IntegerAnchorGenerator
+
+    keys: list[Any] = [AnchorGenerator]
+    try:  # pragma: no cover - torchvision is optional
+        from torchvision.models.detection.rpn import AnchorGenerator as TorchvisionAnchorGenerator
+
+        keys.append(TorchvisionAnchorGenerator)
+    except ImportError:
+        pass
+    return module_lowerings(march, keys, QATAnchorGenerator, IntegerAnchorGenerator, input_dtypes, (), (),
+                            note or "float32 anchors from the shapes only (constant once the shapes are known)")
+
+
 def value_preserving_lowerings(march: str, dtypes: Sequence[QuantDType], exclude: Sequence[Any] = ()) -> list[OpLowering]:
     ops = [op for op in VALUE_PRESERVING_OPS if op not in exclude]
     return passthrough_lowerings(march, ops, (*dtypes, *_int32(dtypes)),

@@ -134,8 +134,11 @@ def _int_axis_weights(c1: int, roi: int, bins: int, n: int, ratio: int, fmt: Bil
 
 def int_roi_align(q: torch.Tensor, box_codes: Sequence[torch.Tensor], box_scales: Sequence[float], output_size: Any,
                   spatial_scale: float, sampling_ratio: int, aligned: bool, fmt: BilinearFormat, rule: RequantRule,
-                  qmin: int, qmax: int) -> torch.Tensor:
-    """Integer RoIAlign of codes ``q`` ``[N, C, H, W]`` over per-image box codes (int64 ``[K, C, PH, PW]``)."""
+                  qmin: int, qmax: int, rescale: Fraction = Fraction(1)) -> torch.Tensor:
+    """Integer RoIAlign of codes ``q`` ``[N, C, H, W]`` over per-image box codes (int64 ``[K, C, PH, PW]``).
+
+    ``rescale`` (input scale / output scale, MultiScaleRoIAlign's levels) is folded into the Q20 reciprocal:
+    ``R = floor(2**20 * rescale / count + 1/2)``; 1 keeps the input's scale."""
     ph, pw = _pair(output_size)
     h, w = q.shape[-2:]
     f, m = fmt.coord_frac_bits, fmt.grid_mult_frac_bits
@@ -153,7 +156,7 @@ def int_roi_align(q: torch.Tensor, box_codes: Sequence[torch.Tensor], box_scales
             wy, gy = _int_axis_weights(y1, rh, ph, h, sampling_ratio, fmt)
             wx, gx = _int_axis_weights(x1, rw, pw, w, sampling_ratio, fmt)
             acc = wy @ q[n] @ wx.t()  # exact int64, Q(2W)
-            recip = (2 * (1 << COUNT_RECIPROCAL_BITS) + max(gy * gx, 1)) // (2 * max(gy * gx, 1))
+            recip = math.floor(Fraction(1 << COUNT_RECIPROCAL_BITS) * rescale / max(gy * gx, 1) + Fraction(1, 2))
             out = rule.round_shift(acc * recip, torch.tensor(2 * fmt.weight_frac_bits + COUNT_RECIPROCAL_BITS))
             outs.append(out.clamp(qmin, qmax))
     return torch.stack(outs) if outs else q.new_zeros(0, q.shape[1], ph, pw)
@@ -174,4 +177,123 @@ class BoxFormat:
         for b in boxes:
             if b.shape[-1] != 4 or b.dim() not in (2, 3) or (b.dim() == 3 and b.shape[0] != 1):
                 return f"a box tensor of shape {list(b.shape)} breaks {self.text}"
+        return None
+
+
+# -- MultiScaleRoIAlign -----------------------------------------------------------------------------------------------
+#: torchvision's LevelMapper defaults: a box of side ``CANONICAL_SCALE`` maps to level ``CANONICAL_LEVEL``
+CANONICAL_SCALE, CANONICAL_LEVEL = 224, 4
+
+
+def infer_scale(feature_hw: Sequence[int], image_hw: Sequence[int]) -> float:
+    """torchvision's ``_infer_scale``: the power of two nearest (in log2) to ``feature / image`` along the height."""
+    return 2.0 ** round(math.log2(float(feature_hw[0]) / float(image_hw[0])))
+
+
+def level_range(scales: Sequence[float]) -> tuple[int, int]:
+    """``(k_min, k_max)``: the levels of the first and last feature maps (``-log2(scale)``)."""
+    return int(round(-math.log2(scales[0]))), int(round(-math.log2(scales[-1])))
+
+
+def float_levels(boxes: Sequence[torch.Tensor], k_min: int, k_max: int, canonical_scale: int = CANONICAL_SCALE,
+                 canonical_level: int = CANONICAL_LEVEL) -> torch.Tensor:
+    """torchvision's ``LevelMapper`` (``floor(lvl0 + log2(sqrt(area) / s0) + 1e-6)``, clamped): level indices."""
+    b = torch.cat([x.reshape(-1, 4) for x in boxes], 0)
+    s = torch.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+    lv = torch.floor(canonical_level + torch.log2(s / canonical_scale) + torch.tensor(1e-6, dtype=s.dtype))
+    return (lv.clamp(min=k_min, max=k_max).to(torch.int64) - k_min)
+
+
+def level_thresholds(box_scale: float, k_min: int, k_max: int, canonical_scale: int = CANONICAL_SCALE,
+                     canonical_level: int = CANONICAL_LEVEL) -> list[int]:
+    """Box-code areas at which a box moves up one level: ``T_k = ceil(s0**2 * 4**(k - lvl0) / s_b**2)`` for
+    ``k = k_min+1 .. k_max`` (exact fractions): ``floor(lvl0 + log2(sqrt(area) / s0)) >= k`` exactly when
+    ``area = a * s_b**2 >= s0**2 * 4**(k - lvl0)``, i.e. when the integer code area ``a >= T_k``."""
+    s = Fraction(float(box_scale))
+    return [math.ceil(Fraction(canonical_scale) ** 2 * Fraction(4) ** (k - canonical_level) / (s * s))
+            for k in range(k_min + 1, k_max + 1)]
+
+
+def int_levels(box_codes: torch.Tensor, thresholds: Sequence[int]) -> torch.Tensor:
+    """Level indices of box codes ``[L, 4]``: the number of thresholds the exact code area reaches."""
+    b = box_codes.reshape(-1, 4).to(torch.int64)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lv = torch.zeros_like(area)
+    for t in thresholds:
+        lv += (area >= t).to(torch.int64)
+    return lv
+
+
+def float_multi_scale_roi_align(features: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor],
+                                image_shapes: Sequence[Sequence[int]], output_size: Any, sampling_ratio: int,
+                                canonical_scale: int = CANONICAL_SCALE,
+                                canonical_level: int = CANONICAL_LEVEL) -> torch.Tensor:
+    """torchvision's ``MultiScaleRoIAlign`` (``aligned=False``) on the selected feature maps, in pure torch."""
+    image_hw = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+    scales = [infer_scale(f.shape[-2:], image_hw) for f in features]
+    if len(features) == 1:
+        return float_roi_align(features[0], boxes, output_size, scales[0], sampling_ratio)
+    k_min, k_max = level_range(scales)
+    levels = float_levels(boxes, k_min, k_max, canonical_scale, canonical_level)
+    rois = boxes_to_rois(boxes)
+    ph, pw = _pair(output_size)
+    out = features[0].new_zeros(rois.shape[0], features[0].shape[1], ph, pw)
+    for lvl, (f, sc) in enumerate(zip(features, scales)):
+        idx = torch.nonzero(levels == lvl).reshape(-1)
+        if idx.numel():
+            out[idx] = float_roi_align(f, rois[idx], output_size, sc, sampling_ratio).to(out.dtype)
+    return out
+
+
+def int_multi_scale_roi_align(qs: Sequence[torch.Tensor], feature_scales: Sequence[float],
+                              box_codes: Sequence[torch.Tensor], box_scales: Sequence[float],
+                              image_shapes: Sequence[Sequence[int]], output_size: Any, sampling_ratio: int,
+                              fmt: BilinearFormat, rule: RequantRule, qmin: int, qmax: int,
+                              canonical_scale: int = CANONICAL_SCALE,
+                              canonical_level: int = CANONICAL_LEVEL) -> torch.Tensor:
+    """Integer MultiScaleRoIAlign: each box's level from its exact code area (:func:`level_thresholds`), the
+    integer RoIAlign on that level with the level's ``rescale = s_level / s_out`` folded into the Q20 reciprocal,
+    ``s_out = max(feature scales)`` (int64 ``[K, C, PH, PW]`` in box order)."""
+    image_hw = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+    scales = [infer_scale(q.shape[-2:], image_hw) for q in qs]
+    s_out = Fraction(max(float(s) for s in feature_scales))
+    rescales = [Fraction(float(s)) / s_out for s in feature_scales]
+    if len(qs) == 1:
+        return int_roi_align(qs[0], box_codes, box_scales, output_size, scales[0], sampling_ratio, False, fmt, rule,
+                             qmin, qmax, rescales[0])
+    k_min, k_max = level_range(scales)
+    levels = [int_levels(c, level_thresholds(s, k_min, k_max, canonical_scale, canonical_level))
+              for c, s in zip(box_codes, box_scales)]
+    ph, pw = _pair(output_size)
+    counts = [c.reshape(-1, 4).shape[0] for c in box_codes]
+    out = torch.zeros(sum(counts), qs[0].shape[1], ph, pw, dtype=torch.int64)
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    for lvl, (q, sc) in enumerate(zip(qs, scales)):
+        picks = [torch.nonzero(lv == lvl).reshape(-1) for lv in levels]
+        if not any(p.numel() for p in picks):
+            continue
+        part = int_roi_align(q, [c.reshape(-1, 4)[p] for c, p in zip(box_codes, picks)], box_scales, output_size,
+                             sc, sampling_ratio, False, fmt, rule, qmin, qmax, rescales[lvl])
+        out[torch.cat([p + s for p, s in zip(picks, starts)])] = part
+    return out
+
+
+@attrs.frozen
+class FeatureMaps:
+    """MultiScaleRoIAlign's feature maps: their dtypes and (``max_count``) how many (``1<=feature number<=5``),
+    checked when it runs (the number of feature maps is known only then)."""
+
+    dtypes: tuple
+    max_count: Optional[int] = None
+    text: str = ""
+
+    def violated(self, module: Any) -> Optional[str]:
+        return None
+
+    def violated_by_features(self, dtypes: Sequence[Any]) -> Optional[str]:
+        if self.max_count is not None and not 1 <= len(dtypes) <= self.max_count:
+            return f"{len(dtypes)} feature maps break {self.text}"
+        bad = [str(d) for d in dtypes if d not in self.dtypes]
+        if bad:
+            return f"feature maps of dtype {', '.join(bad)} break {self.text}"
         return None

@@ -11,7 +11,7 @@ from qframe_core.nn import quantized
 from qframe_core.nn.qat.attention import NoBiasKV
 from qframe_core.nn.unary import LOOKUP_MODULES, UNARY_FUNCTIONS
 from qframe_core.resize import RecomputeScaleFactor, ShapeLimit
-from qframe_core.roi_align import BoxFormat
+from qframe_core.roi_align import BoxFormat, FeatureMaps
 
 from .spec import NAME
 
@@ -63,6 +63,12 @@ GRID_SAMPLE_LIMITS = (
     ShapeLimit((2, 3), 1, 1024, "输入 shape: [N, C, H, W], 1<=H, W<=1024"),
     InputProductLimit((-2, -1), 720 * 1024, rank=4, text="H*W<=720*1024"),
 )
+
+MULTI_SCALE_ROI_ALIGN_LIMITS = (
+    FeatureMaps((qint8,), 5, "input：qint8; 1<=feature number<=5"),
+    BoxFormat("bbox 仅支持 List[Tensor] 格式 shape:[1, box_num, 4]"),
+)
+
 
 ROI_ALIGN_LIMITS = (
     InputDType(0, (qint8,), "input：qint8"),
@@ -133,6 +139,12 @@ def lowerings():
         # "torchvision.ops.RoIAlign: qint8 -> qint8; bbox 仅支持 List[Tensor] 格式 shape:[1, box_num, 4]"; the feature map
         # is qint8, the boxes qint8 or qint16 (the table's input column is the feature map; qint16 keeps box precision)
         *op_rows.roi_align_lowerings(NAME, ACT, (qint8,), ROI_ALIGN_LIMITS),
+        # "torchvision.ops.MultiScaleRoIAlign: 参考 torchvision.ops.RoIAlign" (qint8 -> qint8; "1<=feature number<=5;
+        # bbox 仅支持 List[Tensor] 格式"): feature maps qint8 (1 to 5 of them, checked when it runs), boxes qint8/qint16
+        *op_rows.multi_scale_roi_align_lowerings(NAME, ACT, (qint8,), MULTI_SCALE_ROI_ALIGN_LIMITS),
+        # "torchvision.models.detection.rpn.AnchorGenerator: qint8,qint16,qint32,float32 -> float32; 支持输入
+        # int8/int16/int32/float32, 输出 float32": the anchors read the inputs' shapes only
+        *op_rows.anchor_generator_lowerings(NAME, (qint8, qint16, qint32)),
         # "torch.nn.LSTMCell: qint8, qint16 -> qint8, qint16; 输入是 2 维" (checked when it runs)
         *op_rows.lstm_cell_lowerings(NAME, ACT, note="input 2-D (输入是 2 维); int8 per-channel weights, exact "
                                      "linears, sigmoid/tanh segment tables, qint16 gates and cell state"),

@@ -5,12 +5,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from qframe_core import op_rows
-from qframe_core.dtype import qint8, qint32
+from qframe_core.dtype import qint8, qint16, qint32
 from qframe_core.lowering import Limit, unsupported_lowerings
 from qframe_core.nn import intrinsic, quantized
 from qframe_core.nn.compare import COMPARE_FUNCTIONS
 from qframe_core.resize import ScaleRange
-from qframe_core.roi_align import BoxFormat
+from qframe_core.roi_align import BoxFormat, FeatureMaps
 
 from .spec import NAME
 
@@ -95,6 +95,13 @@ def lowerings():
                                "prepare_qat_fx(..., hybrid=True), or target bayes"),
         # "torchvision.ops.RoIAlign: qint8 -> qint8" (feature map and boxes qint8)
         *op_rows.roi_align_lowerings(NAME, ACT, ACT, (BoxFormat("bbox 仅支持 List[Tensor] 格式 shape:[1, box_num, 4]"),)),
+        # "torchvision.ops.MultiScaleRoIAlign: 参考 torchvision.ops.RoIAlign" (feature maps and boxes qint8)
+        *op_rows.multi_scale_roi_align_lowerings(NAME, ACT, ACT, (
+            FeatureMaps((qint8,), None, "input：qint8"),
+            BoxFormat("bbox 仅支持 List[Tensor] 格式 shape:[1, box_num, 4]"))),
+        # "torchvision.models.detection.rpn.AnchorGenerator: qint8,qint16,qint32,float32 -> float32; 仅支持
+        # Tensor.shape 可以离线确定的情况": the anchors read the inputs' shapes only
+        *op_rows.anchor_generator_lowerings(NAME, (qint8, qint16, qint32)),
         *unsupported_lowerings(NAME, (nn.MultiheadAttention,),
                                "torch.nn.MultiheadAttention is not supported on bernoulli2 (op table: 不支持)",
                                "run attention after the DeQuantStub (float), run it on the CPU with "

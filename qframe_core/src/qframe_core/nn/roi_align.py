@@ -1,13 +1,13 @@
-"""``RoIAlign`` / ``roi_align`` mirroring ``torchvision.ops`` (torchvision is optional): float in pure torch."""
+"""``RoIAlign`` / ``roi_align`` / ``MultiScaleRoIAlign`` mirroring ``torchvision.ops`` (torchvision is optional): float in pure torch."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence, Union
 
 import torch
 from torch import nn
 
-from ..roi_align import Boxes, float_roi_align
+from ..roi_align import CANONICAL_LEVEL, CANONICAL_SCALE, Boxes, float_multi_scale_roi_align, float_roi_align
 
 
 def roi_align(input: torch.Tensor, boxes: Boxes, output_size: Any, spatial_scale: float = 1.0,
@@ -35,3 +35,46 @@ class RoIAlign(nn.Module):
     def extra_repr(self) -> str:
         return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
                 f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}")
+
+
+Features = Union[Mapping[str, torch.Tensor], Sequence[torch.Tensor]]
+
+
+def select_features(x: Features, featmap_names: Sequence[str]) -> tuple[list[torch.Tensor], list[int]]:
+    """The feature maps ``featmap_names`` picks and their positions among the forward's feature inputs: by name
+    from a dict (torchvision's form; prepare flattens a dict's values in insertion order), in order from a list
+    (one per name)."""
+    if isinstance(x, Mapping):
+        keys = list(x.keys())
+        return [x[n] for n in featmap_names], [keys.index(n) for n in featmap_names]
+    if len(x) != len(featmap_names):
+        raise ValueError(f"MultiScaleRoIAlign: {len(x)} feature maps given as a list, {len(featmap_names)} names")
+    return list(x), list(range(len(x)))
+
+
+class MultiScaleRoIAlign(nn.Module):
+    """``torchvision.ops.MultiScaleRoIAlign(featmap_names, output_size, sampling_ratio, *, canonical_scale=224,
+    canonical_level=4)``; ``forward(x, boxes, image_shapes)`` with ``x`` a dict of feature maps (torchvision's
+    form) or a list in ``featmap_names`` order, boxes ``List[Tensor[L, 4]]`` and ``image_shapes`` ``List[(H, W)]``.
+    Scales are inferred from the shapes (powers of two) and each box goes to level
+    ``floor(canonical_level + log2(sqrt(area) / canonical_scale))`` clamped to the feature maps' levels."""
+
+    _qframe_leaf = True
+
+    def __init__(self, featmap_names: Sequence[str], output_size: Any, sampling_ratio: int, *,
+                 canonical_scale: int = CANONICAL_SCALE, canonical_level: int = CANONICAL_LEVEL) -> None:
+        super().__init__()
+        self.featmap_names = list(featmap_names)
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+        self.canonical_scale = canonical_scale
+        self.canonical_level = canonical_level
+
+    def forward(self, x: Features, boxes: Sequence[torch.Tensor], image_shapes: Sequence[Sequence[int]]) -> torch.Tensor:
+        features, _ = select_features(x, self.featmap_names)
+        return float_multi_scale_roi_align(features, boxes, image_shapes, self.output_size, self.sampling_ratio,
+                                           self.canonical_scale, self.canonical_level)
+
+    def extra_repr(self) -> str:
+        return (f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
+                f"sampling_ratio={self.sampling_ratio}")

@@ -5,6 +5,7 @@ arithmetic in VALIDATION state."""
 from ... import quantization as _quantization  # noqa: F401
 
 # isort: split
+from .anchor_generator import AnchorGenerator
 from .attention import MultiheadAttention
 from .compare import Compare
 from .composite import GLU, LayerNorm, Softmax
@@ -14,8 +15,8 @@ from .lookup import LookupTable
 from .pooling import AvgPool2d, ScalePreserving
 from .prelu import PReLU
 from .recurrent import LSTMCell
-from .roi_align import RoIAlign
+from .roi_align import MultiScaleRoIAlign, RoIAlign
 from .stubs import DeQuantStub, QuantStub
 from .weighted import BatchNorm, Conv2d, Conv3d, ConvTranspose2d, Linear
 
-__all__ = ["Compare", "LookupTable", "PReLU", "AvgPool2d", "BatchNorm", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantStub", "FloatFunctional", "GLU", "GridSample", "LayerNorm", "Linear", "LSTMCell", "MultiheadAttention", "QuantStub", "RoIAlign", "ScalePreserving", "Softmax"]
+__all__ = ["AnchorGenerator", "MultiScaleRoIAlign", "Compare", "LookupTable", "PReLU", "AvgPool2d", "BatchNorm", "Conv2d", "Conv3d", "ConvTranspose2d", "DeQuantStub", "FloatFunctional", "GLU", "GridSample", "LayerNorm", "Linear", "LSTMCell", "MultiheadAttention", "QuantStub", "RoIAlign", "ScalePreserving", "Softmax"]

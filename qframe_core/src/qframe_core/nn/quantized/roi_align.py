@@ -1,4 +1,4 @@
-"""Integer ``RoIAlign`` (see :mod:`qframe_core.roi_align`)."""
+"""Integer ``RoIAlign`` and ``MultiScaleRoIAlign`` (see :mod:`qframe_core.roi_align`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from ...quantization.fake_quantize import QuantParams
-from ..qat.roi_align import check_boxes, roi_align_codes
+from ..qat.roi_align import (
+    check_boxes,
+    check_features,
+    multi_scale_codes,
+    multi_scale_output_params,
+    roi_align_codes,
+)
+from ..roi_align import select_features
 
 
 class RoIAlign(nn.Module):
@@ -42,3 +49,47 @@ class RoIAlign(nn.Module):
             raise ValueError(f"{self.qframe_name}: {len(boxes)} box tensors, converted for {len(self.box_params)}")
         out = roi_align_codes(self.float_module, q, boxes, self.params, self.box_params, self.march, self.qframe_name)
         return out.to(q.dtype)
+
+
+class MultiScaleRoIAlign(nn.Module):
+    """Integer MultiScaleRoIAlign over integer feature and box codes; the output is on the largest feature scale."""
+
+    _qframe_leaf = True
+
+    def __init__(self, float_module: nn.Module, feature_params: Sequence[QuantParams], box_params: Sequence[QuantParams],
+                 positions: Sequence[int], n_feature_inputs: int, name: str, march: str,
+                 limits: Sequence[Any] = ()) -> None:
+        super().__init__()
+        self.float_module = float_module
+        self.feature_params = list(feature_params)
+        self.box_params = list(box_params)
+        self.positions = list(positions)
+        self.n_feature_inputs = n_feature_inputs
+        self.params = multi_scale_output_params(self.feature_params)
+        self.qframe_name = name
+        self.march = march
+        self.limits = tuple(limits)
+
+    @classmethod
+    def from_qat(cls, qat: nn.Module) -> MultiScaleRoIAlign:
+        n_boxes = len(qat._input_producers) - qat.n_feature_inputs
+        return cls(qat.float_module, qat.feature_params(), qat.box_params(n_boxes), qat.feature_positions,
+                   qat.n_feature_inputs, qat.qframe_name, qat.march, qat.limits)
+
+    def output_params(self) -> QuantParams:
+        return self.params
+
+    def forward(self, x: Any, boxes: Any, image_shapes: Any) -> torch.Tensor:
+        check_boxes(self.limits, self.float_module, boxes, self.qframe_name, self.march)
+        check_features(self.limits, self.float_module, self.feature_params, self.qframe_name, self.march)
+        features, positions = select_features(x, self.float_module.featmap_names)
+        if positions != self.positions or len(x) != self.n_feature_inputs:
+            raise ValueError(f"{self.qframe_name}: feature maps {positions} of {len(x)}, converted for "
+                             f"{self.positions} of {self.n_feature_inputs}")
+        if any(f.is_floating_point() for f in features) or any(b.is_floating_point() for b in boxes):
+            raise TypeError(f"{self.qframe_name}: expects integer feature and box tensors")
+        if len(boxes) != len(self.box_params):
+            raise ValueError(f"{self.qframe_name}: {len(boxes)} box tensors, converted for {len(self.box_params)}")
+        out = multi_scale_codes(self.float_module, features, self.feature_params, boxes, self.box_params,
+                                image_shapes, self.march, self.qframe_name)
+        return out.to(features[0].dtype)
