@@ -134,12 +134,15 @@ class RequantRule:
         return y.clamp(lo, hi)
 
 
-def quantize_to_int(x: torch.Tensor, scale: torch.Tensor, dtype: QuantDType, ch_axis: Optional[int] = None) -> torch.Tensor:
+def quantize_to_int(x: torch.Tensor, scale: torch.Tensor, dtype: QuantDType, ch_axis: Optional[int] = None,
+                    out_dtype: torch.dtype = torch.int64) -> torch.Tensor:
     """``clamp(round_half_even(x / scale), qmin, qmax)`` as an int64 tensor.
 
     This is the one float->integer rule of qframe: fake quantization, QuantStub
     and weight/bias quantization at convert all use it.  ``scale`` is a scalar
-    tensor, or per-channel along ``ch_axis``.
+    tensor, or per-channel along ``ch_axis``.  ``out_dtype`` (an integer dtype
+    holding ``[qmin, qmax]``, e.g. ``dtype.torch_dtype``) gives the same values
+    without the int64 pass (the QuantStub of an integer model).
     """
     s = scale.to(x.device)
     if ch_axis is not None and s.numel() > 1:
@@ -150,7 +153,7 @@ def quantize_to_int(x: torch.Tensor, scale: torch.Tensor, dtype: QuantDType, ch_
         q = x / s
         q.round_()
         q.nan_to_num_(nan=0.0, posinf=dtype.quant_max, neginf=dtype.quant_min)
-        return q.clamp_(dtype.quant_min, dtype.quant_max).to(torch.int64)
+        return q.clamp_(dtype.quant_min, dtype.quant_max).to(out_dtype)
 
 
 def float_bound_to_int(value: float, scale: torch.Tensor) -> int:

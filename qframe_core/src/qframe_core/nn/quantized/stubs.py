@@ -35,6 +35,9 @@ class Quantize(nn.Module):
         if not x.is_floating_point():
             # integer data from a previous stage, already at this (recorded) scale
             return x.to(self.dtype.torch_dtype)
+        # clamped values are exact in float32/64: straight to the dtype, no int64 pass
+        if self.dtype.bits <= 16 and x.dtype in (torch.float32, torch.float64):
+            return quantize_to_int(x, self.scale, self.dtype, out_dtype=self.dtype.torch_dtype)
         return quantize_to_int(x, self.scale, self.dtype).to(self.dtype.torch_dtype)
 
     def extra_repr(self) -> str:

@@ -14,6 +14,8 @@ from ..qat.weighted import WeightedIntParams
 from . import ops
 from .kernels import as_array, dtype_name, march_kernels, to_int32
 
+_KEY_BUFFERS = ("weight", "bias", "multiplier", "shift", "residual_multiplier")
+
 
 class _WeightedQuantized(CalledAsAdd, nn.Module, abc.ABC):
     """Holds the integer parameters as buffers (what state_dict saves) and the
@@ -53,9 +55,13 @@ class _WeightedQuantized(CalledAsAdd, nn.Module, abc.ABC):
     def _kernel_args(self) -> tuple:
         """(kernels, PackedWeight, bias, multiplier, shift, residual_multiplier) as numpy views, built
         once and rebuilt when a buffer is replaced or changed in place."""
-        bufs = (self.weight, self.bias, self.multiplier, self.shift, self.residual_multiplier)
-        key = (self.march,) + tuple(None if b is None else (b.data_ptr(), b._version, b.dtype, tuple(b.shape))
-                                    for b in bufs)
+        # the key is rebuilt on every forward: plain loop over the buffer dict (no generator, no
+        # nn.Module.__getattr__ per buffer); torch.Size compares like the tuple it is
+        bufs = self._buffers
+        key = [self.march]
+        for name in _KEY_BUFFERS:
+            b = bufs[name]
+            key.append(None if b is None else (b.data_ptr(), b._version, b.dtype, b.shape))
         if self._packed is None or self._packed_key != key:
             k = march_kernels(self.march)
             self._packed = (k, self._pack(k), to_int32(self.bias),

@@ -331,11 +331,17 @@ inline void panel_channels_last(const Conv2dShape& s, const E* X, const ConvGemm
             int32_t* Bt = B + seg * CgQ * nr;
             int64_t j0 = 0;
 #ifdef QFRAME_KERNELS_X86
-            if (CgQ % 4 == 0) {
-                for (; j0 + 4 <= np; j0 += 4)
-                    for (int64_t q = 0; q < CgQ; q += 4)
+            // 4 pixels x 4 k-groups per transpose; k-groups past the last multiple of 4
+            // (e.g. the 6 per kernel row of a 3-channel 7x7 stem) one by one
+            const int64_t q4 = CgQ / 4 * 4;
+            if (q4 > 0) {
+                for (; j0 + 4 <= np; j0 += 4) {
+                    for (int64_t q = 0; q < q4; q += 4)
                         transpose4x4_i32(Xt + off[j0] + q * kg, Xt + off[j0 + 1] + q * kg, Xt + off[j0 + 2] + q * kg,
                                          Xt + off[j0 + 3] + q * kg, Bt + q * nr + j0, nr);
+                    for (int64_t j = j0; j < j0 + 4; ++j)
+                        for (int64_t q = q4; q < CgQ; ++q) std::memcpy(Bt + q * nr + j, Xt + off[j] + q * kg, 4);
+                }
             }
 #endif
             for (int64_t j = j0; j < np; ++j) {
