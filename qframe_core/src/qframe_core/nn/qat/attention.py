@@ -30,7 +30,7 @@ from ...quantization.fake_quantize import FakeQuantize, QuantParams
 from ..integer_composite import intermediate_dtype, intermediate_fake_quant
 from ..integer_mha import PROB_SCALE, MHAIntParams, int_mha, linear_params, merged_mask, mha_params
 from ..integer_softmax import softmax_params, softmax_tables
-from .base import QATModule, integer_tensor_to_float, make_fake_quant
+from .base import MultiOutputQAT, integer_tensor_to_float, make_fake_quant
 
 
 class NoBiasKV:
@@ -67,8 +67,11 @@ def attention_mask(query: torch.Tensor, key: torch.Tensor, batch_first: bool, nu
     return merged_mask(attn_mask, key_padding_mask, n, num_heads, length, s, unbatched, name, march)
 
 
-class MultiheadAttention(QATModule):
+class MultiheadAttention(MultiOutputQAT):
     """``nn.MultiheadAttention`` as integer steps; outputs ``(out, weights)``."""
+
+    output_fake_quants = ("activation_post_process", "weights_post_process")
+    output_labels = ("out", "weights")
 
     #: prepare binds only query, key and value to producers (masks are boolean, not quantized)
     quantized_inputs = 3
@@ -101,17 +104,6 @@ class MultiheadAttention(QATModule):
     @classmethod
     def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> MultiheadAttention:
         return cls(mod, qconfig, march)
-
-    def output_params(self) -> QuantParams:
-        return self.output_params_at(0)
-
-    def output_params_at(self, index: int) -> QuantParams:
-        return self.output_post_process_at(index).quant_params()
-
-    def output_post_process_at(self, index: int) -> FakeQuantize:
-        if index not in (0, 1):
-            raise IndexError(f"{self.qframe_name}: MultiheadAttention has two outputs (out, weights), not {index}")
-        return self.activation_post_process if index == 0 else self.weights_post_process
 
     def _weight_params(self, fq: FakeQuantize, w: torch.Tensor) -> QuantParams:
         if not bool(fq.calibrated):

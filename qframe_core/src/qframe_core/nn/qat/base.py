@@ -91,6 +91,26 @@ def integer_tensor_to_float(q: torch.Tensor, params: QuantParams) -> torch.Tenso
     return q.float() * s
 
 
+class MultiOutputQAT(QATModule):
+    """A QAT module with several outputs on their own grids (LSTMCell's ``(h, c)``, attention's
+    ``(out, weights)``): ``output_fake_quants`` names the fake-quantize of each output, in order."""
+
+    output_fake_quants: tuple[str, ...] = ("activation_post_process",)
+    output_labels: tuple[str, ...] = ("out",)
+
+    def output_params(self) -> QuantParams:
+        return self.output_params_at(0)
+
+    def output_params_at(self, index: int) -> QuantParams:
+        return self.output_post_process_at(index).quant_params()
+
+    def output_post_process_at(self, index: int) -> FakeQuantize:
+        if not 0 <= index < len(self.output_fake_quants):
+            raise IndexError(f"{self.qframe_name}: {type(self).__name__} has {len(self.output_fake_quants)} outputs "
+                             f"({', '.join(self.output_labels)}), not {index}")
+        return getattr(self, self.output_fake_quants[index])
+
+
 class OutputView:
     """One output of a module with several (``out[i]`` of an LSTMCell): the producer prepare binds a consumer
     of ``out[i]`` to.  The module provides ``output_params_at(i)`` and ``output_post_process_at(i)``."""

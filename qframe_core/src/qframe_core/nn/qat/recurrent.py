@@ -23,7 +23,7 @@ from ...numerics import quantize_to_int
 from ...quantization.fake_quantize import FakeQuantize, QuantParams, fake_quantize
 from ..integer_composite import intermediate_dtype, intermediate_fake_quant
 from ..integer_lstm import UNIT_SCALE, LSTMCellIntParams, int_lstm_cell, lstm_cell_params, lstm_tables
-from .base import QATModule, integer_tensor_to_float, make_fake_quant
+from .base import MultiOutputQAT, integer_tensor_to_float, make_fake_quant
 
 
 def check_lstm_input(x: torch.Tensor, name: str, march: str) -> None:
@@ -39,8 +39,11 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return fake_quantize(x, torch.tensor([UNIT_SCALE], device=x.device), qint16.quant_min, qint16.quant_max)
 
 
-class LSTMCell(QATModule):
-    """``nn.LSTMCell`` as integer steps; outputs ``(h, c)``."""
+class LSTMCell(MultiOutputQAT):
+    """``nn.LSTMCell`` as integer steps; outputs ``(h, c)``: h on the activation grid, c on the cell grid."""
+
+    output_fake_quants = ("activation_post_process", "cell_post_process")
+    output_labels = ("h", "c")
 
     def __init__(self, mod: nn.LSTMCell, qconfig: Any, march: str) -> None:
         super().__init__()
@@ -63,18 +66,6 @@ class LSTMCell(QATModule):
     @classmethod
     def from_float(cls, mod: nn.Module, qconfig: Any, march: str) -> LSTMCell:
         return cls(mod, qconfig, march)
-
-    # -- outputs: h on the activation grid, c on the cell grid ------------------------------------------------
-    def output_params(self) -> QuantParams:
-        return self.output_params_at(0)
-
-    def output_params_at(self, index: int) -> QuantParams:
-        return self.output_post_process_at(index).quant_params()
-
-    def output_post_process_at(self, index: int) -> FakeQuantize:
-        if index not in (0, 1):
-            raise IndexError(f"{self.qframe_name}: LSTMCell has two outputs (h, c), not {index}")
-        return self.activation_post_process if index == 0 else self.cell_post_process
 
     def _bias(self) -> Optional[torch.Tensor]:
         if self.bias_ih is None:

@@ -10,6 +10,7 @@ the GEMM kernels of Conv2d/Linear (these ops are rare in the models the marches 
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Optional
 
 import torch
@@ -22,7 +23,7 @@ from ..intrinsic import CalledAsAdd, swap_transposed_layout
 from ..qat.weighted import WeightedIntParams, integer_weighted
 
 
-class _ExactWeighted(CalledAsAdd, nn.Module):
+class _ExactWeighted(CalledAsAdd, nn.Module, abc.ABC):
     _qframe_leaf = True
     channel_axis = 1
     #: the op's hyper-parameters copied from the QAT module
@@ -56,8 +57,9 @@ class _ExactWeighted(CalledAsAdd, nn.Module):
     def output_params(self) -> QuantParams:
         return QuantParams(self.out_scale, self.out_dtype, self.out_ch_axis)
 
+    @abc.abstractmethod
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The float op (conv_transpose2d / conv3d / linear) evaluated on integer codes held in float64."""
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.is_floating_point():
