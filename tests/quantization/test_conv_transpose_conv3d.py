@@ -10,14 +10,12 @@ from qframe_core.nn import intrinsic
 from qframe_core.nn import quantized as qnn
 from qframe_core.quantization import (
     DeQuantStub,
-    FakeQuantState,
     QuantStub,
-    convert_fx,
     prepare_qat_fx,
-    set_fake_quantize,
 )
 from qframe_core.quantization.qconfig import default_qat_8bit_fake_quant_qconfig as QCONFIG
 from tests.kernels.reference import MARCH_RULES, finish
+from tests.quant_helpers import calibrate_and_convert
 
 
 # -- independent references (numpy int64, written as scatter / sum over kernel offsets) -------------
@@ -98,17 +96,6 @@ def _randomize_bn(model):
             m.bias.data.uniform_(-0.2, 0.2)
 
 
-def _calibrate_and_convert(model, march, inputs):
-    qat = prepare_qat_fx(model, {"": QCONFIG}, march=march)
-    set_fake_quantize(qat, FakeQuantState.CALIBRATION)
-    with torch.no_grad():
-        for _ in range(3):
-            qat(*[torch.randn_like(t) for t in inputs])
-    qat.eval()
-    set_fake_quantize(qat, FakeQuantState.VALIDATION)
-    return qat, convert_fx(qat)
-
-
 @pytest.mark.parametrize("march", ["bernoulli2", "bayes"])
 @pytest.mark.parametrize("groups,add", [(1, False), (2, True)])
 def test_conv_transpose2d_fused_exact(march, groups, add):
@@ -116,7 +103,7 @@ def test_conv_transpose2d_fused_exact(march, groups, add):
     model = TConvNet(groups=groups, add=add).eval()
     _randomize_bn(model)
     inputs = [torch.randn(2, 4, 5, 7), torch.randn(2, 6, 10, 14)] if add else [torch.randn(2, 4, 5, 7)]
-    qat, quantized = _calibrate_and_convert(model, march, inputs)
+    qat, quantized = calibrate_and_convert(model, march, inputs)
     name = "_generated_add_0" if add else "tconv"
     fused = qat.get_submodule(name)
     assert type(fused).__name__ == "ConvTranspose2d" and fused.activation == "relu" and fused.has_add == add
@@ -145,7 +132,7 @@ def test_conv3d_bn_relu6_and_standalone_bn3d_exact_on_bayes():
     model = Conv3dNet().eval()
     _randomize_bn(model)
     x = torch.randn(2, 3, 6, 7, 5)
-    qat, quantized = _calibrate_and_convert(model, "bayes", [x])
+    qat, quantized = calibrate_and_convert(model, "bayes", [x])
     assert type(qat.conv).__name__ == "Conv3d" and qat.conv.activation == "relu6"
     assert type(quantized.conv) is qnn.Conv3d and type(quantized.bn_alone) is qnn.Conv3d  # BN as depthwise conv
     with torch.no_grad():
@@ -173,7 +160,7 @@ def test_standalone_batchnorm2d_runs_as_depthwise_conv_on_bernoulli2():
     model = BNNet().eval()
     _randomize_bn(model)
     x = torch.randn(2, 4, 5, 5)
-    qat, quantized = _calibrate_and_convert(model, "bernoulli2", [x])
+    qat, quantized = calibrate_and_convert(model, "bernoulli2", [x])
     assert type(quantized.bn) is qnn.Conv2d and quantized.bn.groups == 4
     with torch.no_grad():
         torch.testing.assert_close(quantized(x), qat(x), atol=0, rtol=0)

@@ -8,13 +8,11 @@ from qframe_core.dtype import qint8, qint16
 from qframe_core.errors import UnsupportedOpError
 from qframe_core.quantization import (
     DeQuantStub,
-    FakeQuantState,
     QuantStub,
-    convert_fx,
     prepare_qat_fx,
-    set_fake_quantize,
 )
 from qframe_core.quantization import qconfig as qc
+from tests.quant_helpers import calibrate_and_convert
 
 CONSTANTS = {
     # name: (kind, activation dtype or None for a high-precision output)
@@ -54,14 +52,8 @@ class Net(nn.Module):
 
 def test_16bit_activations_end_to_end_on_bayes():
     torch.manual_seed(0)
-    qat = prepare_qat_fx(Net(), {"": qc.default_calib_16bit_fake_quant_qconfig}, march="bayes")
-    set_fake_quantize(qat, FakeQuantState.CALIBRATION)
-    with torch.no_grad():
-        qat(torch.randn(4, 3, 8, 8))
-    qat.eval()
-    set_fake_quantize(qat, FakeQuantState.VALIDATION)
-    quantized = convert_fx(qat)
     x = torch.randn(2, 3, 8, 8)
+    qat, quantized = calibrate_and_convert(Net(), "bayes", [x], qc.default_calib_16bit_fake_quant_qconfig)
     assert quantized.conv.out_dtype == qint16
     with torch.no_grad():
         torch.testing.assert_close(quantized(x), qat(x), atol=0, rtol=0)

@@ -22,17 +22,7 @@ from qframe_core.quantization import (
 )
 from qframe_core.quantization.qconfig import default_qat_8bit_fake_quant_qconfig as Q8
 from qframe_core.quantization.qconfig import default_qat_16bit_fake_quant_qconfig as Q16
-
-
-def _prepare_calibrated(model, march, inputs, qconfig=Q8):
-    qat = prepare_qat_fx(model, {"": qconfig}, march=march)
-    set_fake_quantize(qat, FakeQuantState.CALIBRATION)
-    with torch.no_grad():
-        for _ in range(3):
-            qat(*[torch.randn_like(t) * 2 for t in inputs])
-    qat.eval()
-    set_fake_quantize(qat, FakeQuantState.VALIDATION)
-    return qat, convert_fx(qat)
+from tests.quant_helpers import calibrate_and_convert
 
 
 class Selections(nn.Module):
@@ -58,7 +48,7 @@ class Selections(nn.Module):
 def test_selections_compare_abs_pad_on_bayes(qconfig):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 4) * 2
-    qat, quantized = _prepare_calibrated(Selections(), "bayes", [x], qconfig)
+    qat, quantized = calibrate_and_convert(Selections(), "bayes", [x], qconfig, spread=2.0)
     assert isinstance(qat.get_submodule("_generated_gt_0").float_module, Compare)
     with torch.no_grad():
         got, sim = quantized(x), qat(x)
@@ -92,7 +82,7 @@ def test_abs_saturates_the_most_negative_code():
         def forward(self, x):
             return self.dequant(torch.abs(self.quant(x)))
 
-    qat, quantized = _prepare_calibrated(AbsNet(), "bayes", [torch.randn(4)])
+    qat, quantized = calibrate_and_convert(AbsNet(), "bayes", [torch.randn(4)], spread=2.0)
     x = torch.tensor([-1.0, -0.5, 0.25, 2.0])
     with torch.no_grad():
         torch.testing.assert_close(quantized(x), torch.tensor([127, 64, 32, 127]) / 128, atol=0, rtol=0)
@@ -115,7 +105,7 @@ class ArgmaxOut(nn.Module):
 
 def test_bernoulli2_max_only_as_model_output():
     x = torch.randn(2, 3, 4, 4)
-    qat, quantized = _prepare_calibrated(ArgmaxOut(), "bernoulli2", [x])
+    qat, quantized = calibrate_and_convert(ArgmaxOut(), "bernoulli2", [x], spread=2.0)
     with torch.no_grad():
         for g, s in zip(quantized(x), qat(x)):
             torch.testing.assert_close(g, s, atol=0, rtol=0)
@@ -135,7 +125,7 @@ def test_index_outputs_are_not_dequantized():
             return self.dequant(self.conv(self.quant(x)).argmax(1))
 
     x = torch.randn(2, 3, 4, 4)
-    qat, quantized = _prepare_calibrated(Net(), "bayes", [x])
+    qat, quantized = calibrate_and_convert(Net(), "bayes", [x], spread=2.0)
     with torch.no_grad():
         out = quantized(x)
         assert out.dtype == torch.int64
@@ -152,7 +142,7 @@ def test_element_wise_max_of_two_tensors_is_maximum():
             return self.dequant(torch.max(self.q1(a), self.q2(b) * 3))
 
     a, b = torch.randn(2, 8), torch.randn(2, 8)
-    qat, quantized = _prepare_calibrated(Net(), "bayes", [a, b])
+    qat, quantized = calibrate_and_convert(Net(), "bayes", [a, b], spread=2.0)
     assert any("_generated_maximum" in n for n, _ in qat.named_modules())
     with torch.no_grad():
         torch.testing.assert_close(quantized(a, b), qat(a, b), atol=0, rtol=0)

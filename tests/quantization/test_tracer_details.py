@@ -9,14 +9,12 @@ from qframe_core.errors import TraceError
 from qframe_core.nn.intrinsic import ConvAddReLU2d
 from qframe_core.quantization import (
     DeQuantStub,
-    FakeQuantState,
     QuantStub,
-    convert_fx,
     fuse_fx,
     prepare_qat_fx,
-    set_fake_quantize,
 )
 from qframe_core.quantization.qconfig import default_qat_8bit_fake_quant_qconfig as Q8
+from tests.quant_helpers import calibrate_and_convert
 
 
 class TorchFFBlock(nn.Module):
@@ -36,14 +34,8 @@ def test_torch_ao_float_functional_add_fuses_and_converts_exactly():
     model = TorchFFBlock().eval()
     fused = fuse_fx(model, "bayes")
     assert type(fused.ff) is ConvAddReLU2d and type(fused.conv) is nn.Identity
-    qat = prepare_qat_fx(model, {"": Q8}, march="bayes")
-    set_fake_quantize(qat, FakeQuantState.CALIBRATION)
-    with torch.no_grad():
-        qat(torch.randn(2, 3, 6, 6))
-    qat.eval()
-    set_fake_quantize(qat, FakeQuantState.VALIDATION)
-    quantized = convert_fx(qat)
     x = torch.randn(2, 3, 6, 6)
+    qat, quantized = calibrate_and_convert(model, "bayes", [x])
     with torch.no_grad():
         torch.testing.assert_close(quantized(x), qat(x), atol=0, rtol=0)
     # tracing leaves torch's class as it was
