@@ -258,20 +258,53 @@ def test_mixing_calibration_and_qat_qconfigs_is_refused():
         prepare_qat_fx(ResBlock(), {"": Q8, "module_name": {"conv": default_calib_8bit_fake_quant_qconfig}})
 
 
-def test_shared_float_functional_is_refused():
-    class Shared(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.quant = QuantStub()
-            self.ff = FloatFunctional()
-            self.dequant = DeQuantStub()
+class SharedOps(nn.Module):
+    """One FloatFunctional called twice and one conv called at two inputs of different ranges."""
 
-        def forward(self, x):
-            x = self.quant(x)
-            return self.dequant(self.ff.add(self.ff.add(x, x), x))
+    def __init__(self):
+        super().__init__()
+        self.quant = QuantStub()
+        self.ff = FloatFunctional()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.dequant = DeQuantStub()
 
-    with march("bayes"), pytest.raises(UnsupportedOpError, match="called more than once"):
-        prepare_qat_fx(Shared(), {"": Q8})
+        self.scale_up = FloatFunctional()
+
+    def forward(self, x):
+        x = self.quant(x)
+        y = self.ff.add(self.ff.add(x, x), x)  # a range three times x's
+        return self.dequant(self.scale_up.add(self.conv(x), self.conv(y)))
+
+
+def test_shared_modules_get_one_qat_module_per_call_with_tied_parameters():
+    from qframe_core.errors import SharedModuleWarning
+    from tests.quant_helpers import calibrate_and_convert
+
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(SharedModuleWarning, match=r"'ff' is called 2 times.*'ff', 'ff_1'") as record:
+        qat_model, quantized = calibrate_and_convert(SharedOps(), "bayes", [x])
+    assert any("'conv' is called 2 times" in str(w.message) for w in record)
+    assert isinstance(qat_model.conv, qat.Conv2d) and isinstance(qat_model.conv_1, qat.Conv2d)
+    assert qat_model.conv_1.weight is qat_model.conv.weight and qat_model.conv_1.bias is qat_model.conv.bias
+    # each call site has its own activation quantization: the second conv sees a 3x wider input
+    in_scales = [m.input_params(0).scale.item() for m in (qat_model.conv, qat_model.conv_1)]
+    assert in_scales[1] > 2 * in_scales[0]
+    assert qat_model.conv_1.activation_post_process is not qat_model.conv.activation_post_process
+    # QAT-validation predicts the integer model (<= 1 LSB) at both call sites
+    with torch.no_grad():
+        expected = qat_model(x)
+        got = quantized(x)
+    lsb = qat_model.scale_up.activation_post_process.scale.item()
+    assert (expected - got).abs().max().item() <= lsb * 1.0001
+    # training updates the one shared weight
+    qat_model.train()
+    set_fake_quantize(qat_model, FakeQuantState.QAT)
+    opt = torch.optim.SGD(qat_model.parameters(), lr=0.1)
+    before = qat_model.conv.weight.detach().clone()
+    qat_model(x).sum().backward()
+    opt.step()
+    assert not torch.equal(before, qat_model.conv_1.weight.detach())
+    assert qat_model.conv_1.weight is qat_model.conv.weight
 
 
 def test_no_march_and_unknown_march():

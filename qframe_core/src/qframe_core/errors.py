@@ -31,3 +31,7 @@ class TraceError(QframeError):
 
 class QuantizationStateError(QframeError):
     """A fake-quantize or observer is used in a state it cannot serve (e.g. never calibrated)."""
+
+
+class SharedModuleWarning(UserWarning):
+    """A module (or FloatFunctional) is called more than once in forward: a shared op."""

@@ -7,6 +7,7 @@ patterns are the march plugin's data; this pass knows none.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Optional
 
 from torch import fx, nn
@@ -114,13 +115,17 @@ def fuse_graph(gm: fx.GraphModule, march: Optional[str]) -> fx.GraphModule:
     else:
         patterns = registry.fusion_patterns(march)
     erased: set[fx.Node] = set()
+    calls = Counter(id(m) for m in (module_of(gm, n) for n in gm.graph.nodes) if m is not None)
     # one pass suffices: patterns are tried longest first, and a fused module matches no head
     for node in list(gm.graph.nodes):
         if node in erased or node.op not in ("call_module", "call_function", "call_method"):
             continue
         for pattern in patterns:
             found = match_chain(gm, node, pattern)
-            if found is not None:
+            # a module called elsewhere too (a shared op) is left unfused: fusing would replace it
+            # with Identity at its other call sites; prepare gives each call its own QAT module instead
+            if found is not None and not any(calls[id(module_of(gm, n))] > 1 for n in found[0]
+                                             if module_of(gm, n) is not None):
                 erased.update(found[0])
                 _replace_chain(gm, found[0], found[1], pattern)
                 break

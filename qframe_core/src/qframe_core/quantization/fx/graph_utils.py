@@ -37,6 +37,16 @@ def module_name_of(node: fx.Node) -> Optional[str]:
     return None
 
 
+def retarget_module_call(gm: fx.GraphModule, node: fx.Node, name: str) -> None:
+    """Make ``node`` call the module registered as ``name`` (a ``call_module`` or a module's ``call_method``)."""
+    if node.op == "call_module":
+        node.target = name
+        return
+    with gm.graph.inserting_before(node):
+        owner = gm.graph.get_attr(name)
+    node.args = (owner, *node.args[1:])
+
+
 def op_key(gm: fx.GraphModule, node: fx.Node, module_key: Optional[type] = None) -> Any:
     """The lowering-table key of ``node`` (see :mod:`qframe_core.lowering`), None for non-ops.
 

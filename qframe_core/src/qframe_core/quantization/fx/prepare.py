@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import builtins
 import operator
+import warnings
 from typing import Any, Optional
 
 import torch
 from torch import fx, nn
 
 from ...dtype import QuantDType, qint32
-from ...errors import UnsupportedOpError
+from ...errors import SharedModuleWarning, UnsupportedOpError
 from ...lowering import LoweringKind, OpLowering, op_display_name
 from ...march import MarchLike, resolve_march
 from ...nn import compare, unary
@@ -39,6 +40,7 @@ from .graph_utils import (
     op_key,
     op_nodes,
     quantized_region,
+    retarget_module_call,
     scope_of,
     tensor_inputs,
     unique_module_name,
@@ -483,6 +485,7 @@ def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver,
     problems = _Problems(march)
     swaps: dict[str, tuple[OpLowering, nn.Module, QConfig]] = {}
     float_ops: dict[str, Any] = {}
+    shared: dict[str, list[str]] = {}  # first call site's module name -> names given to the other call sites
     for node in op_nodes(gm):
         mod = module_of(gm, node)
         name = module_name_of(node)
@@ -522,12 +525,20 @@ def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver,
             gm.add_submodule(name, type(mod)())
             node.target = name
             mod = gm.get_submodule(name)
+        config_name = getattr(mod, "qconfig_source", None) or name
         if name in swaps:
-            problems.add(describe(gm, node), "this module is called more than once; each call needs its own "
-                         "quantization parameters", "give every call site its own module instance")
-            continue
+            # a shared module: each further call site gets its own QAT module (its own quantization
+            # parameters, since the input scale may differ per call), with the parameters tied to the first
+            first = name
+            name = unique_module_name(gm, f"{first}_{len(shared.get(first, [])) + 1}")
+            gm.add_submodule(name, mod)
+            owner = node.args[0] if node.op == "call_method" else None
+            retarget_module_call(gm, node, name)
+            if owner is not None and not owner.users:
+                gm.graph.erase_node(owner)
+            shared.setdefault(first, []).append(name)
         # a fused module named after its add takes the qconfig of the conv/linear it was built from
-        qconfig = resolver.qconfig_for(getattr(mod, "qconfig_source", None) or name, mod)
+        qconfig = resolver.qconfig_for(config_name, mod)
         if qconfig is None:
             problems.add(describe(gm, node), "its qconfig is None but it sits inside the quantized region",
                          "give it a qconfig, or place a DeQuantStub before it and a QuantStub after it")
@@ -551,7 +562,24 @@ def _check_and_swap(gm: fx.GraphModule, march: str, resolver: QConfigResolver,
                          "use a qconfig with an allowed activation dtype")
         gm.add_submodule(name, qat)
     problems.raise_if_any()
+    for first, others in shared.items():
+        for other in others:
+            tie_parameters(gm.get_submodule(first), gm.get_submodule(other))
+        warnings.warn(
+            f"module {first!r} is called {1 + len(others)} times in forward (a shared op; the seeds forbid calling "
+            f"one FloatFunctional more than once). qframe quantizes each call separately as "
+            f"{', '.join(map(repr, [first, *others]))}, with the trainable parameters shared; give each call site "
+            f"its own module to make this explicit", SharedModuleWarning, stacklevel=4)
     return float_ops
+
+
+def tie_parameters(source: nn.Module, target: nn.Module) -> None:
+    """Make ``target`` use ``source``'s parameter objects (same names), so a shared layer keeps one set of weights."""
+    for path, param in list(source.named_parameters()):
+        owner_path, _, leaf = path.rpartition(".")
+        owner = target.get_submodule(owner_path) if owner_path else target
+        if isinstance(getattr(owner, leaf, None), nn.Parameter):
+            setattr(owner, leaf, param)
 
 
 def _producer(gm: fx.GraphModule, node: fx.Node, march: str, consumer: str) -> nn.Module:
