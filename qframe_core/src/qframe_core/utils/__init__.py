@@ -1,1 +1,1 @@
-"""Helpers users import by the seeds' paths (``utils.fx_helper``)."""
+"""Helpers users import by the seeds' paths (``utils.fx_helper``, ``utils.onnx_helper``)."""
