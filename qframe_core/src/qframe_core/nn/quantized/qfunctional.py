@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -12,6 +13,26 @@ from ...quantization.fake_quantize import QuantParams
 from .. import integer_functional as intf
 from . import ops
 from .kernels import dtype_name
+
+
+def _traced_in_scope(method: Callable) -> Callable:
+    """Record the method's ops under this module's scope when traced (torch.jit.trace scopes only forward), so
+    deployment checks of a traced model see them as this integer module's work."""
+
+    @functools.wraps(method)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state = torch._C._get_tracing_state()
+        names = torch.jit._trace._trace_module_map if state is not None else None
+        name = names.get(self) if names else None
+        if not name:
+            return method(self, *args, **kwargs)
+        state.push_scope(name)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            state.pop_scope()
+
+    return wrapper
 
 
 class QFunctional(nn.Module):
@@ -40,6 +61,7 @@ class QFunctional(nn.Module):
         if method != self.method:
             raise RuntimeError(f"{self.qframe_name}: converted for {self.method!r}, called as {method!r}")
 
+    @_traced_in_scope
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._check("add")
         p = self.params
@@ -51,12 +73,15 @@ class QFunctional(nn.Module):
         out = fn(*args, self.params, resolve_march(self.march).requant, **kwargs)
         return out.to(self.params.output.dtype.torch_dtype)
 
+    @_traced_in_scope
     def sub(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._torch_int("sub", intf.int_sub, x, y)
 
+    @_traced_in_scope
     def mul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._torch_int("mul", intf.int_mul, x, y)
 
+    @_traced_in_scope
     def matmul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._torch_int("matmul", intf.int_matmul, x, y)
 
@@ -65,15 +90,19 @@ class QFunctional(nn.Module):
             raise ValueError(f"{self.qframe_name}: converted for {method}({self.params.value}), called with {value}")
         return self._torch_int(method, intf.int_scalar, x)
 
+    @_traced_in_scope
     def mul_scalar(self, x: torch.Tensor, value: float) -> torch.Tensor:
         return self._scalar("mul_scalar", x, value)
 
+    @_traced_in_scope
     def add_scalar(self, x: torch.Tensor, value: float) -> torch.Tensor:
         return self._scalar("add_scalar", x, value)
 
+    @_traced_in_scope
     def maximum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._torch_int("maximum", intf.int_extremum, x, y, pick=torch.maximum)
 
+    @_traced_in_scope
     def minimum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._torch_int("minimum", intf.int_extremum, x, y, pick=torch.minimum)
 
@@ -86,12 +115,15 @@ class QFunctional(nn.Module):
         out = intf.int_reduce(x, self.params, resolve_march(self.march).requant, f"{self.qframe_name} ({self.march})")
         return out.to(self.params.output.dtype.torch_dtype)
 
+    @_traced_in_scope
     def sum(self, x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch.Tensor:
         return self._reduce("sum", x, dim, keepdim)
 
+    @_traced_in_scope
     def mean(self, x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch.Tensor:
         return self._reduce("mean", x, dim, keepdim)
 
+    @_traced_in_scope
     def cat(self, xs: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
         return self._torch_int("cat", intf.int_cat, list(xs), dim=dim)
 
