@@ -1,5 +1,6 @@
 """Quantization workflow: qconfigs, fake quantization, stubs, fx prepare/convert."""
 
+from .deploy import check_model, compile_model, load_compiled, perf_model, visualize_model
 from .eager import convert, prepare_qat
 from .fake_quantize import FakeQuantize, FakeQuantState, load_observer_params, set_fake_quantize
 from .fuse_modules import fuse_known_modules, fuse_modules
@@ -17,10 +18,12 @@ from .qconfig import (
 from .stubs import DeQuantStub, QuantStub
 
 __all__ = [
-    "DeQuantStub", "FakeQuantState", "FakeQuantize", "ObserverBase", "QConfig", "QuantStub", "convert", "convert_fx",
-    "fuse_fx", "fuse_known_modules", "fuse_modules", "get_default_calib_out_qconfig", "get_default_calib_qconfig",
+    "DeQuantStub", "FakeQuantState", "FakeQuantize", "ObserverBase", "QConfig", "QuantStub", "check_model",
+    "compile_model", "convert", "convert_fx", "fuse_fx", "fuse_known_modules", "fuse_modules",
+    "get_default_calib_out_qconfig", "get_default_calib_qconfig",
     "get_default_qat_out_qconfig", "get_default_qat_qconfig", "get_default_qconfig", "load_observer_params",
-    "prepare", "prepare_qat", "prepare_qat_fx", "set_fake_quantize",
+    "load_compiled", "perf_model", "prepare", "prepare_qat", "prepare_qat_fx", "set_fake_quantize",
+    "visualize_model",
 ]
 
 
