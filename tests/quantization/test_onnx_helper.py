@@ -188,9 +188,7 @@ def test_qat_model_standard_export_runs_like_the_qat_model():
     assert not [n for n in proto.graph.node if n.domain]
     n_fq = sum(isinstance(m, FakeQuantize) for m in qat.modules())
     ops = [n.op_type for n in proto.graph.node]
-    # weights: constant folding turns QuantizeLinear(weight) into an int8 initializer, the DequantizeLinear stays
-    assert ops.count("DequantizeLinear") == n_fq
-    assert ops.count("QuantizeLinear") >= n_fq - 3
+    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == n_fq  # weights included
     (res,) = ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: data.numpy()})
     set_fake_quantize(qat, FakeQuantState.QAT)
     for m in qat.modules():
@@ -199,6 +197,12 @@ def test_qat_model_standard_export_runs_like_the_qat_model():
     with torch.no_grad():
         ref = qat(data).numpy()
     np.testing.assert_allclose(res, ref, rtol=0, atol=1e-5)  # the same grid points
+    # opset 11 (the seeds' opset): QuantizeLinear has no axis yet, per-channel weights are float ops
+    proto = _export(export_to_onnx, qat, data, operator_export_type=None, opset_version=11)
+    onnx.checker.check_model(proto, full_check=True)
+    ops = [n.op_type for n in proto.graph.node]
+    n_weights = sum(name.endswith("weight_fake_quant") for name, m in qat.named_modules())
+    assert ops.count("Round") == n_weights == 3 and ops.count("QuantizeLinear") == n_fq - n_weights
 
 
 def test_int16_fake_quant_standard_export_is_float_ops():
@@ -397,8 +401,8 @@ def test_bad_input_names_the_module_and_the_function_to_use(tmp_path):
 
 def test_export_to_path_and_checker(tmp_path):
     model = _net()
-    path = tmp_path / "float.onnx"
-    export_to_onnx(model, (_data(),), str(path), input_names=["image"], output_names=["logits"],
+    path = tmp_path / "float.onnx"  # a pathlib.Path, as torch.onnx.export takes it
+    export_to_onnx(model, (_data(),), path, input_names=["image"], output_names=["logits"],
                    enable_onnx_checker=True)
     proto = onnx.load(str(path))
     assert [i.name for i in proto.graph.input] == ["image"]
@@ -450,3 +454,17 @@ def test_lstm_cell_functional_fake_quants_and_two_outputs():
     assert [_attrs(n)["name"] for n in _nodes(proto, "DeQuantize")] == [b"dh", b"dc"]
     for a, b in zip(quantized(*inputs), out0):
         assert torch.equal(a, b)
+
+
+def test_an_op_without_standard_form_fails_the_standard_export_only():
+    class Svd(nn.Module):
+        def forward(self, x):
+            return torch.linalg.svd(x)[1]
+
+    x = torch.randn(3, 3)
+    with pytest.raises(Exception, match="linalg_svd") as info:
+        export_to_onnx(Svd(), x, io.BytesIO(), operator_export_type=None)
+    assert "export_to_onnx: torch.onnx.export" in info.value.__notes__[0]
+    assert "operator_export_type=None every op must have a standard ONNX form" in info.value.__notes__[0]
+    proto = _export(export_to_onnx, Svd(), x)  # the default keeps it as it is, for viewing
+    assert "linalg_svd" in [n.op_type for n in proto.graph.node]

@@ -26,6 +26,7 @@ import contextlib
 import copy
 import enum
 import numbers
+import os
 import warnings
 from typing import Any, Callable, Iterator, Optional
 
@@ -470,17 +471,23 @@ def _run_export(fn: str, work: nn.Module, args: tuple, f: Any, **kwargs: Any) ->
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(work, args, f, dynamo=False, autograd_inlining=False, **kwargs)
     except Exception as e:
-        e.add_note(f"{fn}: torch.onnx.export (TorchScript exporter) failed on this model; qframe's own ops are "
-                   f"exported as single nodes, community ops as torch exports them — the op named above has no "
-                   f"ONNX form in opset {kwargs.get('opset_version') or 'default'} with operator_export_type="
-                   f"{kwargs.get('operator_export_type')}")
+        opset = kwargs.get("opset_version") or "default"
+        e.add_note(f"{fn}: torch.onnx.export (TorchScript exporter, opset {opset}, operator_export_type "
+                   f"{kwargs['operator_export_type']}) failed. qframe's own ops are exported as single nodes and "
+                   f"community ops as torch exports them: the error above names the op torch could not export "
+                   f"(with operator_export_type=None every op must have a standard ONNX form; the default "
+                   f"ONNX_FALLTHROUGH keeps unknown ops as they are)")
         raise
 
 
-def _check_file(f: Any, fn: str) -> None:
+def _check_file(f: Any) -> None:
+    """``onnx.checker`` on what was written to ``f`` (a path, or a stream with ``getvalue``)."""
     import onnx
 
-    onnx.checker.check_model(onnx.load(f) if isinstance(f, (str, bytes)) or hasattr(f, "__fspath__") else f)
+    if isinstance(f, (str, os.PathLike)):
+        onnx.checker.check_model(onnx.load(os.fspath(f)))
+    elif hasattr(f, "getvalue"):
+        onnx.checker.check_model(onnx.load_from_string(f.getvalue()))
 
 
 # float qframe modules computed in several torch steps: one node each in a viewing (non-standard) export
@@ -543,7 +550,7 @@ def export_to_onnx(
     for name, m in list(work.named_modules()):
         if isinstance(m, FakeQuantize):
             _patch_fake_quant(m, name, standard)
-        elif not standard and isinstance(m, one_node) or (not standard and _is_qat_one_node(m, one_node)):
+        elif not standard and (isinstance(m, one_node) or _is_qat_one_node(m, one_node)):
             _as_one_node(m, "forward", type(m).__name__, {"name_s": name, **_module_attributes(m)})
     _run_export(fn, work, _normalize_args(args), f, export_params=export_params, verbose=verbose,
                 training=training, input_names=input_names, output_names=output_names,
@@ -551,7 +558,7 @@ def export_to_onnx(
                 do_constant_folding=do_constant_folding, dynamic_axes=dynamic_axes,
                 keep_initializers_as_inputs=bool(keep_initializers_as_inputs), custom_opsets=custom_opsets)
     if enable_onnx_checker:
-        _check_file(f, fn)
+        _check_file(f)
 
 
 def _is_qat_one_node(m: nn.Module, one_node: tuple[type, ...]) -> bool:
