@@ -25,6 +25,7 @@ from qframe_core.quantization import (
 )
 from qframe_core.quantization.qconfig import (
     default_qat_8bit_fake_quant_qconfig,
+    default_qat_8bit_lsq_quant_qconfig,
     default_qat_16bit_fake_quant_qconfig,
     default_qat_out_8bit_fake_quant_qconfig,
 )
@@ -468,3 +469,16 @@ def test_an_op_without_standard_form_fails_the_standard_export_only():
     assert "operator_export_type=None every op must have a standard ONNX form" in info.value.__notes__[0]
     proto = _export(export_to_onnx, Svd(), x)  # the default keeps it as it is, for viewing
     assert "linalg_svd" in [n.op_type for n in proto.graph.node]
+
+
+def test_lsq_fake_quantize_exports_its_effective_scale():
+    qat = _qat(_net(), {"": default_qat_8bit_lsq_quant_qconfig})
+    with torch.no_grad():
+        qat.conv2.activation_post_process.scale.neg_()  # a learned scale may change sign: |scale| is used
+    proto = _export(export_to_onnx, qat, _data())
+    nodes = {_attrs(n)["name"].decode(): _attrs(n) for n in _nodes(proto, "FakeQuantize")}
+    a = nodes["conv2.activation_post_process"]
+    assert a["kind"] == b"LSQFakeQuantize"
+    np.testing.assert_array_equal(np.asarray(a["scale"], dtype=np.float32),
+                                  qat.conv2.activation_post_process.effective_scale().numpy())
+    assert a["scale"][0] > 0

@@ -205,7 +205,7 @@ class _FakeQuantNode(torch.autograd.Function):
         if info["standard"]:
             return _standard_fake_quant(g, info, x)
         out: dict[str, Any] = {}
-        for key in ("name", "dtype", "qmin", "qmax", "qscheme", "ch_axis", "scale", "state", "fixed_scale",
+        for key in ("name", "kind", "dtype", "qmin", "qmax", "qscheme", "ch_axis", "scale", "state", "fixed_scale",
                     "calibrated"):
             _attr_value(key, info[key], out)
         y = g.op(f"{QFRAME_DOMAIN}::FakeQuantize", x, **out)
@@ -298,10 +298,11 @@ def _patch_fake_quant(fq: nn.Module, name: str, standard: bool) -> None:
     from ..quantization.fake_quantize import FakeQuantState
 
     calibrated = bool(fq.calibrated)
-    scale = fq.scale.detach().clone()
+    # the scale quantization uses (LSQ: max(|learned scale|, eps))
+    scale = fq.quant_params().scale.detach().clone() if calibrated else fq.scale.detach().clone()
     per_channel = fq.ch_axis is not None
     info = {
-        "name": name or fq.qframe_name, "dtype": str(fq.dtype), "bits": fq.dtype.bits,
+        "name": name or fq.qframe_name, "kind": type(fq).__name__, "dtype": str(fq.dtype), "bits": fq.dtype.bits,
         "qmin": int(fq.quant_min), "qmax": int(fq.quant_max),
         "qscheme": "per_channel_symmetric" if per_channel else "per_tensor_symmetric",
         "ch_axis": fq.ch_axis, "scale": scale.reshape(-1).tolist() if calibrated else None,
