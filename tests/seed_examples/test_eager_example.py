@@ -1,10 +1,13 @@
-"""appendix-eager-and-op-tables.zh.md "Eager 模式": fusion, prepare_qat, QAT, convert, trace.
+"""appendix-eager-and-op-tables.zh.md "Eager 模式": fusion, prepare_qat, QAT, convert, trace, and the
+example's compile_quantized_model (check_model with advice, compile_model, perf_model, visualize_model).
 
 Imports renamed (horizon_plugin_pytorch -> qframe_core); MNIST replaced by
 scikit-learn's digits, upsampled to the example's 1x28x28 input.
 """
 
 import copy
+import json
+import os
 
 import pytest
 import torch
@@ -16,7 +19,7 @@ import qframe_core as horizon
 import qframe_core.errors  # noqa: F401
 import qframe_core.quantization  # noqa: F401  (the seeds reach it as horizon.quantization)
 from qframe_core.nn.intrinsic import ConvReLU2d
-from qframe_core.quantization import FakeQuantState, QuantStub, set_fake_quantize
+from qframe_core.quantization import FakeQuantState, QuantStub, load_compiled, set_fake_quantize
 from qframe_core.quickstart import digits_loaders
 
 
@@ -104,8 +107,40 @@ def test_bernoulli2_refuses_the_examples_avg_pool():
         horizon.quantization.prepare_qat(model)
 
 
+def compile_quantized_model(quantized_model, hbdk_dir, neval_batches=1):
+    """The example's 对定点预测模型进行检查和编译 step (its evaluate call is done by the caller)."""
+    example_input = torch.ones(size=(neval_batches, 1, 28, 28))
+    traced_model = torch.jit.trace(quantized_model, example_input)
+
+    # 检查模型是否能够被编译
+    horizon.quantization.check_model(quantized_model, example_input, advice=1)
+    if not os.path.exists(hbdk_dir):
+        os.mkdir(hbdk_dir)
+
+    # 编译模型，hbdk_model 目录下的 model.hbm 就是编译得到的上板模型
+    horizon.quantization.compile_model(
+        traced_model, [example_input], opt=2, hbm=hbdk_dir + "/model.hbm"
+    )
+    # 对模型进行性能分析 (measured on the host CPU integer kernels)
+    horizon.quantization.perf_model(
+        traced_model,
+        [example_input],
+        opt=2,
+        input_source=["pyramid"],
+        layer_details=True,
+        out_dir=hbdk_dir,
+    )
+    horizon.quantization.visualize_model(
+        traced_model,
+        [example_input],
+        save_path=hbdk_dir + "/model.svg",
+        show=False,
+    )
+    return traced_model
+
+
 @pytest.mark.slow
-def test_eager_workflow():
+def test_eager_workflow(tmp_path, capsys):
     march = horizon.march.March.BAYES
     torch.manual_seed(0)
     train, test = digits_loaders()
@@ -156,3 +191,21 @@ def test_eager_workflow():
         q, r = quantized_model(x), qat_model(x)
     # int32 outputs: the integer model and VALIDATION-state simulation agree to within one output step
     assert (q - r).abs().max().item() <= 1e-4 + 1e-3 * r.abs().max().item()
+
+    capsys.readouterr()
+    hbdk_dir = str(tmp_path / "hbdk_model")
+    compile_quantized_model(quantized_model, hbdk_dir)
+    out = capsys.readouterr().out
+    for line in ("qframe model check PASS", "MACs", "conv0.0", "qframe model compilation SUCCESS", "FPS=",
+                 "qframe performance measurement SUCCESS"):
+        assert line in out, out[-2000:]
+    loaded, manifest = load_compiled(hbdk_dir + "/model.hbm")
+    assert manifest["march"] == march and manifest["opt"] == "O2" and manifest["model"] == "Net"
+    with torch.no_grad():
+        assert torch.equal(loaded(x), quantized_model(x))  # another batch size than the example's
+    with open(os.path.join(hbdk_dir, "Net.json")) as f:
+        perf = json.load(f)
+    assert perf["input_source"] == ["pyramid"] and perf["fps"] > 0 and len(perf["layers"]) == manifest["num_ops"]
+    # conv0: 1 -> 10 channels, 5x5 kernel on 28x28 -> 24x24
+    assert perf["layers"][1]["layer"] == "conv0.0" and perf["layers"][1]["macs"] == 10 * 24 * 24 * 25
+    assert os.path.getsize(os.path.join(hbdk_dir, "model.svg")) > 0

@@ -10,14 +10,19 @@ The seed's code with its imports renamed (horizon_plugin_pytorch -> qframe_core)
   ``width_mult=0.25`` with three inverted-residual stages for the 8x8 images;
 * fewer epochs and a smaller batch.
 
-The deployment step stops after ``torch.jit.trace``/``torch.jit.save``: ``check_model``, ``compile_model``,
-``perf_model`` and ``visualize_model`` do not exist in qframe yet (see the README's status).
+The deployment step runs as the seed writes it: ``torch.jit.trace``/``torch.jit.save``, then ``check_model``,
+``compile_model`` (``hbm=".../model.hbm"``, ``input_source="pyramid"``, ``opt="O1"``), ``perf_model`` with
+``layer_details=True`` and ``visualize_model``. qframe prints its own names where the seed shows HBDK's
+("qframe model check PASS", "qframe model compilation SUCCESS"), and perf_model's figures are measured on
+the host CPU's integer kernels (the seed's are HBDK's BPU estimates).
 """
 
 import contextlib
 import copy
 import io
+import json
 import os
+import xml.etree.ElementTree as ET
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -34,10 +39,15 @@ from qframe_core.march import March, set_march
 from qframe_core.quantization import (
     FakeQuantState,
     QuantStub,
+    check_model,
+    compile_model,
     convert_fx,
+    perf_model,
     prepare_qat_fx,
     set_fake_quantize,
+    visualize_model,
 )
+from qframe_core.quantization.deploy import load_compiled
 from qframe_core.quantization.qconfig import (
     default_calib_8bit_fake_quant_qconfig,
     default_calib_8bit_weight_32bit_out_fake_quant_qconfig,
@@ -455,16 +465,50 @@ def flow(tmp_path_factory, one_thread):
         )
         results["quantized"] = float(top1.avg)
 
-        # ---- 模型部署 (up to torch.jit.save: check/compile/perf/visualize are not in qframe) ----
+        # ---- 模型部署 ------------------------------------------------------------
+        compile_opt = "O1"
+
+        # 这里的 example_input 也可以是随机生成的数据，但是推荐使用真实数据，以提高
+        # 性能测试的准确性
         example_input = next(iter(eval_data_loader))[0]
 
         # 通过 trace 将模型序列化并生成计算图，注意模型和数据要放在 CPU 上
         script_model = torch.jit.trace(quantized_model.cpu(), example_input)
         torch.jit.save(script_model, os.path.join(model_path, "int_model.pt"))
 
+        # 模型检查
+        check_model(script_model, [example_input])
+
+        # 模型编译，生成的 hbm 文件即为可部署的模型
+        compile_model(
+            script_model,
+            [example_input],
+            hbm=os.path.join(model_path, "model.hbm"),
+            input_source="pyramid",
+            opt=compile_opt,
+        )
+
+        # 模型性能测试
+        perf_model(
+            script_model,
+            [example_input],
+            out_dir=os.path.join(model_path, "perf_out"),
+            input_source="pyramid",
+            opt=compile_opt,
+            layer_details=True,
+        )
+
+        # 模型可视化
+        visualize_model(
+            script_model,
+            [example_input],
+            save_path=os.path.join(model_path, "model.svg"),
+            show=False,
+        )
+
     return {"log": log.getvalue(), "acc": results, "float_model": float_model, "calib_model": calib_model,
             "qat_model": qat_model, "quantized_model": quantized_model, "model_path": model_path,
-            "example_input": example_input, "eval_loader": eval_data_loader}
+            "example_input": example_input, "eval_loader": eval_data_loader, "script_model": script_model}
 
 
 def test_prints_each_stage_as_the_seed_does(flow):
@@ -510,3 +554,47 @@ def test_traced_integer_model_round_trips_through_torch_jit_save(flow):
         # the integer model is what QAT in VALIDATION state predicted
         assert torch.equal(flow["qat_model"](x), expected)
     assert expected.shape == (len(x), 10)
+
+
+def test_deployment_runs_as_the_seed_shows(flow):
+    log, path = flow["log"], flow["model_path"]
+    # the seed's printed lines, with qframe's names for HBDK's
+    for line in ("This model is supported!", "qframe model check PASS", "qframe model compilation SUCCESS",
+                 "FPS=", "latency = ", "DDR = ", "perf_out/GraphModule.html",
+                 "qframe performance measurement SUCCESS"):
+        assert line in log, log[-3000:]
+    assert log.index("qframe model check PASS") < log.index("qframe model compilation SUCCESS") < log.index("FPS=")
+    for name in ("model.hbm", "model.svg", "perf_out/GraphModule.html", "perf_out/GraphModule.json",
+                 "perf_out/GraphModule.hbm"):
+        assert os.path.exists(os.path.join(path, name)), name
+
+
+def test_compiled_model_is_the_integer_model(flow):
+    loaded, manifest = load_compiled(os.path.join(flow["model_path"], "model.hbm"))
+    assert manifest["march"] == "bayes" and manifest["opt"] == "O1" and manifest["input_source"] == ["pyramid"]
+    assert manifest["inputs"][0]["shape"] == list(flow["example_input"].shape)
+    assert manifest["outputs"][0]["shape"] == [len(flow["example_input"]), 10]
+    # bit-identical to the converted model on every eval batch (not only the example)
+    with torch.no_grad():
+        for image, _ in flow["eval_loader"]:
+            assert torch.equal(loaded(image), flow["quantized_model"](image))
+
+
+def test_perf_and_visualization_outputs(flow):
+    path = flow["model_path"]
+    with open(os.path.join(path, "perf_out", "GraphModule.json")) as f:
+        perf = json.load(f)
+    _, manifest = load_compiled(os.path.join(path, "model.hbm"))
+    assert perf["fps"] > 0 and perf["latency_us"]["median"] > 0 and perf["ddr_bytes"] > perf["weight_bytes"] > 0
+    assert perf["macs"] == manifest["macs"] > 0
+    assert len(perf["layers"]) == manifest["num_ops"] and all(r["time_us"] > 0 for r in perf["layers"])
+    assert perf["input_source"] == ["pyramid"] and "host CPU" in perf["measured_on"]
+    with open(os.path.join(path, "perf_out", "GraphModule.html"), encoding="utf-8") as f:
+        html = f.read()
+    assert "<svg" in html and "<script" not in html and "<link" not in html
+    root = ET.parse(os.path.join(path, "model.svg")).getroot()
+    nodes = [g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "node"]
+    assert len(nodes) == manifest["num_ops"] + 2  # the input, every op, the output
+    report = check_model(flow["script_model"], [flow["example_input"]], advice=1)
+    assert report.march == "bayes" and len(report.layers) == manifest["num_ops"]
+    assert report.total_macs == manifest["macs"]
