@@ -98,9 +98,28 @@ def _with_packed(mod, args):
     return tuple(args)
 
 
+def to_nhwc(a):
+    return None if a is None else np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def conv2d_in_layouts(mod, args, kwargs, cmin, cmax, input_layout, output_layout):
+    """conv2d with the input (and residual / output) in the given layouts; the result back in NCHW."""
+    args = list(args)
+    kwargs = dict(kwargs)
+    if input_layout == "nhwc":
+        args[0] = to_nhwc(args[0])
+    if output_layout == "nhwc" and "residual" in kwargs:
+        kwargs["residual"] = to_nhwc(kwargs["residual"])
+    got = mod.conv2d(*args, cmin, cmax, input_layout=input_layout, output_layout=output_layout, **kwargs)
+    return np.ascontiguousarray(got.transpose(0, 3, 1, 2)) if output_layout == "nhwc" else got
+
+
+LAYOUTS = [("nchw", "nchw"), ("nhwc", "nhwc"), ("nchw", "nhwc"), ("nhwc", "nchw")]
+
+
 def check_all_conv_cases(seed=0, packed=True):
     """Used in-process and from subprocesses that force a GEMM path; with packed=True
-    every case also runs with weights from pack_conv2d_weight."""
+    every case also runs with weights from pack_conv2d_weight, in every input/output layout."""
     rng = np.random.default_rng(seed)
     for march, mod in MODULES.items():
         for case in CONV_CASES:
@@ -112,6 +131,10 @@ def check_all_conv_cases(seed=0, packed=True):
                     got = mod.conv2d(*a, cmin, cmax, **kwargs)
                     assert got.dtype == want.dtype and got.shape == want.shape, (march, case)
                     np.testing.assert_array_equal(got, want, err_msg=f"{march} {case} {kind} clamp=({cmin},{cmax})")
+                    if kind == "packed":
+                        for layouts in LAYOUTS[1:]:
+                            got = conv2d_in_layouts(mod, a, kwargs, cmin, cmax, *layouts)
+                            np.testing.assert_array_equal(got, want, err_msg=f"{march} {case} {layouts}")
 
 
 @pytest.mark.parametrize("march", MARCHES)
@@ -137,9 +160,32 @@ def test_conv2d_matches_reference(march, case):
     for cmin, cmax in ((None, None), (0, None), (0, 6), (-5, 100)):
         want = ref.conv2d(march, *args, cmin, cmax, **kwargs)
         for a in (args, packed_args):
-            got = mod.conv2d(*a, cmin, cmax, **kwargs)
-            assert got.dtype == want.dtype
-            np.testing.assert_array_equal(got, want)
+            for layouts in LAYOUTS:
+                got = conv2d_in_layouts(mod, a, kwargs, cmin, cmax, *layouts)
+                assert got.dtype == want.dtype
+                np.testing.assert_array_equal(got, want, err_msg=str(layouts))
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_conv2d_native_layout(march):
+    """groups=1 convs with int8 activations write NHWC natively on AVX-512 VNNI (the channels-last kernel);
+    everything else writes NCHW; both layouts are always available."""
+    mod = MODULES[march]
+    vnni = mod.cpu_features()["kernel_int8"] == "avx512vnni_u8s8"
+    rng = np.random.default_rng(5)
+    dense = mod.pack_conv2d_weight(rand_int(rng, np.int8, (16, 8, 3, 3)), 1)
+    depthwise = mod.pack_conv2d_weight(rand_int(rng, np.int8, (8, 1, 3, 3)), 8)
+    assert dense.native_layout("int8") == ("nhwc" if vnni else "nchw")
+    assert dense.kernel == ("channels_last_avx512vnni_u8s8" if vnni else mod.cpu_features()["kernel_int8"])
+    assert dense.native_layout("int16") == "nchw"
+    assert depthwise.native_layout("int8") == "nchw" and depthwise.kernel == "direct"
+    with pytest.raises(ValueError, match="native_layout.*'int8' or 'int16'"):
+        dense.native_layout("int32")
+    x = rand_int(rng, np.int8, (1, 8, 5, 5))
+    with pytest.raises(ValueError, match="input_layout.*'nchw' or 'nhwc'"):
+        mod.conv2d(x, dense, None, (1, 1), (1, 1), (1, 1), 1, None, None, "int32", input_layout="NHWC")
+    with pytest.raises(ValueError, match=r"input.*\[N, H, W, C\]"):
+        mod.conv2d(x[0], dense, None, (1, 1), (1, 1), (1, 1), 1, None, None, "int32", input_layout="nhwc")
 
 
 @pytest.mark.parametrize("kernel", ["scalar", "avx2", "avx512bw", "avx512vnni"])

@@ -25,6 +25,7 @@
 
 #include "add.hpp"
 #include "conv2d.hpp"
+#include "conv2d_nhwc.hpp"
 #include "cpu_features.hpp"
 #include "gemm_s8.hpp"
 #include "linear.hpp"
@@ -193,6 +194,16 @@ inline DType get_out_dtype(const char* fn, const py::handle& obj) {
     value_err(fn, "argument 'out_dtype' must be one of 'int8', 'int16', 'int32', got " + py_repr(obj));
 }
 
+// "nchw" -> false, "nhwc" -> true.
+inline bool get_layout(const char* fn, const char* arg, const py::handle& obj) {
+    if (py::isinstance<py::str>(obj)) {
+        const std::string s = obj.cast<std::string>();
+        if (s == "nchw") return false;
+        if (s == "nhwc") return true;
+    }
+    value_err(fn, std::string("argument '") + arg + "' must be 'nchw' or 'nhwc', got " + py_repr(obj));
+}
+
 inline ClampRange get_clamp(const char* fn, DType out, const py::handle& cmin, const py::handle& cmax) {
     const auto lo_u = get_optional_int(fn, "clamp_min", cmin);
     const auto hi_u = get_optional_int(fn, "clamp_max", cmax);
@@ -284,6 +295,7 @@ struct PackedWeight {
     int64_t groups = 1;
     std::vector<int8_t> raw;
     PackedGemmWeight p8, p16;
+    PackedNhwcWeight nhwc;  // conv2d weights for the channels-last kernel (when it applies)
 
     int64_t rows() const { return shape[0] / groups; }
     int64_t K() const {
@@ -292,6 +304,14 @@ struct PackedWeight {
         return k;
     }
     bool direct() const { return op == "conv2d" && conv2d_uses_direct(shape[0], groups); }
+    // The layout conv2d writes natively for activations of `in`: NHWC on the channels-last kernel.
+    bool nhwc_native(DType in) const {
+        return op == "conv2d" && in == DType::Int8 && nhwc_kernel_applies(shape[0], shape[1], shape[2], shape[3], groups);
+    }
+    const PackedNhwcWeight& get_nhwc() {
+        if (nhwc.empty()) pack_nhwc_weight(nhwc, raw.data(), shape[0], shape[1], shape[2], shape[3]);
+        return nhwc;
+    }
     // Packed layout for activations of `in` (int8 / int16); packs on first use.
     // Called with the GIL held, so lazy packing is not racy.
     const PackedGemmWeight* get(DType in) {
@@ -307,7 +327,7 @@ struct PackedWeight {
             pack_gemm_weight(slot, kern, raw.data(), groups, rows(), K());
         return &slot;
     }
-    size_t nbytes() const { return raw.size() + p8.nbytes() + p16.nbytes(); }
+    size_t nbytes() const { return raw.size() + p8.nbytes() + p16.nbytes() + nhwc.nbytes(); }
 };
 
 template <class Policy>
@@ -331,7 +351,8 @@ std::shared_ptr<PackedWeight> make_packed(const char* fn, const std::string& op,
     pw->raw.assign(src, src + w.size());
     {
         py::gil_scoped_release nogil;
-        pw->get(DType::Int8);  // the usual case is packed now; int16 on first use
+        if (pw->nhwc_native(DType::Int8)) pw->get_nhwc();  // the usual case is packed now; others on first use
+        else pw->get(DType::Int8);
     }
     return pw;
 }
@@ -404,12 +425,17 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
                     const py::object& stride, const py::object& padding, const py::object& dilation,
                     const py::object& groups_o, const py::object& multiplier, const py::object& shift,
                     const py::object& out_dtype, const py::object& clamp_min, const py::object& clamp_max,
-                    const py::object& residual, const py::object& residual_multiplier) {
+                    const py::object& residual, const py::object& residual_multiplier,
+                    const py::object& input_layout, const py::object& output_layout) {
     const char* fn = "conv2d";
-    Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, 4, "[N, C, H, W]");
+    const bool in_nhwc = get_layout(fn, "input_layout", input_layout);
+    const bool out_nhwc = get_layout(fn, "output_layout", output_layout);
+    Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, 4, in_nhwc ? "[N, H, W, C]" : "[N, C, H, W]");
     WeightArg w = get_weight<Policy>(fn, weight, 4, "[O, C // groups, KH, KW]");
     Conv2dShape s{};
-    s.N = x.shape[0]; s.C = x.shape[1]; s.H = x.shape[2]; s.W = x.shape[3];
+    s.N = x.shape[0];
+    if (in_nhwc) { s.H = x.shape[1]; s.W = x.shape[2]; s.C = x.shape[3]; }
+    else { s.C = x.shape[1]; s.H = x.shape[2]; s.W = x.shape[3]; }
     s.O = w.shape[0]; s.KH = w.shape[2]; s.KW = w.shape[3];
     std::tie(s.sh, s.sw) = get_pair(fn, "stride", stride, 1);
     std::tie(s.ph, s.pw) = get_pair(fn, "padding", padding, 0);
@@ -436,7 +462,8 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
     if (s.Ho <= 0 || s.Wo <= 0)
         value_err(fn, "the dilated kernel " + shape_str({s.dh * (s.KH - 1) + 1, s.dw * (s.KW - 1) + 1}) +
                           " does not fit the padded input " + shape_str({s.H + 2 * s.ph, s.W + 2 * s.pw}));
-    const std::vector<int64_t> oshape{s.N, s.O, s.Ho, s.Wo};
+    const std::vector<int64_t> oshape = out_nhwc ? std::vector<int64_t>{s.N, s.Ho, s.Wo, s.O}
+                                                 : std::vector<int64_t>{s.N, s.O, s.Ho, s.Wo};
     {
         // Each factor is < 2**33 (padding, stride, dilation <= 2**31), so a
         // long double product detects sizes numpy could not allocate.
@@ -452,7 +479,8 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
             value_err(fn, "residual and residual_multiplier must both be given or both be None");
         if (e.q.multiplier == nullptr)
             value_err(fn, "a residual needs multiplier and shift (it is not allowed with the raw int32 output)");
-        res = get_array(fn, "residual", residual, {DType::Int8, DType::Int16}, 4, "[N, O, Ho, Wo]");
+        res = get_array(fn, "residual", residual, {DType::Int8, DType::Int16}, 4,
+                        out_nhwc ? "[N, Ho, Wo, O]" : "[N, O, Ho, Wo]");
         if (res->shape != oshape)
             value_err(fn, "argument 'residual' must have the output shape " + shape_str(oshape) + ", got " +
                               shape_str(res->shape));
@@ -465,9 +493,23 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
     const int8_t* wp = w.data;
     const void* rp = res ? res->data() : nullptr;
     const DType rdt = res ? res->dt : DType::Int8;
-    const PackedGemmWeight* pk = w.packed ? w.packed->get(x.dt) : nullptr;
+    const bool nhwc_kernel = x.dt == DType::Int8 && nhwc_kernel_applies(s.O, s.C / s.groups, s.KH, s.KW, s.groups);
+    PackedNhwcWeight local_nhwc;
+    const PackedNhwcWeight* pn = nullptr;
+    const PackedGemmWeight* pk = nullptr;
+    if (nhwc_kernel) {
+        if (w.packed) {
+            pn = &w.packed->get_nhwc();
+        } else {
+            pack_nhwc_weight(local_nhwc, wp, s.O, s.C, s.KH, s.KW);
+            pn = &local_nhwc;
+        }
+    } else if (w.packed) {
+        pk = w.packed->get(x.dt);
+    }
     {
         py::gil_scoped_release nogil;
+        const int64_t HW = s.H * s.W, P = s.Ho * s.Wo;
         dispatch_in8_16(x.dt, [&](auto tin) {
             using TIn = decltype(tin);
             dispatch_out(od, [&](auto tout) {
@@ -475,8 +517,44 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
                 if constexpr (!std::is_same_v<TOut, int64_t>) {
                     dispatch_in8_16(rdt, [&](auto tres) {
                         using TRes = decltype(tres);
-                        conv2d<Policy, TIn, TOut, TRes>(s, static_cast<const TIn*>(xp), wp,
-                                                        static_cast<const TRes*>(rp), e.q, static_cast<TOut*>(optr), pk);
+                        const TRes* r = static_cast<const TRes*>(rp);
+                        TOut* o = static_cast<TOut*>(optr);
+                        const int64_t oelems = s.N * s.O * P;
+                        // the kernel's native layouts: NHWC out of the channels-last kernel, NCHW in and out of
+                        // the others; the arguments are converted to and from them where they differ
+                        const bool native_out_nhwc = nhwc_kernel;
+                        std::vector<TRes> rtmp;
+                        if (r && out_nhwc != native_out_nhwc) {
+                            rtmp.resize(static_cast<size_t>(oelems));
+                            if (out_nhwc) nhwc_to_nchw(r, s.N, s.O, P, rtmp.data());
+                            else nchw_to_nhwc(r, s.N, s.O, P, rtmp.data());
+                            r = rtmp.data();
+                        }
+                        std::vector<TOut> otmp;
+                        TOut* dst = o;
+                        if (out_nhwc != native_out_nhwc) {
+                            otmp.resize(static_cast<size_t>(oelems));
+                            dst = otmp.data();
+                        }
+                        if constexpr (std::is_same_v<TIn, int8_t>) {
+                            if (nhwc_kernel)
+                                conv2d_nhwc<Policy, TOut, TRes>(s, static_cast<const int8_t*>(xp), in_nhwc, *pn, r,
+                                                                e.q, dst);
+                        }
+                        if (!nhwc_kernel) {
+                            const TIn* xin = static_cast<const TIn*>(xp);
+                            std::vector<TIn> xtmp;
+                            if (in_nhwc) {
+                                xtmp.resize(static_cast<size_t>(s.N * s.C * HW));
+                                nhwc_to_nchw(xin, s.N, s.C, HW, xtmp.data());
+                                xin = xtmp.data();
+                            }
+                            conv2d<Policy, TIn, TOut, TRes>(s, xin, wp, r, e.q, dst, pk);
+                        }
+                        if (dst != o) {
+                            if (out_nhwc) nchw_to_nhwc(dst, s.N, s.O, P, o);
+                            else nhwc_to_nchw(dst, s.N, s.O, P, o);
+                        }
                     });
                 }
             });
@@ -649,9 +727,12 @@ void bind_kernels(pybind11::module_& m) {
           py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("multiplier"), py::arg("shift"),
           py::arg("out_dtype"), py::arg("clamp_min") = py::none(), py::arg("clamp_max") = py::none(),
           py::arg("residual") = py::none(), py::arg("residual_multiplier") = py::none(),
-          "Integer conv2d (NCHW). input int8/int16 [N,C,H,W], weight int8 [O,C//groups,KH,KW], bias int32 [O] or "
-          "None, multiplier/shift int32 [O] (None/None with out_dtype='int32' returns the raw accumulator + bias), "
-          "optional residual int8/int16 [N,O,Ho,Wo] with residual_multiplier int32 [O].");
+          py::arg("input_layout") = "nchw", py::arg("output_layout") = "nchw",
+          "Integer conv2d. input int8/int16 [N,C,H,W] (input_layout='nchw') or [N,H,W,C] ('nhwc'), weight int8 "
+          "[O,C//groups,KH,KW], bias int32 [O] or None, multiplier/shift int32 [O] (None/None with out_dtype='int32' "
+          "returns the raw accumulator + bias), optional residual int8/int16 in the output's layout with "
+          "residual_multiplier int32 [O]; the output is [N,O,Ho,Wo] (output_layout='nchw') or [N,Ho,Wo,O] ('nhwc'). "
+          "PackedWeight.native_layout(dtype) names the layout written without a conversion.");
     m.def("linear", &bind::linear_py<Policy>, py::arg("input"), py::arg("weight"), py::arg("bias"),
           py::arg("multiplier"), py::arg("shift"), py::arg("out_dtype"), py::arg("clamp_min") = py::none(),
           py::arg("clamp_max") = py::none(),
@@ -678,9 +759,18 @@ void bind_kernels(pybind11::module_& m) {
         })
         .def_property_readonly("groups", [](const bind::PackedWeight& p) { return p.groups; })
         .def_property_readonly("kernel", [](const bind::PackedWeight& p) {
-            return p.direct() ? std::string("direct") : std::string(p.p8.kern ? p.p8.kern->name : "none");
+            if (p.direct()) return std::string("direct");
+            if (p.nhwc_native(DType::Int8)) return std::string("channels_last_avx512vnni_u8s8");
+            return std::string(p.p8.kern ? p.p8.kern->name : "none");
         })
         .def_property_readonly("nbytes", [](const bind::PackedWeight& p) { return p.nbytes(); })
+        .def("native_layout", [](const bind::PackedWeight& p, const std::string& dtype) {
+            if (dtype != "int8" && dtype != "int16")
+                bind::value_err("PackedWeight.native_layout", "dtype must be 'int8' or 'int16', got '" + dtype + "'");
+            return std::string(p.nhwc_native(dtype == "int8" ? DType::Int8 : DType::Int16) ? "nhwc" : "nchw");
+        }, py::arg("dtype"),
+        "The output layout conv2d writes without a conversion for activations of this dtype ('nhwc' on the "
+        "channels-last kernel, else 'nchw').")
         .def("weight", [](const bind::PackedWeight& p) {
             py::array_t<int8_t> a(std::vector<py::ssize_t>(p.shape.begin(), p.shape.end()));
             if (!p.raw.empty()) std::memcpy(a.mutable_data(), p.raw.data(), p.raw.size());

@@ -1,0 +1,345 @@
+// qframe_kernels/conv2d_nhwc.hpp -- integer conv2d with channels-last (NHWC) output.
+//
+// Same arithmetic as conv2d.hpp (see there and the kernels README); only the
+// formulation differs, so that activations can stay channels-last from one
+// conv to the next (no NCHW <-> NHWC copies between layers):
+//
+//   out[n, oh, ow, o] = requant(sum_{kh, kw, c} x[n, ih, iw, c] * w[o, c, kh, kw] + bias[o])
+//
+// computed as an implicit GEMM whose rows are output pixels and whose columns
+// are output channels: a micro-tile of kNhwcMR pixels x kNhwcNR channels
+// broadcasts four input channels (one u8 quad, x + 128) of each pixel straight
+// from the padded channels-last copy of the input and multiplies them with
+// packed weight quads by vpdpbusd (AVX-512 VNNI) -- no im2col panel is built.
+// sum x*w = sum (x+128)*w - 128 * sum w exactly (vpdpbusd does not saturate),
+// the second term is per output channel (`comp`, folded into the bias).
+// The int32 tile is exact for K <= 4 * 16448 (see gemm_s8.hpp); larger
+// reductions use the NCHW GEMM path.  The epilogue requantizes 16 channels of
+// one pixel per step with per-lane multipliers and shifts (lane-exact with
+// requant_row), and stores them contiguously: the output is NHWC.
+//
+// Used for int8 activations, groups == 1, on CPUs with AVX-512 VNNI; every
+// other case runs conv2d.hpp's kernels (conv2d_any_layout converts layouts
+// around them).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "conv2d.hpp"
+
+namespace qframe_kernels {
+
+constexpr int kNhwcMR = 12;  // output pixels per micro-tile
+constexpr int kNhwcNR = 32;  // output channels per micro-tile (2 zmm of 16 int32)
+constexpr int64_t kNhwcMaxQuads = 16448;  // int32-exact reduction length in u8 quads (gemm_s8.hpp)
+
+// Weights of one conv for the channels-last kernel:
+//   w[ob][tap = kh * KW + kw][cq][lane]  (int32 = the four int8 weights of input channels
+//   4cq .. 4cq+3 for output channel ob * 32 + lane; zero past C and past O)
+struct PackedNhwcWeight {
+    int64_t O = 0, C = 0, KH = 0, KW = 0, CgP = 0;
+    std::vector<int32_t> w;
+    std::vector<int64_t> comp;  // 128 * sum of output channel o's weights
+
+    bool empty() const { return w.empty(); }
+    int64_t quads_per_tap() const { return CgP / 4; }
+    int64_t quads() const { return KH * KW * quads_per_tap(); }
+    const int32_t* block(int64_t ob) const { return w.data() + ob * quads() * kNhwcNR; }
+    size_t nbytes() const { return w.size() * sizeof(int32_t) + comp.size() * sizeof(int64_t); }
+};
+
+// True when conv2d with these weights and int8 activations runs the channels-last kernel.
+inline bool nhwc_kernel_applies(int64_t O, int64_t Cg, int64_t KH, int64_t KW, int64_t groups) {
+    const GemmKernel& kern = gemm_kernel_for<int8_t>();
+    return kern.kgroup == 4 && kern.isa == Isa::Avx512 && groups == 1 && !conv2d_uses_direct(O, groups) &&
+           KH * KW * ((Cg + 3) / 4) <= kNhwcMaxQuads;
+}
+
+inline void pack_nhwc_weight(PackedNhwcWeight& p, const int8_t* w, int64_t O, int64_t C, int64_t KH, int64_t KW) {
+    p.O = O;
+    p.C = C;
+    p.KH = KH;
+    p.KW = KW;
+    p.CgP = (C + 3) / 4 * 4;
+    const int64_t obs = (O + kNhwcNR - 1) / kNhwcNR, taps = KH * KW, cqs = p.CgP / 4;
+    p.w.assign(static_cast<size_t>(obs * taps * cqs * kNhwcNR), 0);
+    p.comp.assign(static_cast<size_t>(obs * kNhwcNR), 0);
+    for (int64_t o = 0; o < O; ++o) {
+        const int64_t ob = o / kNhwcNR, lane = o % kNhwcNR;
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t kh = 0; kh < KH; ++kh)
+                for (int64_t kw = 0; kw < KW; ++kw) {
+                    const int8_t v = w[((o * C + c) * KH + kh) * KW + kw];
+                    const int64_t slot = ((ob * taps + kh * KW + kw) * cqs + c / 4) * kNhwcNR + lane;
+                    reinterpret_cast<int8_t*>(&p.w[static_cast<size_t>(slot)])[c % 4] = v;
+                    p.comp[static_cast<size_t>(o)] += 128 * static_cast<int64_t>(v);
+                }
+    }
+}
+
+namespace detail {
+
+// Padded, encoded channels-last copy X[n][ih + ph][iw + pw][c] (CgP bytes a pixel) of an NHWC int8
+// input: x + 128 (x ^ 0x80) as u8; padding pixels and channels hold 128, the encoding of 0.
+// (An NCHW input is copied by prepare_channels_last<int8_t, uint8_t>, which writes the same layout.)
+inline void prepare_channels_last_from_nhwc(const Conv2dShape& s, const int8_t* in, int64_t CgP, uint8_t* X) {
+    const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
+    const int64_t total = s.N * Hp * Wp * CgP;
+    if (s.ph || s.pw || CgP != s.C) {
+        const int64_t rows = s.N * Hp, rl = Wp * CgP;
+#pragma omp parallel for schedule(static) if (total > 262144)
+        for (int64_t r = 0; r < rows; ++r) std::fill(X + r * rl, X + (r + 1) * rl, uint8_t(128));
+    }
+    // locals, not s.*: a uint8_t store may alias them, which would keep the loops scalar
+    const int64_t rows = s.N * s.H, H = s.H, W = s.W, C = s.C, ph = s.ph, pw = s.pw;
+#pragma omp parallel for schedule(static) if (total > 65536)
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t n = r / H, h = r % H;
+        const uint8_t* __restrict src = reinterpret_cast<const uint8_t*>(in) + r * W * C;
+        uint8_t* __restrict dst = X + ((n * Hp + h + ph) * Wp + pw) * CgP;
+        if (CgP == C) {
+            const int64_t len = W * C;
+            for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<uint8_t>(src[i] ^ 0x80u);
+        } else {
+            for (int64_t w = 0; w < W; ++w)
+                for (int64_t c = 0; c < C; ++c) dst[w * CgP + c] = static_cast<uint8_t>(src[w * C + c] ^ 0x80u);
+        }
+    }
+}
+
+#ifdef QFRAME_KERNELS_X86
+// One micro-tile: C[r][j] (r < kNhwcMR pixels, j < kNhwcNR channels) = sum over taps and quads of
+// the u8 quad at px[r] + tapoff[t] + 4q times the weight quads of W.
+__attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) inline void nhwc_tile_vnni(const uint8_t* const* px,
+                                                                                 const int64_t* tapoff, int64_t taps,
+                                                                                 int64_t cqs, const int32_t* W,
+                                                                                 int32_t* C) {
+    __m512i c[kNhwcMR][2];
+#pragma GCC unroll 16
+    for (int r = 0; r < kNhwcMR; ++r) c[r][0] = c[r][1] = _mm512_setzero_si512();
+    for (int64_t t = 0; t < taps; ++t) {
+        const int64_t off = tapoff[t];
+        const uint8_t* p[kNhwcMR];
+#pragma GCC unroll 16
+        for (int r = 0; r < kNhwcMR; ++r) p[r] = px[r] + off;
+        for (int64_t q = 0; q < cqs; ++q) {
+            const __m512i b0 = _mm512_loadu_si512(W);
+            const __m512i b1 = _mm512_loadu_si512(W + 16);
+            W += kNhwcNR;
+#pragma GCC unroll 16
+            for (int r = 0; r < kNhwcMR; ++r) {
+                int32_t v;
+                std::memcpy(&v, p[r] + 4 * q, 4);
+                const __m512i a = _mm512_set1_epi32(v);
+                c[r][0] = _mm512_dpbusd_epi32(c[r][0], a, b0);
+                c[r][1] = _mm512_dpbusd_epi32(c[r][1], a, b1);
+            }
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < kNhwcMR; ++r) {
+        _mm512_storeu_si512(C + r * kNhwcNR, c[r][0]);
+        _mm512_storeu_si512(C + r * kNhwcNR + 16, c[r][1]);
+    }
+}
+
+// Requantization parameters of 16 consecutive output channels as vectors (per-lane rounding terms
+// precomputed from the shifts); `fast` is false when a bias (bias - comp) does not fit int32 or no
+// multiplier is given (raw int32 mode): such groups take the scalar epilogue.
+struct alignas(64) LaneParams {
+    int32_t bias[16], mult[16], rmult[16];
+    int64_t mult_o[8], rmult_o[8];  // the odd lanes' multipliers in the low halves of 64-bit lanes
+    int64_t shift_e[8], shift_o[8], half_e[8], half_o[8], odd_e[8], odd_o[8];
+    bool fast;
+    bool no_overflow;  // acc + bias fits int32 for every accumulator this layer can produce
+};
+
+template <class Rounding>
+inline void make_lane_params(LaneParams& lp, const int64_t* bias64, const RequantArgs& q, int64_t o0, int64_t n,
+                             int64_t acc_bound) {
+    constexpr bool even = std::is_same_v<Rounding, RoundHalfEven>;
+    lp.fast = q.multiplier != nullptr;
+    lp.no_overflow = true;
+    for (int l = 0; l < 16; ++l) {
+        const bool on = l < n;
+        const int64_t b = on ? bias64[l] : 0;
+        if (b < INT32_MIN || b > INT32_MAX) lp.fast = false;
+        if (acc_bound + (b < 0 ? -b : b) > INT32_MAX) lp.no_overflow = false;
+        lp.bias[l] = static_cast<int32_t>(std::clamp<int64_t>(b, INT32_MIN, INT32_MAX));
+        lp.mult[l] = on && q.multiplier ? q.multiplier[o0 + l] : 0;
+        lp.rmult[l] = on && q.res_multiplier ? q.res_multiplier[o0 + l] : 0;
+        const int64_t s = on && q.shift ? q.shift[o0 + l] : 0;
+        const int64_t h = s == 0 ? 0 : (int64_t(1) << (s - 1));
+        int64_t* sh = l % 2 ? lp.shift_o : lp.shift_e;
+        int64_t* hf = l % 2 ? lp.half_o : lp.half_e;
+        int64_t* od = l % 2 ? lp.odd_o : lp.odd_e;
+        sh[l / 2] = s;
+        hf[l / 2] = even ? (s == 0 ? 0 : h - 1) : h;
+        od[l / 2] = even && s != 0 ? 1 : 0;
+        if (l % 2) {
+            lp.mult_o[l / 2] = lp.mult[l];
+            lp.rmult_o[l / 2] = lp.rmult[l];
+        }
+    }
+}
+
+// 16 channels of one pixel: out[l] = clamp(round_shift((acc[l] + bias[l]) * m[l] + res[l] * rm[l], s[l]))
+// for lanes l < popcount(k); false (nothing stored) when some lane's acc + bias overflows int32.
+template <class TRes, class TOut>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline bool requant_lanes_avx512(const int32_t* acc,
+                                                                                     __mmask16 k,
+                                                                                     const LaneParams& lp,
+                                                                                     const TRes* res, __m512i vlo,
+                                                                                     __m512i vhi, TOut* out) {
+    const __m512i x = _mm512_maskz_loadu_epi32(k, acc);
+    const __m512i vb = _mm512_load_si512(lp.bias);
+    const __m512i v = _mm512_add_epi32(x, vb);
+    // signed overflow of x + b: x and b have the same sign and v the other (impossible when no_overflow)
+    if (!lp.no_overflow &&
+        _mm512_mask_cmplt_epi32_mask(k, _mm512_and_si512(_mm512_xor_si512(x, v), _mm512_xor_si512(vb, v)),
+                                     _mm512_setzero_si512()))
+        return false;
+    __m512i pe = _mm512_mul_epi32(v, _mm512_load_si512(lp.mult));
+    __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(v, 32), _mm512_load_si512(lp.mult_o));
+    if (res) {
+        __m512i r32;
+        if constexpr (sizeof(TRes) == 1) r32 = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, res));
+        else r32 = _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, res));
+        pe = _mm512_add_epi64(pe, _mm512_mul_epi32(r32, _mm512_load_si512(lp.rmult)));
+        po = _mm512_add_epi64(po, _mm512_mul_epi32(_mm512_srli_epi64(r32, 32), _mm512_load_si512(lp.rmult_o)));
+    }
+    const __m512i se = _mm512_load_si512(lp.shift_e), so = _mm512_load_si512(lp.shift_o);
+    const __m512i oe = _mm512_and_si512(_mm512_srlv_epi64(pe, se), _mm512_load_si512(lp.odd_e));
+    const __m512i oo = _mm512_and_si512(_mm512_srlv_epi64(po, so), _mm512_load_si512(lp.odd_o));
+    pe = _mm512_srav_epi64(_mm512_add_epi64(_mm512_add_epi64(pe, _mm512_load_si512(lp.half_e)), oe), se);
+    po = _mm512_srav_epi64(_mm512_add_epi64(_mm512_add_epi64(po, _mm512_load_si512(lp.half_o)), oo), so);
+    pe = _mm512_min_epi64(_mm512_max_epi64(pe, vlo), vhi);
+    po = _mm512_min_epi64(_mm512_max_epi64(po, vlo), vhi);
+    const __m512i y = _mm512_mask_blend_epi32(static_cast<__mmask16>(0xAAAA), pe, _mm512_slli_epi64(po, 32));
+    if constexpr (sizeof(TOut) == 1) _mm512_mask_cvtepi32_storeu_epi8(out, k, y);
+    else if constexpr (sizeof(TOut) == 2) _mm512_mask_cvtepi32_storeu_epi16(out, k, y);
+    else _mm512_mask_storeu_epi32(out, k, y);
+    return true;
+}
+
+// The tiles of conv2d_nhwc (one OpenMP loop; AVX-512 code throughout).
+template <class R, class TOut, class TRes>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc_tiles(
+    const Conv2dShape& s, const uint8_t* X, int64_t Hp, int64_t Wp, int64_t CgP, const int64_t* tapoff,
+    const PackedNhwcWeight& pw, const LaneParams* lanes, const int64_t* bias64, const TRes* res, const RequantArgs& q,
+    TOut* out) {
+    const int64_t HoWo = s.Ho * s.Wo, P = s.N * HoWo;
+    const int64_t taps = s.KH * s.KW, cqs = pw.quads_per_tap();
+    const int64_t obs = (s.O + kNhwcNR - 1) / kNhwcNR;
+    const int64_t lo = q.range.lo, hi = q.range.hi;
+    const int64_t pbs = (P + kNhwcMR - 1) / kNhwcMR;
+    // offset in X of each output pixel's receptive field (computed once: divisions are not free)
+    int64_t* pix = thread_scratch<int64_t, 9>(pbs * kNhwcMR);
+    for (int64_t p = 0, n = 0, oh = 0, ow = 0; p < pbs * kNhwcMR; ++p) {
+        if (p < P) {
+            pix[p] = ((n * Hp + oh * s.sh) * Wp + ow * s.sw) * CgP;
+            if (++ow == s.Wo) {
+                ow = 0;
+                if (++oh == s.Ho) oh = 0, ++n;
+            }
+        } else {
+            pix[p] = pix[P - 1];  // tail rows repeat the last pixel
+        }
+    }
+    const int64_t tasks = obs * pbs;  // output-channel block major: a thread reuses one weight block
+    const int64_t O = s.O;
+#pragma omp parallel for schedule(static) num_threads(max_threads()) if (tasks > 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+        const int64_t ob = t / pbs, pb = t % pbs;
+        alignas(64) int32_t C[kNhwcMR * kNhwcNR];
+        const uint8_t* px[kNhwcMR];
+        const int64_t p0 = pb * kNhwcMR, nvalid = std::min<int64_t>(kNhwcMR, P - p0);
+        for (int64_t r = 0; r < kNhwcMR; ++r) px[r] = X + pix[p0 + r];
+        nhwc_tile_vnni(px, tapoff, taps, cqs, pw.block(ob), C);
+        const __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
+        for (int64_t h = 0; h < 2; ++h) {
+            const int64_t o0 = ob * kNhwcNR + h * 16;
+            if (o0 >= O) break;
+            const int64_t nl = std::min<int64_t>(16, O - o0);
+            const LaneParams& lp = lanes[o0 / 16];
+            const __mmask16 k = nl == 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << nl) - 1u);
+            for (int64_t r = 0; r < nvalid; ++r) {
+                const int32_t* acc = C + r * kNhwcNR + h * 16;
+                const int64_t obase = (p0 + r) * O + o0;
+                const TRes* rr = res ? res + obase : nullptr;
+                if (lp.fast && requant_lanes_avx512(acc, k, lp, rr, vlo, vhi, out + obase)) continue;
+                for (int64_t l = 0; l < nl; ++l) {  // the scalar definition, lane by lane
+                    const int64_t b = bias64[o0 + l];
+                    if (q.multiplier == nullptr) {
+                        raw_row(acc + l, 1, b, lo, hi, out + obase + l);
+                    } else {
+                        const int64_t rm = res ? static_cast<int64_t>(q.res_multiplier[o0 + l]) : 0;
+                        requant_row<R>(acc + l, 1, b, q.multiplier[o0 + l], q.shift[o0 + l], rr ? rr + l : rr, rm,
+                                       lo, hi, out + obase + l);
+                    }
+                }
+            }
+        }
+    }
+}
+#endif  // QFRAME_KERNELS_X86
+
+}  // namespace detail
+
+// conv2d of an int8 input (NCHW, or NHWC when input_nhwc) into an NHWC output [N, Ho, Wo, O] (and NHWC
+// residual), on the channels-last kernel; requires nhwc_kernel_applies(...) and weights packed by
+// pack_nhwc_weight.  Shapes and parameters must already be validated (see bindings.hpp).
+template <class Policy, class TOut, class TRes>
+void conv2d_nhwc(const Conv2dShape& s, const int8_t* in, bool input_nhwc, const PackedNhwcWeight& pw,
+                 const TRes* res, const RequantArgs& q, TOut* out) {
+#ifdef QFRAME_KERNELS_X86
+    using R = typename Policy::Rounding;
+    if (s.N * s.Ho * s.Wo == 0 || s.O == 0) return;
+    const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw, CgP = pw.CgP;
+    const int64_t xelems = s.N * Hp * Wp * CgP;
+    uint8_t* X = thread_scratch<uint8_t, 8>(xelems);
+    if (input_nhwc) detail::prepare_channels_last_from_nhwc(s, in, CgP, X);
+    else detail::prepare_channels_last<int8_t, uint8_t>(s, in, CgP, X);
+
+    const int64_t taps = s.KH * s.KW;
+    std::vector<int64_t> tapoff(static_cast<size_t>(taps));
+    for (int64_t kh = 0; kh < s.KH; ++kh)
+        for (int64_t kw = 0; kw < s.KW; ++kw) tapoff[kh * s.KW + kw] = (kh * s.dh * Wp + kw * s.dw) * CgP;
+    // per 16-channel group: bias - comp and the requantization lanes
+    const int64_t groups16 = (s.O + 15) / 16;
+    std::vector<detail::LaneParams> lanes(static_cast<size_t>(groups16));
+    std::vector<int64_t> bias64(static_cast<size_t>(groups16 * 16), 0);
+    for (int64_t o = 0; o < s.O; ++o) bias64[o] = (q.bias ? q.bias[o] : 0) - pw.comp[o];
+    // |acc| = |sum (x + 128) * w| <= 255 * 128 per product
+    const int64_t acc_bound = pw.quads() * 4 * 255 * 128;
+    for (int64_t g = 0; g < groups16; ++g)
+        detail::make_lane_params<R>(lanes[g], bias64.data() + g * 16, q, g * 16, std::min<int64_t>(16, s.O - g * 16),
+                                    acc_bound);
+    detail::conv2d_nhwc_tiles<R, TOut, TRes>(s, X, Hp, Wp, CgP, tapoff.data(), pw, lanes.data(), bias64.data(), res,
+                                             q, out);
+#else
+    (void)s; (void)in; (void)input_nhwc; (void)pw; (void)res; (void)q; (void)out;
+#endif
+}
+
+// NCHW <-> NHWC copies for the layout conversions around the kernels (rare paths).
+template <class T>
+void nchw_to_nhwc(const T* in, int64_t N, int64_t C, int64_t HW, T* out) {
+#pragma omp parallel for schedule(static) if (N * C * HW > 262144)
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t p = 0; p < HW; ++p) out[(n * HW + p) * C + c] = in[(n * C + c) * HW + p];
+}
+
+template <class T>
+void nhwc_to_nchw(const T* in, int64_t N, int64_t C, int64_t HW, T* out) {
+#pragma omp parallel for schedule(static) if (N * C * HW > 262144)
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t p = 0; p < HW; ++p) out[(n * C + c) * HW + p] = in[(n * HW + p) * C + c];
+}
+
+}  // namespace qframe_kernels
