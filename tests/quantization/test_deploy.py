@@ -134,6 +134,25 @@ def test_check_model_defaults_to_the_march_the_model_was_converted_for(converted
         assert check_model(traced, x).march == march
 
 
+def test_check_model_on_a_saved_and_loaded_trace(converted, tmp_path):
+    """torch.jit.load drops tensor types and tracer scopes: types come from a run, modules from the call stack."""
+    march, _, quantized, traced, x = converted
+    torch.jit.save(traced, str(tmp_path / "int_model.pt"))
+    loaded = torch.jit.load(str(tmp_path / "int_model.pt"))
+    report = check_model(loaded, [x])
+    assert report.march == march and [r.name for r in report.layers] == OPS[march]
+    assert report.total_macs == check_model(quantized, x).total_macs
+    assert report.layers[1].outputs == ("int8[2, 8, 8, 8]",)
+
+
+def test_a_frozen_artifact_is_refused_with_the_reason(converted, tmp_path):
+    _, _, quantized, _, x = converted
+    compile_model(quantized, x, hbm=tmp_path / "m.hbm", opt="O1")
+    frozen, _ = load_compiled(tmp_path / "m.hbm")
+    with pytest.raises(ModelCheckError, match=r"no submodules.*frozen program.*pass the converted model"):
+        check_model(frozen, x)
+
+
 def test_march_mismatch_fails(converted):
     march, _, quantized, traced, x = converted
     for model in (quantized, traced):
@@ -320,6 +339,12 @@ def test_visualize_model_lays_out_branches_side_by_side(tmp_path):
 
     x = torch.randn(1, 3, 4, 4)
     _, quantized = calibrate_and_convert(TwoBranches(), "bayes", [x])
+    traced = _trace(quantized, x)
+    assert [r.name for r in check_model(traced, x).layers] == ["quant", "a", "b", "cat", "dequant"]
+    # the FloatFunctional call's scope is kept in the saved program's call stack
+    torch.jit.save(traced, str(tmp_path / "t.pt"))
+    loaded = torch.jit.load(str(tmp_path / "t.pt"))
+    assert [r.name for r in check_model(loaded, x).layers] == ["quant", "a", "b", "cat", "dequant"]
     root = ET.parse(visualize_model(quantized, x, save_path=tmp_path / "b.svg")).getroot()
     nodes = {g.get("id"): g for g in root.iter(f"{SVG}g") if g.get("class") == "node"}
     edges = [(g.get("data-from"), g.get("data-to")) for g in root.iter(f"{SVG}g") if g.get("class") == "edge"]

@@ -155,8 +155,8 @@ def _layer_problems(dg: g.DeployGraph, march: str) -> list[str]:
         where = f"{layer.path!r} ({info.class_path if info else '?'})" if layer.path else \
             f"the forward of the model itself ({info.class_path if info else '?'})"
         if layer.kind == g.FOREIGN:
-            out.append(f"{where} is an integer module that march {march!r}'s op table does not list (it was "
-                       f"converted for another march)")
+            out.append(f"{where} is an integer module that the op table of march {march!r} does not list (it "
+                       f"was converted for another march)")
         elif layer.kind == g.QAT:
             out.append(f"{where} is an unconverted QAT module; run convert_fx/convert")
         else:
@@ -166,8 +166,8 @@ def _layer_problems(dg: g.DeployGraph, march: str) -> list[str]:
         if kind == g.FLOAT:
             out.append(f"{where} computes in float ({', '.join(ops)}): float compute is not run by march {march!r}")
         else:
-            out.append(f"{where} runs {', '.join(ops)} on integer tensors outside any integer module; march "
-                       f"{march!r}'s op table lists no such op")
+            out.append(f"{where} runs {', '.join(ops)} on integer tensors outside any integer module; the op "
+                       f"table of march {march!r} lists no such op")
     return out
 
 
@@ -209,7 +209,13 @@ def inspect(module: nn.Module, example_inputs: g.ExampleInputs, march: Optional[
             raise ModelCheckError(f"{who}: {type(module).__name__} runs integer kernels of march "
                                   f"{sorted(recorded)} but is checked against march {target!r}. Way out: pass "
                                   f"march={sorted(recorded)[0]!r}, or convert again for {target!r}")
-    dg = g.build(script, table, modules if not isinstance(module, torch.jit.ScriptModule) else None)
+    dg = g.build(script, table, inputs, modules if not isinstance(module, torch.jit.ScriptModule) else None)
+    if isinstance(module, torch.jit.ScriptModule) and len(modules) == 1 and any(
+            layer.kind in g.REFUSED for layer in dg.layers):
+        raise ModelCheckError(
+            f"{who}: this TorchScript program has no submodules, so its ops cannot be matched to the integer modules of march "
+            f"{target!r} (a frozen program, e.g. a compile_model artifact with opt >= 1, which was checked "
+            f"when it was compiled). Way out: pass the converted model or its torch.jit.trace")
     problems = _layer_problems(dg, target) + _input_source_problems(inputs, sources, target)
     model_name = module.original_name if isinstance(module, torch.jit.ScriptModule) else type(module).__name__
     rows = [LayerRow(layer.name, layer.op, layer.kind, tuple(str(i) for i in layer.input_info if i is not None),

@@ -222,18 +222,20 @@ def _op_name(op: Any) -> str:
 # -- the traced graph cut into layers --------------------------------------------------------------
 @attrs.frozen
 class TensorInfo:
-    shape: tuple[int, ...]
+    """A tensor's shape (None: unknown) and dtype name (``"?"``: unknown)."""
+
+    shape: Optional[tuple[int, ...]]
     dtype: str
 
     @property
     def nbytes(self) -> int:
         n = 1
-        for d in self.shape:
+        for d in self.shape or ():
             n *= d
         return n * _itemsize(self.dtype)
 
     def __str__(self) -> str:
-        return f"{self.dtype}{list(self.shape)}"
+        return f"{self.dtype}{list(self.shape) if self.shape is not None else '[?]'}"
 
 
 def _itemsize(dtype: str) -> int:
@@ -280,7 +282,8 @@ def tensor_info(value: Any) -> Optional[TensorInfo]:
         return None
     sizes = t.sizes()
     dtype = t.dtype()
-    return TensorInfo(tuple(sizes) if sizes is not None else (), str(dtype).replace("torch.", "") if dtype else "?")
+    return TensorInfo(tuple(sizes) if sizes is not None else None,
+                      str(dtype).replace("torch.", "") if dtype is not None else "?")
 
 
 def _is_float(value: Any) -> bool:
@@ -291,16 +294,24 @@ def _is_float(value: Any) -> bool:
 def _is_shape_scalar(value: Any) -> bool:
     """0-dim integer tensors: shape arithmetic recorded by the tracer (x.size(0) * 2), not data."""
     info = tensor_info(value)
-    return info is not None and info.shape == () and not _is_float(value)
+    return info is not None and info.shape == () and info.dtype not in ("?", "bool") and not _is_float(value)
+
+
+_HIERARCHY_PART = re.compile(r"([^.()]+)\(([^()]*)\)")
 
 
 def scope_path(node: Any) -> str:
-    """``__module.features/__module.features.0`` -> ``features.0``; the model itself -> ``""``."""
+    """The module path a node runs in (``features.0``; the model itself: ``""``).
+
+    From the tracer's scope (``__module.features/__module.features.0``), else from the inlined call stack
+    (``features(Sequential).0(Conv2d)``), which survives ``torch.jit.save``/``load`` where scopes do not.
+    """
     scope = node.scopeName()
     last = scope.rsplit("/", 1)[-1] if scope else ""
     if last.startswith("__module"):
-        last = last[len("__module"):]
-    return last.lstrip(".")
+        return last[len("__module"):].lstrip(".")
+    hierarchy = node.getModuleHierarchy()
+    return ".".join(name for name, _ in _HIERARCHY_PART.findall(hierarchy)) if hierarchy else ""
 
 
 def _prefixes(path: str) -> list[str]:
@@ -413,6 +424,8 @@ def _macs(root: torch.jit.ScriptModule, node: Any) -> int:
     out = outs[0] if outs and outs[0] is not None else None
     if out is None:
         return 0
+    if out.shape is None:
+        return 0
     numel = 1
     for d in out.shape:
         numel *= d
@@ -421,7 +434,7 @@ def _macs(root: torch.jit.ScriptModule, node: Any) -> int:
         w = _attr_value(root, node.inputsAt(2 if kind.startswith("qframe::") else 1))
         if w is None:
             winfo = tensor_info(node.inputsAt(2 if kind.startswith("qframe::") else 1))
-            if winfo is None or not winfo.shape:
+            if winfo is None or winfo.shape is None or not winfo.shape:
                 return 0
             wshape = winfo.shape
         else:
@@ -431,7 +444,7 @@ def _macs(root: torch.jit.ScriptModule, node: Any) -> int:
             per_out *= d
         if kind in ("aten::_convolution", "aten::conv_transpose2d") and _is_transposed(node):
             x = tensor_info(node.inputsAt(0))
-            if x is None:
+            if x is None or x.shape is None:
                 return 0
             n_in = 1
             for d in x.shape:
@@ -453,11 +466,22 @@ def _is_transposed(node: Any) -> bool:
         return False
 
 
-def build(script: torch.jit.ScriptModule, table: MarchTable, modules: Optional[dict[str, ModuleInfo]] = None
-          ) -> DeployGraph:
-    """Cut the inlined graph of ``script`` into layers, classified against the march's ``table``."""
+def build(script: torch.jit.ScriptModule, table: MarchTable, inputs: tuple[torch.Tensor, ...],
+          modules: Optional[dict[str, ModuleInfo]] = None) -> DeployGraph:
+    """Cut the inlined graph of ``script`` into layers, classified against the march's ``table``.
+
+    Tensor types missing from the graph (a ``torch.jit.load``-ed program) are filled in from one run on
+    ``inputs``.
+    """
     modules = modules if modules is not None else module_table(script)
     graph = script.inlined_graph
+    for node in graph.nodes():
+        if list(node.blocks()):
+            raise UnsupportedOpError(
+                f"{node.kind()} at {scope_path(node) or 'the model'}: the program has control flow (a "
+                f"torch.jit.script model?); deployment takes a traced integer model. Way out: pass the converted "
+                f"model or its torch.jit.trace")
+    _complete_types(script, graph, inputs)
     layers: list[Layer] = []
     by_module: dict[str, Layer] = {}
     producer: dict = {}
@@ -546,6 +570,16 @@ def build(script: torch.jit.ScriptModule, table: MarchTable, modules: Optional[d
     return DeployGraph(script, graph, layers, graph_inputs, graph_outputs, modules, producer)
 
 
+def _complete_types(script: torch.jit.ScriptModule, graph: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+    untyped = [o for node in graph.nodes() for o in node.outputs() if o.type().kind() == "TensorType"
+               and (o.type().dtype() is None or o.type().sizes() is None)]
+    if not untyped:
+        return
+    for v, t in zip(untyped, _run_capture(script, graph, untyped, inputs)):
+        if isinstance(t, torch.Tensor):
+            v.setType(torch._C.TensorType.create_from_tensor(t))
+
+
 def march_of_script(script: torch.jit.ScriptModule) -> set[str]:
     """Marches named by the qframe operators of a traced model (their first, constant, argument)."""
     found = set()
@@ -585,8 +619,12 @@ def _value_index(graph: Any) -> dict:
 
 def capture(dg: DeployGraph, values: list, inputs: tuple[torch.Tensor, ...]) -> list:
     """Run the traced model once and return the runtime value of each of ``values`` (graph values of ``dg``)."""
-    index = _value_index(dg.graph)
-    copy = dg.graph.copy()
+    return _run_capture(dg.script, dg.graph, values, inputs)
+
+
+def _run_capture(script: torch.jit.ScriptModule, graph: Any, values: list, inputs: tuple[torch.Tensor, ...]) -> list:
+    index = _value_index(graph)
+    copy = graph.copy()
     inputs_c = list(copy.inputs())
     nodes_c = list(copy.nodes())
 
@@ -603,7 +641,7 @@ def capture(dg: DeployGraph, values: list, inputs: tuple[torch.Tensor, ...]) -> 
     ret.addInput(tup.output())
     fn = torch._C._create_function_from_graph("qframe_capture", copy)
     with torch.no_grad(), quiet_trace():
-        out = fn(dg.script._c, *inputs)
+        out = fn(script._c, *inputs)
     return list(out[len(out) - len(values):])
 
 
