@@ -484,6 +484,8 @@ def build(script: torch.jit.ScriptModule, table: MarchTable, inputs: tuple[torch
     _complete_types(script, graph, inputs)
     layers: list[Layer] = []
     by_module: dict[str, Layer] = {}
+    calls: dict[str, int] = {}
+    last_layer: Optional[Layer] = None
     producer: dict = {}
 
     def classify_path(path: str) -> tuple[str, Optional[ModuleInfo]]:
@@ -520,8 +522,10 @@ def build(script: torch.jit.ScriptModule, table: MarchTable, inputs: tuple[torch
         if owner_kind:
             assert info is not None
             layer = by_module.get(info.path)
-            if layer is None:
-                layer = Layer(len(layers), info.path or "<model>", info.path, info.class_path, owner_kind)
+            if layer is None or layer is not last_layer:  # a module called again later is another op
+                calls[info.path] = calls.get(info.path, 0) + 1
+                name = (info.path or "<model>") + (f"#{calls[info.path]}" if calls[info.path] > 1 else "")
+                layer = Layer(len(layers), name, info.path, info.class_path, owner_kind)
                 layers.append(layer)
                 by_module[info.path] = layer
         else:
@@ -546,6 +550,7 @@ def build(script: torch.jit.ScriptModule, table: MarchTable, inputs: tuple[torch
         layer.macs += _macs(script, node)
         for o in outs:
             producer[o] = layer
+        last_layer = layer
 
     graph_inputs = [v for v in list(graph.inputs())[1:] if holds_tensor(v.type())]
     graph_outputs = [t for v in graph.outputs() for t in tensor_sources(v)]
