@@ -58,17 +58,20 @@ def digest(tensors: Sequence[torch.Tensor]) -> str:
     """sha256 over each tensor's dtype, shape and bytes."""
     h = hashlib.sha256()
     for t in tensors:
-        t = t.detach().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(_bytes(t).numpy().tobytes())
     return h.hexdigest()
 
 
 def identical(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
     """Same number of tensors, each with the same dtype, shape and bits."""
-    return len(a) == len(b) and all(x.dtype == y.dtype and x.shape == y.shape and
-                                    torch.equal(x.contiguous().view(torch.uint8), y.contiguous().view(torch.uint8))
+    return len(a) == len(b) and all(x.dtype == y.dtype and x.shape == y.shape and torch.equal(_bytes(x), _bytes(y))
                                     for x, y in zip(a, b))
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes as a flat uint8 tensor (so -0.0 != 0.0 and NaN payloads compare exactly)."""
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
 
 
 def _optimize(script: torch.jit.ScriptModule, level: int, inputs: tuple, reference: tuple
