@@ -222,6 +222,24 @@ def test_pyramid_input_must_be_an_image():
         check_model(quantized, x, input_source="pyramid")
 
 
+def test_integer_tensors_above_the_marchs_rank_fail_on_bernoulli2_only():
+    class FiveD(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.conv, self.dequant = QuantStub(), nn.Conv2d(3, 3, 1), DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.conv(self.quant(x)).unsqueeze(1))
+
+    x = torch.randn(1, 3, 4, 4)
+    _, bayes = calibrate_and_convert(FiveD(), "bayes", [x])
+    assert check_model(bayes, x).passed  # bayes computes any rank
+    _, bernoulli2 = calibrate_and_convert(FiveD(), "bernoulli2", [x])
+    with pytest.raises(ModelCheckError, match=r"'aten::unsqueeze' \(aten::unsqueeze\) produces the 5-D tensor "
+                                              r"int8\[1, 1, 3, 4, 4\]: march 'bernoulli2' computes tensors of rank <= 4"):
+        check_model(bernoulli2, x)
+
+
 def test_bad_arguments():
     with pytest.raises(TypeError, match="example_inputs must be a tensor or a list/tuple"):
         check_model(nn.Identity(), {"x": torch.zeros(1)})

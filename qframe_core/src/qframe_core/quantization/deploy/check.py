@@ -171,9 +171,27 @@ def _layer_problems(dg: g.DeployGraph, march: str) -> list[str]:
     return out
 
 
+def _rank_problems(dg: g.DeployGraph, march: str, max_rank: Optional[int]) -> list[str]:
+    """Integer tensors of higher rank than the march computes (MarchSpec.max_rank)."""
+    if max_rank is None:
+        return []
+    out = []
+    for layer in dg.layers:
+        for role, infos in (("takes", layer.input_info), ("produces", layer.output_info)):
+            for info in infos:
+                if info is not None and info.shape is not None and len(info.shape) > max_rank and \
+                        not info.dtype.startswith(("float", "bfloat")):
+                    out.append(f"{layer.name!r} ({layer.op}) {role} the {len(info.shape)}-D tensor {info}: march "
+                               f"{march!r} computes tensors of rank <= {max_rank}. Way out: keep the data "
+                               f"{max_rank}-D (fold the extra dims into N or C)")
+                    break
+    return out
+
+
 def _raise(model: str, march: str, problems: list[str], hybrid: bool) -> None:
     lines = "\n".join(f"- {p}" for p in problems)
-    rule = g.HYBRID_RULE if hybrid else "every op of a deployed model must be an integer op of the march's op table"
+    rule = g.HYBRID_RULE if hybrid else ("every op of a deployed model must be an integer op of the march's op "
+                                         "table, within the march's limits")
     raise ModelCheckError(
         f"check_model: march {march!r} cannot run {len(problems)} part(s) of {model}:\n{lines}\n"
         f"Rule: {rule}.\n"
@@ -216,7 +234,8 @@ def inspect(module: nn.Module, example_inputs: g.ExampleInputs, march: Optional[
             f"{who}: this TorchScript program has no submodules, so its ops cannot be matched to the integer modules of march "
             f"{target!r} (a frozen program, e.g. a compile_model artifact with opt >= 1, which was checked "
             f"when it was compiled). Way out: pass the converted model or its torch.jit.trace")
-    problems = _layer_problems(dg, target) + _input_source_problems(inputs, sources, target)
+    problems = (_layer_problems(dg, target) + _rank_problems(dg, target, resolve_march(target).max_rank)
+                + _input_source_problems(inputs, sources, target))
     model_name = module.original_name if isinstance(module, torch.jit.ScriptModule) else type(module).__name__
     rows = [LayerRow(layer.name, layer.op, layer.kind, tuple(str(i) for i in layer.input_info if i is not None),
                      tuple(str(o) for o in layer.output_info if o is not None), layer.macs) for layer in dg.layers]
