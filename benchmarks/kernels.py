@@ -100,8 +100,14 @@ def bench_ops(k, repeat: int, verbose: bool) -> list[tuple]:
         ho = (h + 2 * pd - ks) // st + 1
         macs = n * o * ho * ho * (c // g) * ks * ks
 
-        def qf(x8=x8, packed=packed, bias=bias, st=st, pd=pd, g=g, mult=mult, shift=shift):
-            return k.conv2d(x8, packed, bias, (st, st), (pd, pd), (1, 1), g, mult, shift, "int8", None, None)
+        # each library in its native activation layout (what its models pass between convs): qframe's
+        # channels-last kernel reads and writes NHWC, its other kernels NCHW; fbgemm takes channels-last
+        layout = packed.native_layout("int8")
+        xq8 = np.ascontiguousarray(x8.transpose(0, 2, 3, 1)) if layout == "nhwc" else x8
+
+        def qf(x8=xq8, packed=packed, bias=bias, st=st, pd=pd, g=g, mult=mult, shift=shift, layout=layout):
+            return k.conv2d(x8, packed, bias, (st, st), (pd, pd), (1, 1), g, mult, shift, "int8", None, None,
+                            input_layout=layout, output_layout=layout)
 
         xf = torch.from_numpy(x8.astype(np.float32))
         wf = torch.from_numpy(w8.astype(np.float32))
@@ -115,7 +121,8 @@ def bench_ops(k, repeat: int, verbose: bool) -> list[tuple]:
                                         torch.zeros(o, dtype=torch.long), 0, torch.qint8)
         qconv.set_weight_bias(wq, bf * 0.0001)
         qconv.scale, qconv.zero_point = 0.5, 128
-        xq = torch.quantize_per_tensor(xf * 0.01 + 1.28, 0.01, 0, torch.quint8)
+        xq = torch.quantize_per_tensor(xf * 0.01 + 1.28, 0.01, 0, torch.quint8).contiguous(
+            memory_format=torch.channels_last)
 
         def tq(qconv=qconv, xq=xq):
             return qconv(xq)

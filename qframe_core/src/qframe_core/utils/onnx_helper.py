@@ -367,7 +367,8 @@ def _is_none(v: Any) -> bool:
 
 
 def _conv2d_symbolic(g, march, x, weight, bias, stride, padding, dilation, groups, multiplier, shift, out_dtype,
-                     clamp_min, clamp_max, residual, residual_multiplier, name):
+                     clamp_min, clamp_max, residual, residual_multiplier, name, channels_last_output):
+    # channels_last_output is a memory-layout choice of the CPU kernels, not part of the op: not exported
     dtype = _const(out_dtype)
     y = _op_node(g, "Conv2d", [("input", x), ("weight", weight), ("bias", bias), ("multiplier", multiplier),
                                ("shift", shift), ("residual", residual), ("residual_multiplier", residual_multiplier)],

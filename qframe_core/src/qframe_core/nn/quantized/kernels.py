@@ -35,6 +35,31 @@ def as_array(t: Optional[torch.Tensor], what: str, owner: str) -> Optional[np.nd
     return t.detach().contiguous().numpy()
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """True for a 4-D tensor stored NHWC (torch's ``channels_last``) and not also NCHW-contiguous."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def as_layout_array(t: torch.Tensor, layout: str, what: str, owner: str) -> np.ndarray:
+    """``t`` ([N, C, H, W]) as a C-contiguous numpy array in ``layout``: ``"nchw"``, or ``"nhwc"``
+    (``[N, H, W, C]``: zero-copy for a channels-last tensor)."""
+    if layout == "nhwc":
+        return as_array(t.permute(0, 2, 3, 1), what, owner)
+    return as_array(t, what, owner)
+
+
+def from_layout_array(a: np.ndarray, layout: str) -> torch.Tensor:
+    """The [N, C, H, W] tensor of a kernel output in ``layout`` (NHWC outputs become channels-last tensors)."""
+    t = torch.from_numpy(a)
+    if layout != "nhwc":
+        return t
+    t = t.permute(0, 3, 1, 2)
+    if t.is_contiguous():  # 1x1 spatial or one channel: the same memory as NCHW; give it NCHW's strides
+        _, c, h, w = t.shape
+        return t.as_strided(t.shape, (c * h * w, h * w, w, 1))
+    return t
+
+
 def to_int32(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     return None if t is None else t.to(torch.int32).contiguous().numpy()
 

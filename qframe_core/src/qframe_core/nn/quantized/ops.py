@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from .kernels import as_array, march_kernels
+from .kernels import as_array, as_layout_array, from_layout_array, is_channels_last, march_kernels
 
 
 def _np(t: Optional[torch.Tensor]):
@@ -27,9 +27,12 @@ def add(march: str, a: torch.Tensor, b: torch.Tensor, multiplier_a: int, multipl
         out_dtype: str, clamp_min: int, clamp_max: int, name: str) -> torch.Tensor:
     """``clamp(round_shift(a * ma + b * mb, shift))`` on the march's kernel (a, b broadcast)."""
     x, y = torch.broadcast_tensors(a, b)
-    out = march_kernels(march).add(as_array(x, "input 0", name), as_array(y, "input 1", name), multiplier_a,
-                                   multiplier_b, shift, out_dtype, clamp_min, clamp_max)
-    return torch.from_numpy(out)
+    # element-wise: two channels-last operands are added in their NHWC order (no copies)
+    layout = "nhwc" if is_channels_last(x) and is_channels_last(y) else "nchw"
+    arrays = [as_layout_array(t, layout, f"input {i}", name) if layout == "nhwc" else as_array(t, f"input {i}", name)
+              for i, t in enumerate((x, y))]
+    out = march_kernels(march).add(*arrays, multiplier_a, multiplier_b, shift, out_dtype, clamp_min, clamp_max)
+    return from_layout_array(out, layout)
 
 
 @add.register_fake
@@ -61,18 +64,38 @@ def _packed(march: str, weight: torch.Tensor, groups: Optional[int]):
 def conv2d(march: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: list[int],
            padding: list[int], dilation: list[int], groups: int, multiplier: Optional[torch.Tensor],
            shift: Optional[torch.Tensor], out_dtype: str, clamp_min: int, clamp_max: int,
-           residual: Optional[torch.Tensor], residual_multiplier: Optional[torch.Tensor], name: str) -> torch.Tensor:
+           residual: Optional[torch.Tensor], residual_multiplier: Optional[torch.Tensor], name: str,
+           channels_last_output: bool) -> torch.Tensor:
     """The integer conv of march ``march`` (see the kernels README for the arithmetic)."""
-    out = march_kernels(march).conv2d(
-        as_array(x, "input", name), _packed(march, weight, groups), _np(bias.to(torch.int32)), tuple(stride),
-        tuple(padding), tuple(dilation), groups, _np(multiplier), _np(shift), out_dtype, clamp_min, clamp_max,
-        None if residual is None else as_array(residual, "residual", name), _np(residual_multiplier))
-    return torch.from_numpy(out)
+    packed = _packed(march, weight, groups)
+    return run_conv2d(march_kernels(march), packed, x, _np(bias.to(torch.int32)), stride, padding, dilation, groups,
+                      _np(multiplier), _np(shift), out_dtype, clamp_min, clamp_max, residual,
+                      _np(residual_multiplier), name, channels_last_output)
+
+
+def run_conv2d(k: Any, packed: Any, x: torch.Tensor, bias: Any, stride: Any, padding: Any, dilation: Any,
+               groups: int, multiplier: Any, shift: Any, out_dtype: str, clamp_min: int, clamp_max: int,
+               residual: Optional[torch.Tensor], residual_multiplier: Any, name: str,
+               channels_last_output: bool) -> torch.Tensor:
+    """Run the kernel in its native layouts (see the kernels README): the channels-last kernel reads an
+    NCHW or a channels-last input and writes NHWC; the others read and write NCHW.  With
+    ``channels_last_output`` an NHWC result is returned as a channels-last tensor (convert_fx allows it
+    where every consumer accepts one), else as an NCHW-contiguous tensor."""
+    native = packed.native_layout("int8" if x.dtype == torch.int8 else "int16") \
+        if x.dtype in (torch.int8, torch.int16) else "nchw"
+    in_layout = "nhwc" if native == "nhwc" and is_channels_last(x) else "nchw"
+    out = k.conv2d(
+        as_layout_array(x, in_layout, "input", name), packed, bias, tuple(stride), tuple(padding), tuple(dilation),
+        groups, multiplier, shift, out_dtype, clamp_min, clamp_max,
+        None if residual is None else as_layout_array(residual, native, "residual", name), residual_multiplier,
+        input_layout=in_layout, output_layout=native)
+    out = from_layout_array(out, native)
+    return out if channels_last_output else out.contiguous()
 
 
 @conv2d.register_fake
 def _conv2d_shape(march, x, weight, bias, stride, padding, dilation, groups, multiplier, shift, out_dtype,
-                  clamp_min, clamp_max, residual, residual_multiplier, name):
+                  clamp_min, clamp_max, residual, residual_multiplier, name, channels_last_output):
     n, _, h, w = x.shape
     kh, kw = weight.shape[2:]
     oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1

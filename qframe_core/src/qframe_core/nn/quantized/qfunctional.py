@@ -54,6 +54,11 @@ class QFunctional(nn.Module):
     def output_params(self) -> QuantParams:
         return self.params.output
 
+    @property
+    def accepts_channels_last(self) -> bool:
+        """``add`` runs element-wise in the operands' own order (two channels-last operands stay so)."""
+        return self.method == "add"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("QFunctional is not called directly: use one of its methods")
 

@@ -32,13 +32,15 @@ class Quantize(nn.Module):
         return QuantParams(self.scale, self.dtype, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # integer tensors leave the stub NCHW-contiguous whatever the input's memory format (torch's
+        # channels-last kernels for integer dtypes are not all correct, e.g. max_pool2d on int8)
         if not x.is_floating_point():
             # integer data from a previous stage, already at this (recorded) scale
-            return x.to(self.dtype.torch_dtype)
+            return x.to(self.dtype.torch_dtype).contiguous()
         # clamped values are exact in float32/64: straight to the dtype, no int64 pass
         if self.dtype.bits <= 16 and x.dtype in (torch.float32, torch.float64):
-            return quantize_to_int(x, self.scale, self.dtype, out_dtype=self.dtype.torch_dtype)
-        return quantize_to_int(x, self.scale, self.dtype).to(self.dtype.torch_dtype)
+            return quantize_to_int(x, self.scale, self.dtype, out_dtype=self.dtype.torch_dtype).contiguous()
+        return quantize_to_int(x, self.scale, self.dtype).to(self.dtype.torch_dtype).contiguous()
 
     def extra_repr(self) -> str:
         return f"scale={self.scale.tolist()}, dtype={self.dtype}"
@@ -48,6 +50,7 @@ class DeQuantize(nn.Module):
     """``q * scale`` in float32 (per channel for a high-precision int32 input)."""
 
     _qframe_leaf = True
+    accepts_channels_last = True  # its output is made NCHW-contiguous
 
     def __init__(self, params: QuantParams) -> None:
         super().__init__()
@@ -60,7 +63,9 @@ class DeQuantize(nn.Module):
         return cls(qat.input_params(0))
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
-        return integer_tensor_to_float(q, QuantParams(self.scale, self.dtype, self.ch_axis))
+        # integer activations may be channels-last between convs; the model's float outputs are NCHW
+        # (contiguous) so that the caller's post-processing (``view``…) sees ordinary tensors
+        return integer_tensor_to_float(q, QuantParams(self.scale, self.dtype, self.ch_axis)).contiguous()
 
     def extra_repr(self) -> str:
         return f"dtype={self.dtype}, ch_axis={self.ch_axis}"

@@ -101,7 +101,16 @@ class _WeightedQuantized(CalledAsAdd, nn.Module, abc.ABC):
 
 
 class Conv2d(_WeightedQuantized):
-    """Integer Conv2d (+ fused residual add and ReLU/ReLU6 bounds)."""
+    """Integer Conv2d (+ fused residual add and ReLU/ReLU6 bounds).
+
+    Takes NCHW or channels-last input.  Its output is NCHW-contiguous unless ``channels_last_output``
+    is set — convert_fx sets it when every consumer accepts channels-last tensors — so chains of
+    convs pass channels-last activations without copies (see the kernels README, "Layouts").
+    """
+
+    #: this module reads channels-last input without a copy (see convert_fx's layout pass)
+    accepts_channels_last = True
+    channels_last_output = False
 
     @classmethod
     def from_qat(cls, qat: nn.Module) -> Conv2d:
@@ -119,16 +128,13 @@ class Conv2d(_WeightedQuantized):
             out = ops.conv2d(self.march, x, self.weight, self.bias, list(self.stride), list(self.padding),
                              list(self.dilation), int(self.groups), self.multiplier, self.shift,
                              dtype_name(self.out_dtype.bits), lo, hi, other, self.residual_multiplier,
-                             self.qframe_name)
+                             self.qframe_name, self.channels_last_output)
             return self._finish_tensor(out)
         k, packed, bias, mult, shift, rmult = self._kernel_args()
-        out = k.conv2d(
-            as_array(x, "input", self.qframe_name), packed, bias,
-            tuple(self.stride), tuple(self.padding), tuple(self.dilation), int(self.groups),
-            mult, shift, dtype_name(self.out_dtype.bits), lo, hi,
-            as_array(other, "residual", self.qframe_name) if other is not None else None, rmult,
-        )
-        return self._finish(out)
+        out = ops.run_conv2d(k, packed, x, bias, self.stride, self.padding, self.dilation, int(self.groups), mult,
+                             shift, dtype_name(self.out_dtype.bits), lo, hi, other, rmult, self.qframe_name,
+                             self.channels_last_output)
+        return self._finish_tensor(out)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "

@@ -17,6 +17,7 @@ from ...errors import QframeError
 from ...lowering import op_display_name
 from ...registry import registry
 from .graph_utils import module_name_of, op_nodes
+from .layout import keep_channels_last
 
 
 def quantized_modules(model: nn.Module, march: str, float_ops: dict[str, Any],
@@ -76,6 +77,7 @@ def convert_fx(model: fx.GraphModule, convert_custom_config_dict: Optional[dict]
     new_modules = quantized_modules(gm, gm.meta["qframe_march"], gm.meta["qframe_float_ops"], names)
     for name, mod in new_modules.items():
         gm.add_submodule(name, mod)
+    keep_channels_last(gm)
     for sub in list(gm.modules()):
         if sub is not gm and isinstance(sub, fx.GraphModule) and sub.meta.get("qframe_stage") == "qat":
             convert_fx(sub, inplace=True)  # a sub-model prepared for an fx_wrap-ed method
