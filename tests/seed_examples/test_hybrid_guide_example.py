@@ -1,14 +1,14 @@
 """dev-guide.zh.md "异构模型指南 / 流程和示例": the seed's hybrid model, calibration and QAT models prepared
-with ``hybrid=True`` and its ``hybrid_dict``, ``load_observer_params``, and ``convert_fx``; the printed QAT
-model is compared with the seed's printout.
+with ``hybrid=True`` and its ``hybrid_dict``, ``load_observer_params``, ``export_to_onnx(qat_model, data,
+"qat.onnx", operator_export_type=None)`` (written under pytest's ``tmp_path``) and ``convert_fx``; the printed
+QAT model is compared with the seed's printout, and the exported file with what the seed says of it (standard
+ONNX, the CPU ops as float ops).
 
 Imports renamed (horizon_plugin_pytorch -> qframe_core). Deviations, each for a stated reason:
 
 * the seed sets ``March.BAYES``, but its printout keeps ``prelu`` on the CPU, which is what a march without
   PReLU does; qframe's bayes runs PReLU (the seeds' op table allows it), so the printout is reproduced on
   BERNOULLI2, whose table has no PReLU (tests/quantization/test_hybrid.py covers bayes);
-* ``export_to_onnx(qat_model, data, "qat.onnx", operator_export_type=None)`` is left out: qframe has no
-  ONNX export yet (see the README's status);
 * qframe runs the functional ``selu`` calls through generated ``Unary`` modules (``selu_1 =
   self.conv1._generated_selu_0(...)`` where the seed prints ``torch.nn.functional.selu(...)``), and names
   the inserted DeQuantStub's node like its module (``prelu_input_dequant``, the seed: ``prelu_input_dequant_0``);
@@ -19,6 +19,7 @@ import copy
 import re
 
 import numpy as np  # noqa: F401  (the seed imports it)
+import onnx
 import torch
 from torch import nn
 from torch.quantization import DeQuantStub, QuantStub
@@ -39,6 +40,7 @@ from qframe_core.quantization.qconfig import (
     default_qat_8bit_fake_quant_qconfig,
     default_qat_out_8bit_fake_quant_qconfig,
 )
+from qframe_core.utils.onnx_helper import export_to_onnx
 
 #: the forward of the seed's printed QAT model
 SEED_FORWARD = """
@@ -120,7 +122,8 @@ class HybridModel(nn.Module):
         return self.dequant(x)
 
 
-def _seed_example():
+def _seed_example(onnx_file=None):
+    """The seed's script; its ``export_to_onnx`` writes ``onnx_file`` (the seed: "qat.onnx") when one is given."""
     torch.manual_seed(0)
     set_march(March.BERNOULLI2)  # the seed: March.BAYES (see the module docstring)
     data_shape = [1, 3, 224, 224]
@@ -170,6 +173,15 @@ def _seed_example():
     # qat training start
     # ......
     # qat training end
+
+    if onnx_file is not None:
+        # 导出 qat.onnx
+        export_to_onnx(
+            qat_model,
+            data,
+            onnx_file,
+            operator_export_type=None,
+        )
 
     # 评测定点模型
     quantize_model = convert_fx(qat_model)
@@ -244,6 +256,44 @@ def test_hybrid_integer_model_evaluates_the_qat_model():
     assert torch.equal(quantize_res, qat_model(data))
     cos = torch.nn.functional.cosine_similarity(quantize_res.flatten(), float_res.flatten(), dim=0)
     assert cos > 0.99
+
+
+def test_the_qat_model_exports_standard_onnx(tmp_path):
+    """The seed's step 8: ``export_to_onnx(..., operator_export_type=None)`` writes standard ONNX (what
+    ``hb_mapper`` takes): every fake-quantize a QuantizeLinear/DequantizeLinear pair, the CPU ops (prelu,
+    conv1's conv and prelu, conv3, the selus) plain float ops; the export leaves the seed's later steps as
+    they were."""
+    f = tmp_path / "qat.onnx"
+    data, float_res, calib, qat_model, quantized, quantize_res = _seed_example(onnx_file=f)
+    proto = onnx.load(f)
+    onnx.checker.check_model(proto)
+    assert not [n for n in proto.graph.node if n.domain]  # no custom domain: standard ONNX only
+    ops = [n.op_type for n in proto.graph.node]
+    n_fq = sum(isinstance(m, FakeQuantize) for m in qat_model.modules())
+    assert n_fq == 8  # quant, conv0 (weight, output), conv2 (weight, output), conv4's weight, the two boundaries
+    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == n_fq
+    assert ops.count("Conv") == 5 and ops.count("PRelu") == 2 and ops.count("Selu") == 3
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    initializers = {t.name for t in proto.graph.initializer}
+
+    def made_by(name):
+        return producers[name].op_type if name in producers else "initializer" if name in initializers else name
+
+    convs = {n.name: [made_by(i) for i in n.input[:2]] for n in proto.graph.node if n.op_type == "Conv"}
+    # BPU convs (conv0, conv2, conv4): fake-quantized input and weight
+    for name in ("/conv0/Conv", "/conv2/Conv", "/conv4/Conv"):
+        assert convs[name] == ["DequantizeLinear", "DequantizeLinear"], convs
+    # CPU convs: float weights; conv1.conv follows the float selu, conv3 reads conv2's fake-quantized output
+    # (the seed's step 9: hb_mapper would quantize conv3 unless told run_on_cpu)
+    cpu_convs = {k: v for k, v in convs.items() if k not in ("/conv0/Conv", "/conv2/Conv", "/conv4/Conv")}
+    assert sorted(cpu_convs.values()) == [["DequantizeLinear", "initializer"], ["Selu", "initializer"]], convs
+    # the first prelu reads the dequantized BPU output; the last selu (_SeluModule) reads conv4's float output
+    # (a high-precision output: no fake-quantize after it)
+    prelus = [made_by(n.input[0]) for n in proto.graph.node if n.op_type == "PRelu"]
+    selus = [made_by(n.input[0]) for n in proto.graph.node if n.op_type == "Selu"]
+    assert prelus == ["DequantizeLinear", "Conv"] and selus == ["PRelu", "PRelu", "Conv"]
+    # exporting works on a copy: convert_fx after it gives what it gives without the export
+    assert torch.equal(quantize_res, _seed_example()[-1])
 
 
 def test_the_documented_interfaces():
