@@ -168,17 +168,24 @@ def test_conv2d_matches_reference(march, case):
 
 @pytest.mark.parametrize("march", MARCHES)
 def test_conv2d_native_layout(march):
-    """groups=1 convs with int8 activations write NHWC natively on AVX-512 VNNI (the channels-last kernel);
-    everything else writes NCHW; both layouts are always available."""
+    """With int8 activations, groups=1 convs write NHWC natively on AVX-512 VNNI (the channels-last kernel)
+    and depthwise convs on AVX-512BW (the channels-last depthwise kernel); everything else writes NCHW;
+    both layouts are always available."""
     mod = MODULES[march]
-    vnni = mod.cpu_features()["kernel_int8"] == "avx512vnni_u8s8"
+    feats = mod.cpu_features()
+    vnni = feats["kernel_int8"] == "avx512vnni_u8s8"
+    avx512 = feats["kernel"] in ("avx512bw", "avx512vnni")
     rng = np.random.default_rng(5)
     dense = mod.pack_conv2d_weight(rand_int(rng, np.int8, (16, 8, 3, 3)), 1)
     depthwise = mod.pack_conv2d_weight(rand_int(rng, np.int8, (8, 1, 3, 3)), 8)
+    grouped = mod.pack_conv2d_weight(rand_int(rng, np.int8, (8, 2, 3, 3)), 4)  # 2 in / 2 out per group
     assert dense.native_layout("int8") == ("nhwc" if vnni else "nchw")
-    assert dense.kernel == ("channels_last_avx512vnni_u8s8" if vnni else mod.cpu_features()["kernel_int8"])
+    assert dense.kernel == ("channels_last_avx512vnni_u8s8" if vnni else feats["kernel_int8"])
     assert dense.native_layout("int16") == "nchw"
-    assert depthwise.native_layout("int8") == "nchw" and depthwise.kernel == "direct"
+    assert depthwise.native_layout("int8") == ("nhwc" if avx512 else "nchw")
+    assert depthwise.kernel == ("channels_last_depthwise_avx512bw" if avx512 else "direct")
+    assert depthwise.native_layout("int16") == "nchw"
+    assert grouped.native_layout("int8") == "nchw" and grouped.kernel == "direct"
     with pytest.raises(ValueError, match="native_layout.*'int8' or 'int16'"):
         dense.native_layout("int32")
     x = rand_int(rng, np.int8, (1, 8, 5, 5))
@@ -637,3 +644,41 @@ def check_overflow_lanes(march):
     for wt in (wl, mod.pack_linear_weight(wl)):
         got = mod.linear(xl, wt, bias, mult, shift, "int16", None, None)
         np.testing.assert_array_equal(got, ref.linear(march, xl, wl, bias, mult, shift, "int16"))
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_depthwise_random_shapes_in_every_layout(march):
+    """Depthwise convs (the channels-last depthwise kernel where the CPU has AVX-512BW): random shapes,
+    strides, padding, dilation, channel counts that are not multiples of 16, residuals and raw output."""
+    mod = MODULES[march]
+    rng = np.random.default_rng(17)
+    checked = 0
+    while checked < 40:
+        n, c = int(rng.integers(1, 3)), int(rng.choice([1, 3, 16, 17, 40]))
+        kh, kw = int(rng.choice([1, 3, 5])), int(rng.choice([1, 2, 3]))
+        h, w = int(rng.integers(1, 10)), int(rng.integers(1, 12))
+        stride = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        if h + 2 * padding[0] < dilation[0] * (kh - 1) + 1 or w + 2 * padding[1] < dilation[1] * (kw - 1) + 1:
+            continue
+        x = rand_int(rng, np.int8, (n, c, h, w))
+        wt = rand_int(rng, np.int8, (c, 1, kh, kw))
+        bias = rand_int(rng, np.int32, (c,), -(2**20), 2**20)
+        raw = checked % 7 == 0
+        mult = None if raw else rng.integers(0, max_mult(march), size=c, endpoint=True).astype(np.int32)
+        shift = None if raw else rng.integers(0, 40, size=c).astype(np.int32)
+        odt = "int32" if raw else ("int8", "int16", "int32")[checked % 3]
+        ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        kwargs = {}
+        if not raw and checked % 2 == 0:
+            kwargs = {"residual": rand_int(rng, (np.int8, np.int16)[checked % 4 // 2], (n, c, ho, wo)),
+                      "residual_multiplier": rng.integers(0, max_mult(march), size=c, endpoint=True).astype(np.int32)}
+        args = (x, mod.pack_conv2d_weight(wt, c), bias, stride, padding, dilation, c, mult, shift, odt)
+        cmin = 0 if checked % 3 == 1 else None
+        want = ref.conv2d(march, x, wt, *args[2:], cmin, None, **kwargs)
+        for layouts in LAYOUTS:
+            np.testing.assert_array_equal(conv2d_in_layouts(mod, args, kwargs, cmin, None, *layouts), want,
+                                          err_msg=f"{x.shape} {wt.shape} {stride} {padding} {dilation} {layouts}")
+        checked += 1

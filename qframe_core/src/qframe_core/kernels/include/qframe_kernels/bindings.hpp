@@ -296,6 +296,7 @@ struct PackedWeight {
     std::vector<int8_t> raw;
     PackedGemmWeight p8, p16;
     PackedNhwcWeight nhwc;  // conv2d weights for the channels-last kernel (when it applies)
+    PackedDepthwiseWeight dw;  // depthwise conv2d weights for the channels-last depthwise kernel
 
     int64_t rows() const { return shape[0] / groups; }
     int64_t K() const {
@@ -305,12 +306,21 @@ struct PackedWeight {
     }
     bool direct() const { return op == "conv2d" && conv2d_uses_direct(shape[0], groups); }
     // The layout conv2d writes natively for activations of `in`: NHWC on the channels-last kernel.
-    bool nhwc_native(DType in) const {
+    bool nhwc_gemm(DType in) const {
         return op == "conv2d" && in == DType::Int8 && nhwc_kernel_applies(shape[0], shape[1], shape[2], shape[3], groups);
     }
+    bool nhwc_depthwise(DType in) const {
+        return op == "conv2d" && in == DType::Int8 &&
+               depthwise_nhwc_applies(shape[0], shape[1], shape[2], shape[3], groups);
+    }
+    bool nhwc_native(DType in) const { return nhwc_gemm(in) || nhwc_depthwise(in); }
     const PackedNhwcWeight& get_nhwc() {
         if (nhwc.empty()) pack_nhwc_weight(nhwc, raw.data(), shape[0], shape[1], shape[2], shape[3]);
         return nhwc;
+    }
+    const PackedDepthwiseWeight& get_depthwise() {
+        if (dw.empty()) pack_depthwise_weight(dw, raw.data(), shape[0], shape[2], shape[3]);
+        return dw;
     }
     // Packed layout for activations of `in` (int8 / int16); packs on first use.
     // Called with the GIL held, so lazy packing is not racy.
@@ -327,7 +337,7 @@ struct PackedWeight {
             pack_gemm_weight(slot, kern, raw.data(), groups, rows(), K());
         return &slot;
     }
-    size_t nbytes() const { return raw.size() + p8.nbytes() + p16.nbytes() + nhwc.nbytes(); }
+    size_t nbytes() const { return raw.size() + p8.nbytes() + p16.nbytes() + nhwc.nbytes() + dw.nbytes(); }
 };
 
 template <class Policy>
@@ -351,7 +361,9 @@ std::shared_ptr<PackedWeight> make_packed(const char* fn, const std::string& op,
     pw->raw.assign(src, src + w.size());
     {
         py::gil_scoped_release nogil;
-        if (pw->nhwc_native(DType::Int8)) pw->get_nhwc();  // the usual case is packed now; others on first use
+        // the usual case is packed now; others on first use
+        if (pw->nhwc_gemm(DType::Int8)) pw->get_nhwc();
+        else if (pw->nhwc_depthwise(DType::Int8)) pw->get_depthwise();
         else pw->get(DType::Int8);
     }
     return pw;
@@ -494,8 +506,11 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
     const void* rp = res ? res->data() : nullptr;
     const DType rdt = res ? res->dt : DType::Int8;
     const bool nhwc_kernel = x.dt == DType::Int8 && nhwc_kernel_applies(s.O, s.C / s.groups, s.KH, s.KW, s.groups);
+    const bool dw_kernel = x.dt == DType::Int8 && depthwise_nhwc_applies(s.O, s.C / s.groups, s.KH, s.KW, s.groups);
     PackedNhwcWeight local_nhwc;
+    PackedDepthwiseWeight local_dw;
     const PackedNhwcWeight* pn = nullptr;
+    const PackedDepthwiseWeight* pd = nullptr;
     const PackedGemmWeight* pk = nullptr;
     if (nhwc_kernel) {
         if (w.packed) {
@@ -503,6 +518,13 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
         } else {
             pack_nhwc_weight(local_nhwc, wp, s.O, s.C, s.KH, s.KW);
             pn = &local_nhwc;
+        }
+    } else if (dw_kernel) {
+        if (w.packed) {
+            pd = &w.packed->get_depthwise();
+        } else {
+            pack_depthwise_weight(local_dw, wp, s.O, s.KH, s.KW);
+            pd = &local_dw;
         }
     } else if (w.packed) {
         pk = w.packed->get(x.dt);
@@ -522,7 +544,7 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
                         const int64_t oelems = s.N * s.O * P;
                         // the kernel's native layouts: NHWC out of the channels-last kernel, NCHW in and out of
                         // the others; the arguments are converted to and from them where they differ
-                        const bool native_out_nhwc = nhwc_kernel;
+                        const bool native_out_nhwc = nhwc_kernel || dw_kernel;
                         std::vector<TRes> rtmp;
                         if (r && out_nhwc != native_out_nhwc) {
                             rtmp.resize(static_cast<size_t>(oelems));
@@ -540,8 +562,11 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
                             if (nhwc_kernel)
                                 conv2d_nhwc<Policy, TOut, TRes>(s, static_cast<const int8_t*>(xp), in_nhwc, *pn, r,
                                                                 e.q, dst);
+                            if (dw_kernel)
+                                conv2d_depthwise_nhwc<Policy, TOut, TRes>(s, static_cast<const int8_t*>(xp), in_nhwc,
+                                                                          *pd, r, e.q, dst);
                         }
-                        if (!nhwc_kernel) {
+                        if (!native_out_nhwc) {
                             const TIn* xin = static_cast<const TIn*>(xp);
                             std::vector<TIn> xtmp;
                             if (in_nhwc) {
@@ -759,8 +784,9 @@ void bind_kernels(pybind11::module_& m) {
         })
         .def_property_readonly("groups", [](const bind::PackedWeight& p) { return p.groups; })
         .def_property_readonly("kernel", [](const bind::PackedWeight& p) {
+            if (p.nhwc_depthwise(DType::Int8)) return std::string("channels_last_depthwise_avx512bw");
             if (p.direct()) return std::string("direct");
-            if (p.nhwc_native(DType::Int8)) return std::string("channels_last_avx512vnni_u8s8");
+            if (p.nhwc_gemm(DType::Int8)) return std::string("channels_last_avx512vnni_u8s8");
             return std::string(p.p8.kern ? p.p8.kern->name : "none");
         })
         .def_property_readonly("nbytes", [](const bind::PackedWeight& p) { return p.nbytes(); })

@@ -58,6 +58,41 @@ inline bool nhwc_kernel_applies(int64_t O, int64_t Cg, int64_t KH, int64_t KW, i
            KH * KW * ((Cg + 3) / 4) <= kNhwcMaxQuads;
 }
 
+// Depthwise weights for the channels-last depthwise kernel, taps in pairs: w[pair][c] (int32 = the int16
+// weights of taps 2 * pair and 2 * pair + 1 in its low and high halves; an odd last tap is paired with a
+// zero weight; C padded to 16) and comp[c] = 128 * sum of channel c's weights.
+struct PackedDepthwiseWeight {
+    int64_t C = 0, KH = 0, KW = 0, Cpad = 0;
+    std::vector<int32_t> w;
+    std::vector<int64_t> comp;
+    bool empty() const { return w.empty(); }
+    size_t nbytes() const { return w.size() * sizeof(int32_t) + comp.size() * sizeof(int64_t); }
+};
+
+// True when conv2d with these weights and int8 activations runs the channels-last depthwise kernel:
+// one input and one output channel per group, on a CPU with AVX-512BW.
+inline bool depthwise_nhwc_applies(int64_t O, int64_t Cg, int64_t KH, int64_t KW, int64_t groups) {
+    return gemm_kernel_for<int8_t>().isa == Isa::Avx512 && Cg == 1 && O == groups && KH * KW <= kNhwcMaxQuads * 4;
+}
+
+inline void pack_depthwise_weight(PackedDepthwiseWeight& p, const int8_t* w, int64_t C, int64_t KH, int64_t KW) {
+    p.C = C;
+    p.KH = KH;
+    p.KW = KW;
+    p.Cpad = (C + 15) / 16 * 16;
+    const int64_t taps = KH * KW, pairs = (taps + 1) / 2;
+    p.w.assign(static_cast<size_t>(pairs * p.Cpad), 0);
+    p.comp.assign(static_cast<size_t>(p.Cpad), 0);
+    for (int64_t c = 0; c < C; ++c)
+        for (int64_t t = 0; t < taps; ++t) {
+            const int8_t v = w[c * taps + t];
+            const uint32_t half = static_cast<uint16_t>(static_cast<int16_t>(v));
+            uint32_t& slot = reinterpret_cast<uint32_t&>(p.w[static_cast<size_t>((t / 2) * p.Cpad + c)]);
+            slot |= t % 2 ? half << 16 : half;
+            p.comp[static_cast<size_t>(c)] += 128 * static_cast<int64_t>(v);
+        }
+}
+
 inline void pack_nhwc_weight(PackedNhwcWeight& p, const int8_t* w, int64_t O, int64_t C, int64_t KH, int64_t KW) {
     p.O = O;
     p.C = C;
@@ -189,12 +224,10 @@ inline void make_lane_params(LaneParams& lp, const int64_t* bias64, const Requan
 // 16 channels of one pixel: out[l] = clamp(round_shift((acc[l] + bias[l]) * m[l] + res[l] * rm[l], s[l]))
 // for lanes l < popcount(k); false (nothing stored) when some lane's acc + bias overflows int32.
 template <class TRes, class TOut>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline bool requant_lanes_avx512(const int32_t* acc,
-                                                                                     __mmask16 k,
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline bool requant_lanes_avx512(__m512i x, __mmask16 k,
                                                                                      const LaneParams& lp,
                                                                                      const TRes* res, __m512i vlo,
                                                                                      __m512i vhi, TOut* out) {
-    const __m512i x = _mm512_maskz_loadu_epi32(k, acc);
     const __m512i vb = _mm512_load_si512(lp.bias);
     const __m512i v = _mm512_add_epi32(x, vb);
     // signed overflow of x + b: x and b have the same sign and v the other (impossible when no_overflow)
@@ -223,6 +256,71 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline bool requant_lanes_a
     else if constexpr (sizeof(TOut) == 2) _mm512_mask_cvtepi32_storeu_epi16(out, k, y);
     else _mm512_mask_storeu_epi32(out, k, y);
     return true;
+}
+
+// The scalar definition for `nl` channels o0.. of one pixel (raw int32 mode, or lanes that may overflow).
+template <class R, class TRes, class TOut>
+inline void requant_lanes_scalar(const int32_t* acc, int64_t nl, int64_t o0, const int64_t* bias64,
+                                 const RequantArgs& q, const TRes* res, TOut* out) {
+    for (int64_t l = 0; l < nl; ++l) {
+        const int64_t b = bias64[o0 + l];
+        if (q.multiplier == nullptr) {
+            raw_row(acc + l, 1, b, q.range.lo, q.range.hi, out + l);
+        } else {
+            const int64_t rm = res ? static_cast<int64_t>(q.res_multiplier[o0 + l]) : 0;
+            requant_row<R>(acc + l, 1, b, q.multiplier[o0 + l], q.shift[o0 + l], res ? res + l : res, rm, q.range.lo,
+                           q.range.hi, out + l);
+        }
+    }
+}
+
+// Depthwise tiles: one output row (n, oh) per task; per output pixel and 16 channels, the taps'
+// encoded inputs (x + 128, zero-extended) times the weights, two taps per vpmaddwd (x1 and x2 as the
+// int16 halves of each lane against the packed weight pair: x1*w1 + x2*w2 exactly), summed in int32
+// (exact: |acc| <= taps * 255 * 128), then the per-lane epilogue; the output row is NHWC.  X has CgP
+// (a multiple of 16) channels a pixel, so the 16-byte loads never leave it.
+template <class R, class TOut, class TRes>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void depthwise_nhwc_rows(
+    const Conv2dShape& s, const uint8_t* X, int64_t Hp, int64_t Wp, int64_t CgP, const PackedDepthwiseWeight& pw,
+    const LaneParams* lanes, const int64_t* bias64, const TRes* res, const RequantArgs& q, TOut* out) {
+    const int64_t C = s.O, taps = s.KH * s.KW, pairs = (taps + 1) / 2, Cpad = pw.Cpad;
+    const int64_t rows = s.N * s.Ho, Wo = s.Wo, sw = s.sw;
+    std::vector<int64_t> off(static_cast<size_t>(2 * pairs));  // tap offsets; the odd tail repeats the last tap
+    for (int64_t t = 0; t < 2 * pairs; ++t) {
+        const int64_t tt = std::min(t, taps - 1), kh = tt / s.KW, kw = tt % s.KW;
+        off[t] = (kh * s.dh * Wp + kw * s.dw) * CgP;
+    }
+    const int64_t* offp = off.data();
+    const __m512i vlo = _mm512_set1_epi64(q.range.lo), vhi = _mm512_set1_epi64(q.range.hi);
+#pragma omp parallel for schedule(static) num_threads(max_threads()) if (rows * Wo * C > 16384)
+    for (int64_t row = 0; row < rows; ++row) {
+        const int64_t n = row / s.Ho, oh = row % s.Ho;
+        alignas(64) int32_t acc[16];
+        for (int64_t c0 = 0; c0 < C; c0 += 16) {
+            const int64_t nl = std::min<int64_t>(16, C - c0);
+            const __mmask16 k = nl == 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << nl) - 1u);
+            const LaneParams& lp = lanes[c0 / 16];
+            const int32_t* wc = pw.w.data() + c0;
+            const uint8_t* rowbase = X + (n * Hp + oh * s.sh) * Wp * CgP + c0;
+            for (int64_t ow = 0; ow < Wo; ++ow) {
+                const uint8_t* base = rowbase + ow * sw * CgP;
+                __m512i a = _mm512_setzero_si512();
+                for (int64_t pr = 0; pr < pairs; ++pr) {
+                    const __m512i x1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                        reinterpret_cast<const __m128i*>(base + offp[2 * pr])));
+                    const __m512i x2 = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                        reinterpret_cast<const __m128i*>(base + offp[2 * pr + 1])));
+                    const __m512i z = _mm512_or_si512(x1, _mm512_slli_epi32(x2, 16));
+                    a = _mm512_add_epi32(a, _mm512_madd_epi16(z, _mm512_loadu_si512(wc + pr * Cpad)));
+                }
+                const int64_t obase = (row * Wo + ow) * C + c0;
+                const TRes* rr = res ? res + obase : nullptr;
+                if (lp.fast && requant_lanes_avx512(a, k, lp, rr, vlo, vhi, out + obase)) continue;
+                _mm512_store_si512(acc, a);
+                requant_lanes_scalar<R>(acc, nl, c0, bias64, q, rr, out + obase);
+            }
+        }
+    }
 }
 
 // The tiles of conv2d_nhwc (one OpenMP loop; AVX-512 code throughout).
@@ -270,17 +368,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc
                 const int32_t* acc = C + r * kNhwcNR + h * 16;
                 const int64_t obase = (p0 + r) * O + o0;
                 const TRes* rr = res ? res + obase : nullptr;
-                if (lp.fast && requant_lanes_avx512(acc, k, lp, rr, vlo, vhi, out + obase)) continue;
-                for (int64_t l = 0; l < nl; ++l) {  // the scalar definition, lane by lane
-                    const int64_t b = bias64[o0 + l];
-                    if (q.multiplier == nullptr) {
-                        raw_row(acc + l, 1, b, lo, hi, out + obase + l);
-                    } else {
-                        const int64_t rm = res ? static_cast<int64_t>(q.res_multiplier[o0 + l]) : 0;
-                        requant_row<R>(acc + l, 1, b, q.multiplier[o0 + l], q.shift[o0 + l], rr ? rr + l : rr, rm,
-                                       lo, hi, out + obase + l);
-                    }
-                }
+                if (lp.fast && requant_lanes_avx512(_mm512_maskz_loadu_epi32(k, acc), k, lp, rr, vlo, vhi, out + obase))
+                    continue;
+                requant_lanes_scalar<R>(acc, nl, o0, bias64, q, rr, out + obase);
             }
         }
     }
@@ -320,6 +410,36 @@ void conv2d_nhwc(const Conv2dShape& s, const int8_t* in, bool input_nhwc, const 
                                     acc_bound);
     detail::conv2d_nhwc_tiles<R, TOut, TRes>(s, X, Hp, Wp, CgP, tapoff.data(), pw, lanes.data(), bias64.data(), res,
                                              q, out);
+#else
+    (void)s; (void)in; (void)input_nhwc; (void)pw; (void)res; (void)q; (void)out;
+#endif
+}
+
+// Depthwise conv2d (C == O == groups) of an int8 input (NCHW, or NHWC when input_nhwc) into an NHWC
+// output, on AVX-512BW; requires depthwise_nhwc_applies(...).
+template <class Policy, class TOut, class TRes>
+void conv2d_depthwise_nhwc(const Conv2dShape& s, const int8_t* in, bool input_nhwc, const PackedDepthwiseWeight& pw,
+                           const TRes* res, const RequantArgs& q, TOut* out) {
+#ifdef QFRAME_KERNELS_X86
+    using R = typename Policy::Rounding;
+    if (s.N * s.Ho * s.Wo == 0 || s.O == 0) return;
+    // the input as one dense channels-last copy (groups = 1 layout, channels padded to 16 for full loads)
+    Conv2dShape d = s;
+    d.groups = 1;
+    const int64_t CgP = pw.Cpad;
+    const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
+    uint8_t* X = thread_scratch<uint8_t, 8>(s.N * Hp * Wp * CgP);
+    if (input_nhwc) detail::prepare_channels_last_from_nhwc(d, in, CgP, X);
+    else detail::prepare_channels_last<int8_t, uint8_t>(d, in, CgP, X);
+    const int64_t groups16 = pw.Cpad / 16;
+    std::vector<detail::LaneParams> lanes(static_cast<size_t>(groups16));
+    std::vector<int64_t> bias64(static_cast<size_t>(pw.Cpad), 0);
+    for (int64_t c = 0; c < s.O; ++c) bias64[c] = (q.bias ? q.bias[c] : 0) - pw.comp[c];
+    const int64_t acc_bound = s.KH * s.KW * 255 * 128;
+    for (int64_t g = 0; g < groups16; ++g)
+        detail::make_lane_params<R>(lanes[g], bias64.data() + g * 16, q, g * 16, std::min<int64_t>(16, s.O - g * 16),
+                                    acc_bound);
+    detail::depthwise_nhwc_rows<R, TOut, TRes>(s, X, Hp, Wp, CgP, pw, lanes.data(), bias64.data(), res, q, out);
 #else
     (void)s; (void)in; (void)input_nhwc; (void)pw; (void)res; (void)q; (void)out;
 #endif
