@@ -3,10 +3,12 @@
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
 
+import qframe_core
 from qframe_core import jit
 from qframe_core.march import march
 from qframe_core.quantization import FakeQuantState, convert_fx, prepare_qat_fx, set_fake_quantize
@@ -70,3 +72,22 @@ def test_load_warns_on_another_version(traced, tmp_path):
     torch.jit.save(script, str(plain))
     with pytest.warns(UserWarning, match="not saved by qframe_core.jit.save"):
         jit.load(str(plain))
+
+
+def test_load_fills_the_callers_extra_files(traced, tmp_path):
+    """As torch.jit.load does: the caller's dict receives each asked-for extra file's contents."""
+    _, script, _, x = traced
+    path = tmp_path / "extra.pt"
+    jit.save(script, str(path), _extra_files={"a.txt": "x"})
+    extra = {"a.txt": "", "absent.txt": "old"}
+    loaded = jit.load(str(path), _extra_files=extra)
+    reference = {"a.txt": "", "absent.txt": "old"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 marks torch.jit deprecated
+        torch.jit.load(str(path), _extra_files=reference)
+    assert extra == reference == {"a.txt": b"x", "absent.txt": b""}  # the version key is not added
+    assert torch.equal(loaded(x), script(x))
+    # the version key can be asked for too
+    extra = {"qframe_version": ""}
+    jit.load(str(path), _extra_files=extra)
+    assert extra == {"qframe_version": qframe_core.__version__.encode()}

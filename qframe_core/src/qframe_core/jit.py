@@ -48,12 +48,20 @@ def _compatible(saved: str, current: str) -> bool:
 
 
 def load(f: PathOrFile, map_location: Any = None, _extra_files: Optional[dict[str, Any]] = None) -> torch.jit.ScriptModule:
-    """``torch.jit.load`` with qframe's operators registered; warns on a version mismatch."""
+    """``torch.jit.load`` with qframe's operators registered; warns on a version mismatch.
+
+    As with ``torch.jit.load``, each key of ``_extra_files`` is set to that extra file's contents (``bytes``;
+    ``b""`` when the file has none by that name).  The version key is read too, and is added to the
+    caller's dict only if it was asked for.
+    """
     _ensure_ops()
     extra = dict(_extra_files or {})
     extra.setdefault(_VERSION_KEY, "")
     with _quiet_torch_jit():
         module = torch.jit.load(f, map_location=map_location, _extra_files=extra)
+    if _extra_files is not None:
+        for key in list(_extra_files):
+            _extra_files[key] = extra[key]
     saved = extra[_VERSION_KEY]
     saved = saved.decode() if isinstance(saved, bytes) else str(saved)
     if not saved:

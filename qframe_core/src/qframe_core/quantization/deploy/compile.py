@@ -154,7 +154,10 @@ def load_compiled(path: Union[str, os.PathLike]) -> tuple[torch.jit.ScriptModule
     """
     from ...jit import _ensure_ops, _quiet_torch_jit
 
-    _ensure_ops()  # registers torch.ops.qframe.* (qframe_core.jit.load does too, but keeps _extra_files to itself)
+    # not qframe_core.jit.load: the manifest carries the version and the check below words the warning for
+    # compiled artifacts; jit.load would add its own version warning, and one ("not saved by
+    # qframe_core.jit.save") before the CompileError for a plain TorchScript file
+    _ensure_ops()  # registers torch.ops.qframe.*
     extra = {MANIFEST: ""}
     with _quiet_torch_jit():
         module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
