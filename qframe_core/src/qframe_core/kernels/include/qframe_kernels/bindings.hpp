@@ -314,8 +314,11 @@ struct PackedWeight {
                depthwise_nhwc_applies(shape[0], shape[1], shape[2], shape[3], groups);
     }
     bool nhwc_native(DType in) const { return nhwc_gemm(in) || nhwc_depthwise(in); }
-    const PackedNhwcWeight& get_nhwc() {
-        if (nhwc.empty()) pack_nhwc_weight(nhwc, raw.data(), shape[0], shape[1], shape[2], shape[3]);
+    // Packed for the channels-last kernel; the runs order (unit width dilation only) where it pays off.
+    const PackedNhwcWeight& get_nhwc(int64_t dw = 1) {
+        const bool run = dw == 1 && nhwc_runs_pay_off(shape[1], shape[3]);
+        if (nhwc.empty() || nhwc.run != run)
+            pack_nhwc_weight(nhwc, raw.data(), shape[0], shape[1], shape[2], shape[3], run);
         return nhwc;
     }
     const PackedDepthwiseWeight& get_depthwise() {
@@ -514,9 +517,9 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
     const PackedGemmWeight* pk = nullptr;
     if (nhwc_kernel) {
         if (w.packed) {
-            pn = &w.packed->get_nhwc();
+            pn = &w.packed->get_nhwc(s.dw);
         } else {
-            pack_nhwc_weight(local_nhwc, wp, s.O, s.C, s.KH, s.KW);
+            pack_nhwc_weight(local_nhwc, wp, s.O, s.C, s.KH, s.KW, s.dw == 1 && nhwc_runs_pay_off(s.C, s.KW));
             pn = &local_nhwc;
         }
     } else if (dw_kernel) {

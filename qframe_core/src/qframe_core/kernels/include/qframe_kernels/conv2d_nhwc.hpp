@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "conv2d.hpp"
@@ -36,17 +37,25 @@ constexpr int kNhwcMR = 12;  // output pixels per micro-tile
 constexpr int kNhwcNR = 32;  // output channels per micro-tile (2 zmm of 16 int32)
 constexpr int64_t kNhwcMaxQuads = 16448;  // int32-exact reduction length in u8 quads (gemm_s8.hpp)
 
-// Weights of one conv for the channels-last kernel:
-//   w[ob][tap = kh * KW + kw][cq][lane]  (int32 = the four int8 weights of input channels
-//   4cq .. 4cq+3 for output channel ob * 32 + lane; zero past C and past O)
+// Weights of one conv for the channels-last kernel, in one of two reduction orders:
+//  * taps: w[ob][tap = kh * KW + kw][cq][lane] (int32 = the four int8 weights of input channels
+//    4cq .. 4cq+3 for output channel ob * 32 + lane; zero past C and past O); the input copy has
+//    CgP = C rounded up to 4 channels a pixel;
+//  * runs (C not a multiple of 4, e.g. a 3-channel stem or a 1-channel input): the input copy has
+//    exactly C channels a pixel, so the KW * C values of one kernel row are contiguous; w[ob][kh][q][lane]
+//    holds the weights of run values 4q .. 4q+3 (value f is (kw, c) = (f / C, f % C)); the up to 3
+//    values read past the run's end meet zero weights.  ceil(KW * C / 4) quads a row instead of
+//    KW * ceil(C / 4) (3-channel 7x7: 6 instead of 7).  Needs unit width dilation.
 struct PackedNhwcWeight {
     int64_t O = 0, C = 0, KH = 0, KW = 0, CgP = 0;
+    bool run = false;
     std::vector<int32_t> w;
     std::vector<int64_t> comp;  // 128 * sum of output channel o's weights
 
     bool empty() const { return w.empty(); }
-    int64_t quads_per_tap() const { return CgP / 4; }
-    int64_t quads() const { return KH * KW * quads_per_tap(); }
+    int64_t taps() const { return run ? KH : KH * KW; }
+    int64_t quads_per_tap() const { return run ? (KW * C + 3) / 4 : CgP / 4; }
+    int64_t quads() const { return taps() * quads_per_tap(); }
     const int32_t* block(int64_t ob) const { return w.data() + ob * quads() * kNhwcNR; }
     size_t nbytes() const { return w.size() * sizeof(int32_t) + comp.size() * sizeof(int64_t); }
 };
@@ -93,13 +102,18 @@ inline void pack_depthwise_weight(PackedDepthwiseWeight& p, const int8_t* w, int
         }
 }
 
-inline void pack_nhwc_weight(PackedNhwcWeight& p, const int8_t* w, int64_t O, int64_t C, int64_t KH, int64_t KW) {
+// The runs order pays off when it needs fewer quads than the taps order.
+inline bool nhwc_runs_pay_off(int64_t C, int64_t KW) { return (KW * C + 3) / 4 < KW * ((C + 3) / 4); }
+
+inline void pack_nhwc_weight(PackedNhwcWeight& p, const int8_t* w, int64_t O, int64_t C, int64_t KH, int64_t KW,
+                             bool run) {
     p.O = O;
     p.C = C;
     p.KH = KH;
     p.KW = KW;
-    p.CgP = (C + 3) / 4 * 4;
-    const int64_t obs = (O + kNhwcNR - 1) / kNhwcNR, taps = KH * KW, cqs = p.CgP / 4;
+    p.run = run;
+    p.CgP = run ? C : (C + 3) / 4 * 4;
+    const int64_t obs = (O + kNhwcNR - 1) / kNhwcNR, taps = p.taps(), cqs = p.quads_per_tap();
     p.w.assign(static_cast<size_t>(obs * taps * cqs * kNhwcNR), 0);
     p.comp.assign(static_cast<size_t>(obs * kNhwcNR), 0);
     for (int64_t o = 0; o < O; ++o) {
@@ -108,8 +122,10 @@ inline void pack_nhwc_weight(PackedNhwcWeight& p, const int8_t* w, int64_t O, in
             for (int64_t kh = 0; kh < KH; ++kh)
                 for (int64_t kw = 0; kw < KW; ++kw) {
                     const int8_t v = w[((o * C + c) * KH + kh) * KW + kw];
-                    const int64_t slot = ((ob * taps + kh * KW + kw) * cqs + c / 4) * kNhwcNR + lane;
-                    reinterpret_cast<int8_t*>(&p.w[static_cast<size_t>(slot)])[c % 4] = v;
+                    // (tap, value index within the tap's reduction)
+                    const int64_t tap = run ? kh : kh * KW + kw, f = run ? kw * C + c : c;
+                    const int64_t slot = ((ob * taps + tap) * cqs + f / 4) * kNhwcNR + lane;
+                    reinterpret_cast<int8_t*>(&p.w[static_cast<size_t>(slot)])[f % 4] = v;
                     p.comp[static_cast<size_t>(o)] += 128 * static_cast<int64_t>(v);
                 }
     }
@@ -148,24 +164,24 @@ inline void prepare_channels_last_from_nhwc(const Conv2dShape& s, const int8_t* 
 #ifdef QFRAME_KERNELS_X86
 // One micro-tile: C[r][j] (r < kNhwcMR pixels, j < kNhwcNR channels) = sum over taps and quads of
 // the u8 quad at px[r] + tapoff[t] + 4q times the weight quads of W.
-__attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) inline void nhwc_tile_vnni(const uint8_t* const* px,
-                                                                                 const int64_t* tapoff, int64_t taps,
-                                                                                 int64_t cqs, const int32_t* W,
-                                                                                 int32_t* C) {
-    __m512i c[kNhwcMR][2];
+template <int MR>
+__attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) void nhwc_tile_vnni(const uint8_t* const* px,
+                                                                          const int64_t* tapoff, int64_t taps,
+                                                                          int64_t cqs, const int32_t* W, int32_t* C) {
+    __m512i c[MR][2];
 #pragma GCC unroll 16
-    for (int r = 0; r < kNhwcMR; ++r) c[r][0] = c[r][1] = _mm512_setzero_si512();
+    for (int r = 0; r < MR; ++r) c[r][0] = c[r][1] = _mm512_setzero_si512();
     for (int64_t t = 0; t < taps; ++t) {
         const int64_t off = tapoff[t];
-        const uint8_t* p[kNhwcMR];
+        const uint8_t* p[MR];
 #pragma GCC unroll 16
-        for (int r = 0; r < kNhwcMR; ++r) p[r] = px[r] + off;
+        for (int r = 0; r < MR; ++r) p[r] = px[r] + off;
         for (int64_t q = 0; q < cqs; ++q) {
             const __m512i b0 = _mm512_loadu_si512(W);
             const __m512i b1 = _mm512_loadu_si512(W + 16);
             W += kNhwcNR;
 #pragma GCC unroll 16
-            for (int r = 0; r < kNhwcMR; ++r) {
+            for (int r = 0; r < MR; ++r) {
                 int32_t v;
                 std::memcpy(&v, p[r] + 4 * q, 4);
                 const __m512i a = _mm512_set1_epi32(v);
@@ -175,7 +191,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) inline void nhw
         }
     }
 #pragma GCC unroll 16
-    for (int r = 0; r < kNhwcMR; ++r) {
+    for (int r = 0; r < MR; ++r) {
         _mm512_storeu_si512(C + r * kNhwcNR, c[r][0]);
         _mm512_storeu_si512(C + r * kNhwcNR + 16, c[r][1]);
     }
@@ -324,19 +340,19 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void depthwise_nhwc_rows(
 }
 
 // The tiles of conv2d_nhwc (one OpenMP loop; AVX-512 code throughout).
-template <class R, class TOut, class TRes>
+template <class R, class TOut, class TRes, int MR>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc_tiles(
     const Conv2dShape& s, const uint8_t* X, int64_t Hp, int64_t Wp, int64_t CgP, const int64_t* tapoff,
     const PackedNhwcWeight& pw, const LaneParams* lanes, const int64_t* bias64, const TRes* res, const RequantArgs& q,
     TOut* out) {
     const int64_t HoWo = s.Ho * s.Wo, P = s.N * HoWo;
-    const int64_t taps = s.KH * s.KW, cqs = pw.quads_per_tap();
+    const int64_t taps = pw.taps(), cqs = pw.quads_per_tap();
     const int64_t obs = (s.O + kNhwcNR - 1) / kNhwcNR;
     const int64_t lo = q.range.lo, hi = q.range.hi;
-    const int64_t pbs = (P + kNhwcMR - 1) / kNhwcMR;
+    const int64_t pbs = (P + MR - 1) / MR;
     // offset in X of each output pixel's receptive field (computed once: divisions are not free)
-    int64_t* pix = thread_scratch<int64_t, 9>(pbs * kNhwcMR);
-    for (int64_t p = 0, n = 0, oh = 0, ow = 0; p < pbs * kNhwcMR; ++p) {
+    int64_t* pix = thread_scratch<int64_t, 9>(pbs * MR);
+    for (int64_t p = 0, n = 0, oh = 0, ow = 0; p < pbs * MR; ++p) {
         if (p < P) {
             pix[p] = ((n * Hp + oh * s.sh) * Wp + ow * s.sw) * CgP;
             if (++ow == s.Wo) {
@@ -352,11 +368,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc
 #pragma omp parallel for schedule(static) num_threads(max_threads()) if (tasks > 1)
     for (int64_t t = 0; t < tasks; ++t) {
         const int64_t ob = t / pbs, pb = t % pbs;
-        alignas(64) int32_t C[kNhwcMR * kNhwcNR];
-        const uint8_t* px[kNhwcMR];
-        const int64_t p0 = pb * kNhwcMR, nvalid = std::min<int64_t>(kNhwcMR, P - p0);
-        for (int64_t r = 0; r < kNhwcMR; ++r) px[r] = X + pix[p0 + r];
-        nhwc_tile_vnni(px, tapoff, taps, cqs, pw.block(ob), C);
+        alignas(64) int32_t C[MR * kNhwcNR];
+        const uint8_t* px[MR];
+        const int64_t p0 = pb * MR, nvalid = std::min<int64_t>(MR, P - p0);
+        for (int64_t r = 0; r < MR; ++r) px[r] = X + pix[p0 + r];
+        nhwc_tile_vnni<MR>(px, tapoff, taps, cqs, pw.block(ob), C);
         const __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
         for (int64_t h = 0; h < 2; ++h) {
             const int64_t o0 = ob * kNhwcNR + h * 16;
@@ -390,14 +406,18 @@ void conv2d_nhwc(const Conv2dShape& s, const int8_t* in, bool input_nhwc, const 
     if (s.N * s.Ho * s.Wo == 0 || s.O == 0) return;
     const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw, CgP = pw.CgP;
     const int64_t xelems = s.N * Hp * Wp * CgP;
-    uint8_t* X = thread_scratch<uint8_t, 8>(xelems);
+    constexpr int64_t kSlack = 4;  // runs read up to 3 values past the last pixel
+    uint8_t* X = thread_scratch<uint8_t, 8>(xelems + kSlack);
+    std::fill(X + xelems, X + xelems + kSlack, uint8_t(128));
     if (input_nhwc) detail::prepare_channels_last_from_nhwc(s, in, CgP, X);
     else detail::prepare_channels_last<int8_t, uint8_t>(s, in, CgP, X);
 
-    const int64_t taps = s.KH * s.KW;
-    std::vector<int64_t> tapoff(static_cast<size_t>(taps));
-    for (int64_t kh = 0; kh < s.KH; ++kh)
-        for (int64_t kw = 0; kw < s.KW; ++kw) tapoff[kh * s.KW + kw] = (kh * s.dh * Wp + kw * s.dw) * CgP;
+    std::vector<int64_t> tapoff(static_cast<size_t>(pw.taps()));
+    for (int64_t kh = 0; kh < s.KH; ++kh) {
+        if (pw.run) tapoff[kh] = kh * s.dh * Wp * CgP;  // the row's run starts at kw = 0
+        else
+            for (int64_t kw = 0; kw < s.KW; ++kw) tapoff[kh * s.KW + kw] = (kh * s.dh * Wp + kw * s.dw) * CgP;
+    }
     // per 16-channel group: bias - comp and the requantization lanes
     const int64_t groups16 = (s.O + 15) / 16;
     std::vector<detail::LaneParams> lanes(static_cast<size_t>(groups16));
@@ -408,8 +428,21 @@ void conv2d_nhwc(const Conv2dShape& s, const int8_t* in, bool input_nhwc, const 
     for (int64_t g = 0; g < groups16; ++g)
         detail::make_lane_params<R>(lanes[g], bias64.data() + g * 16, q, g * 16, std::min<int64_t>(16, s.O - g * 16),
                                     acc_bound);
-    detail::conv2d_nhwc_tiles<R, TOut, TRes>(s, X, Hp, Wp, CgP, tapoff.data(), pw, lanes.data(), bias64.data(), res,
-                                             q, out);
+    // pixels per micro-tile: 12, unless that leaves more than 3% of the rows empty and 8 or 7 fits better
+    // (e.g. the 49 pixels of a 7x7 map: 7 tiles of 7 instead of 5 of 12)
+    const int64_t P = s.N * s.Ho * s.Wo;
+    auto padded = [P](int64_t mr) { return (P + mr - 1) / mr * mr; };
+    int mr = kNhwcMR;
+    if (padded(kNhwcMR) > P + P * 3 / 100)
+        for (int cand : {8, 7})
+            if (padded(cand) < padded(mr)) mr = cand;
+    auto tiles = [&](auto mr_const) {
+        detail::conv2d_nhwc_tiles<R, TOut, TRes, decltype(mr_const)::value>(s, X, Hp, Wp, CgP, tapoff.data(), pw,
+                                                                           lanes.data(), bias64.data(), res, q, out);
+    };
+    if (mr == 8) tiles(std::integral_constant<int, 8>{});
+    else if (mr == 7) tiles(std::integral_constant<int, 7>{});
+    else tiles(std::integral_constant<int, kNhwcMR>{});
 #else
     (void)s; (void)in; (void)input_nhwc; (void)pw; (void)res; (void)q; (void)out;
 #endif
