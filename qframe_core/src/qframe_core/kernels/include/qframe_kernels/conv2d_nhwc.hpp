@@ -203,7 +203,8 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) void nhwc_tile_
 struct alignas(64) LaneParams {
     int32_t bias[16], mult[16], rmult[16];
     int64_t mult_o[8], rmult_o[8];  // the odd lanes' multipliers in the low halves of 64-bit lanes
-    int64_t shift_e[8], shift_o[8], half_e[8], half_o[8], odd_e[8], odd_o[8];
+    int64_t shift_e[8], shift_o[8], half_e[8], half_o[8];
+    int64_t bit_e[8], bit_o[8];  // half to even: 2**s, the bit whose parity breaks a tie (0 when s == 0)
     bool fast;
     bool no_overflow;  // acc + bias fits int32 for every accumulator this layer can produce
 };
@@ -226,10 +227,10 @@ inline void make_lane_params(LaneParams& lp, const int64_t* bias64, const Requan
         const int64_t h = s == 0 ? 0 : (int64_t(1) << (s - 1));
         int64_t* sh = l % 2 ? lp.shift_o : lp.shift_e;
         int64_t* hf = l % 2 ? lp.half_o : lp.half_e;
-        int64_t* od = l % 2 ? lp.odd_o : lp.odd_e;
+        int64_t* bt = l % 2 ? lp.bit_o : lp.bit_e;
         sh[l / 2] = s;
         hf[l / 2] = even ? (s == 0 ? 0 : h - 1) : h;
-        od[l / 2] = even && s != 0 ? 1 : 0;
+        bt[l / 2] = even && s != 0 ? (int64_t(1) << s) : 0;
         if (l % 2) {
             lp.mult_o[l / 2] = lp.mult[l];
             lp.rmult_o[l / 2] = lp.rmult[l];
@@ -237,13 +238,27 @@ inline void make_lane_params(LaneParams& lp, const int64_t* bias64, const Requan
     }
 }
 
+// The clamp range as vectors (int64 lanes, and int8 lanes for int8 outputs).
+struct ClampVecs {
+    __m512i lo, hi;
+    __m128i lo8, hi8;
+};
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline ClampVecs clamp_vecs(const ClampRange& r) {
+    return {_mm512_set1_epi64(r.lo), _mm512_set1_epi64(r.hi),
+            _mm_set1_epi8(static_cast<char>(std::clamp<int64_t>(r.lo, -128, 127))),
+            _mm_set1_epi8(static_cast<char>(std::clamp<int64_t>(r.hi, -128, 127)))};
+}
+
 // 16 channels of one pixel: out[l] = clamp(round_shift((acc[l] + bias[l]) * m[l] + res[l] * rm[l], s[l]))
 // for lanes l < popcount(k); false (nothing stored) when some lane's acc + bias overflows int32.
-template <class TRes, class TOut>
+// Rounding: (p + 2**(s-1) [- 1 + bit s of p, half to even]) >> s, per lane.
+template <class R, class TRes, class TOut>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) inline bool requant_lanes_avx512(__m512i x, __mmask16 k,
                                                                                      const LaneParams& lp,
-                                                                                     const TRes* res, __m512i vlo,
-                                                                                     __m512i vhi, TOut* out) {
+                                                                                     const TRes* res,
+                                                                                     const ClampVecs& cv, TOut* out) {
+    constexpr bool even = std::is_same_v<R, RoundHalfEven>;
     const __m512i vb = _mm512_load_si512(lp.bias);
     const __m512i v = _mm512_add_epi32(x, vb);
     // signed overflow of x + b: x and b have the same sign and v the other (impossible when no_overflow)
@@ -261,16 +276,28 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline bool requant_lanes_a
         po = _mm512_add_epi64(po, _mm512_mul_epi32(_mm512_srli_epi64(r32, 32), _mm512_load_si512(lp.rmult_o)));
     }
     const __m512i se = _mm512_load_si512(lp.shift_e), so = _mm512_load_si512(lp.shift_o);
-    const __m512i oe = _mm512_and_si512(_mm512_srlv_epi64(pe, se), _mm512_load_si512(lp.odd_e));
-    const __m512i oo = _mm512_and_si512(_mm512_srlv_epi64(po, so), _mm512_load_si512(lp.odd_o));
-    pe = _mm512_srav_epi64(_mm512_add_epi64(_mm512_add_epi64(pe, _mm512_load_si512(lp.half_e)), oe), se);
-    po = _mm512_srav_epi64(_mm512_add_epi64(_mm512_add_epi64(po, _mm512_load_si512(lp.half_o)), oo), so);
-    pe = _mm512_min_epi64(_mm512_max_epi64(pe, vlo), vhi);
-    po = _mm512_min_epi64(_mm512_max_epi64(po, vlo), vhi);
-    const __m512i y = _mm512_mask_blend_epi32(static_cast<__mmask16>(0xAAAA), pe, _mm512_slli_epi64(po, 32));
-    if constexpr (sizeof(TOut) == 1) _mm512_mask_cvtepi32_storeu_epi8(out, k, y);
-    else if constexpr (sizeof(TOut) == 2) _mm512_mask_cvtepi32_storeu_epi16(out, k, y);
-    else _mm512_mask_storeu_epi32(out, k, y);
+    __m512i te = _mm512_add_epi64(pe, _mm512_load_si512(lp.half_e));
+    __m512i to = _mm512_add_epi64(po, _mm512_load_si512(lp.half_o));
+    if constexpr (even) {  // + 1 where bit s of p is set (with half = 2**(s-1) - 1)
+        const __m512i one = _mm512_set1_epi64(1);
+        te = _mm512_mask_add_epi64(te, _mm512_test_epi64_mask(pe, _mm512_load_si512(lp.bit_e)), te, one);
+        to = _mm512_mask_add_epi64(to, _mm512_test_epi64_mask(po, _mm512_load_si512(lp.bit_o)), to, one);
+    }
+    pe = _mm512_srav_epi64(te, se);
+    po = _mm512_srav_epi64(to, so);
+    if constexpr (sizeof(TOut) == 1) {
+        // saturate to int8, interleave the even and odd lanes, then clamp in int8: the same as clamping
+        // first, since [lo, hi] lies inside int8
+        __m128i y = _mm_unpacklo_epi8(_mm512_cvtsepi64_epi8(pe), _mm512_cvtsepi64_epi8(po));
+        y = _mm_min_epi8(_mm_max_epi8(y, cv.lo8), cv.hi8);
+        _mm_mask_storeu_epi8(out, k, y);
+    } else {
+        pe = _mm512_min_epi64(_mm512_max_epi64(pe, cv.lo), cv.hi);
+        po = _mm512_min_epi64(_mm512_max_epi64(po, cv.lo), cv.hi);
+        const __m512i y = _mm512_mask_blend_epi32(static_cast<__mmask16>(0xAAAA), pe, _mm512_slli_epi64(po, 32));
+        if constexpr (sizeof(TOut) == 2) _mm512_mask_cvtepi32_storeu_epi16(out, k, y);
+        else _mm512_mask_storeu_epi32(out, k, y);
+    }
     return true;
 }
 
@@ -307,7 +334,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void depthwise_nhwc_rows(
         off[t] = (kh * s.dh * Wp + kw * s.dw) * CgP;
     }
     const int64_t* offp = off.data();
-    const __m512i vlo = _mm512_set1_epi64(q.range.lo), vhi = _mm512_set1_epi64(q.range.hi);
+    const ClampVecs cv = clamp_vecs(q.range);
 #pragma omp parallel for schedule(static) num_threads(max_threads()) if (rows * Wo * C > 16384)
     for (int64_t row = 0; row < rows; ++row) {
         const int64_t n = row / s.Ho, oh = row % s.Ho;
@@ -331,7 +358,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void depthwise_nhwc_rows(
                 }
                 const int64_t obase = (row * Wo + ow) * C + c0;
                 const TRes* rr = res ? res + obase : nullptr;
-                if (lp.fast && requant_lanes_avx512(a, k, lp, rr, vlo, vhi, out + obase)) continue;
+                if (lp.fast && requant_lanes_avx512<R>(a, k, lp, rr, cv, out + obase)) continue;
                 _mm512_store_si512(acc, a);
                 requant_lanes_scalar<R>(acc, nl, c0, bias64, q, rr, out + obase);
             }
@@ -348,7 +375,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc
     const int64_t HoWo = s.Ho * s.Wo, P = s.N * HoWo;
     const int64_t taps = pw.taps(), cqs = pw.quads_per_tap();
     const int64_t obs = (s.O + kNhwcNR - 1) / kNhwcNR;
-    const int64_t lo = q.range.lo, hi = q.range.hi;
+    const ClampVecs cv = clamp_vecs(q.range);
     const int64_t pbs = (P + MR - 1) / MR;
     // offset in X of each output pixel's receptive field (computed once: divisions are not free)
     int64_t* pix = thread_scratch<int64_t, 9>(pbs * MR);
@@ -373,7 +400,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc
         const int64_t p0 = pb * MR, nvalid = std::min<int64_t>(MR, P - p0);
         for (int64_t r = 0; r < MR; ++r) px[r] = X + pix[p0 + r];
         nhwc_tile_vnni<MR>(px, tapoff, taps, cqs, pw.block(ob), C);
-        const __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
         for (int64_t h = 0; h < 2; ++h) {
             const int64_t o0 = ob * kNhwcNR + h * 16;
             if (o0 >= O) break;
@@ -384,7 +410,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc
                 const int32_t* acc = C + r * kNhwcNR + h * 16;
                 const int64_t obase = (p0 + r) * O + o0;
                 const TRes* rr = res ? res + obase : nullptr;
-                if (lp.fast && requant_lanes_avx512(_mm512_maskz_loadu_epi32(k, acc), k, lp, rr, vlo, vhi, out + obase))
+                if (lp.fast && requant_lanes_avx512<R>(_mm512_maskz_loadu_epi32(k, acc), k, lp, rr, cv, out + obase))
                     continue;
                 requant_lanes_scalar<R>(acc, nl, o0, bias64, q, rr, out + obase);
             }
