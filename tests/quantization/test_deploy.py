@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -285,11 +286,13 @@ def test_perf_model_measures_and_writes_html_and_json(converted, tmp_path, capsy
     figures = perf_model(quantized, [x], out_dir=str(tmp_path / "perf"), layer_details=True, warmup=3,
                          iterations=10, threads=1)
     out = capsys.readouterr().out
-    assert "FPS=" in out and "latency = " in out and "DDR = " in out and "GraphModule.html" in out
-    html = (tmp_path / "perf" / "GraphModule.html").read_text()
-    data = json.loads((tmp_path / "perf" / "GraphModule.json").read_text())
-    assert figures["fps"] == data["fps"] and figures["html"].endswith("GraphModule.html")
-    assert (tmp_path / "perf" / "GraphModule.hbm").exists()
+    # named after the float model's class (the seeds: FxQATReadyMobileNetV2.html), not "GraphModule"
+    assert "FPS=" in out and "latency = " in out and "DDR = " in out and "SmallCNN.html" in out
+    html = (tmp_path / "perf" / "SmallCNN.html").read_text()
+    data = json.loads((tmp_path / "perf" / "SmallCNN.json").read_text())
+    assert figures["fps"] == data["fps"] and figures["html"].endswith("SmallCNN.html")
+    assert (tmp_path / "perf" / "SmallCNN.hbm").exists()
+    assert data["model"] == "SmallCNN" and "<h1>SmallCNN on march" in html
     lat = data["latency_us"]
     assert 0 < lat["min"] <= lat["median"] <= lat["p90"]
     assert data["fps"] == pytest.approx(2 * 1e6 / lat["median"])
@@ -317,6 +320,48 @@ def test_perf_model_measures_and_writes_html_and_json(converted, tmp_path, capsy
     # self-contained: nothing fetched from elsewhere
     assert "<svg" in html and "<script" not in html and "<link" not in html and "src=" not in html
     assert f"{lat['median']:,.1f}" in html
+
+
+class TinyPerfNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant = QuantStub()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.dequant = DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.conv(self.quant(x)))
+
+
+def test_perf_model_names_the_report_after_the_float_model_class(tmp_path, capsys):
+    """prepare_qat_fx records the float model's class in the GraphModule's meta; convert_fx (whose deep copy
+    keeps meta) names the integer model after it, so its trace (the seeds pass the trace) does too."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    qat = prepare_qat_fx(TinyPerfNet(), {"": default_qat_8bit_fake_quant_qconfig}, march="bayes")
+    assert qat.meta["qframe_model_class"] == "TinyPerfNet" and type(qat).__name__ == "TinyPerfNet"
+    set_fake_quantize(qat, FakeQuantState.CALIBRATION)
+    with torch.no_grad():
+        qat(x)
+    qat.eval()
+    set_fake_quantize(qat, FakeQuantState.VALIDATION)
+    copied = copy.deepcopy(qat)  # a deep copy of a GraphModule is a "GraphModule"; its meta keeps the name
+    assert type(copied).__name__ == "GraphModule" and copied.meta["qframe_model_class"] == "TinyPerfNet"
+    quantized = convert_fx(copied)
+    assert quantized.meta["qframe_model_class"] == "TinyPerfNet" and str(quantized).startswith("TinyPerfNet(")
+    traced = _trace(quantized, x)
+    assert traced.original_name == "TinyPerfNet"
+    for i, model in enumerate((quantized, traced)):
+        figures = perf_model(model, [x], out_dir=str(tmp_path / f"perf{i}"), warmup=0, iterations=1)
+        assert figures["html"] == str(tmp_path / f"perf{i}" / "TinyPerfNet.html") and figures["model"] == "TinyPerfNet"
+        assert sorted(os.listdir(tmp_path / f"perf{i}")) == ["TinyPerfNet.hbm", "TinyPerfNet.html", "TinyPerfNet.json"]
+    assert "(see " + str(tmp_path / "perf1" / "TinyPerfNet.html") + ")" in capsys.readouterr().out
+    assert check_model(traced, x).model == "TinyPerfNet"
+    # a GraphModule without the record (and not named by qframe) keeps the fallback name
+    anonymous = copy.deepcopy(quantized)
+    del anonymous.meta["qframe_model_class"]
+    figures = perf_model(anonymous, [x], out_dir=str(tmp_path / "anon"), warmup=0, iterations=1)
+    assert figures["html"].endswith("GraphModule.html") and (tmp_path / "anon" / "GraphModule.json").exists()
 
 
 # -- visualize_model ------------------------------------------------------------------------------------

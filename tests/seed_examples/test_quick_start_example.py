@@ -560,12 +560,12 @@ def test_deployment_runs_as_the_seed_shows(flow):
     log, path = flow["log"], flow["model_path"]
     # the seed's printed lines, with qframe's names for HBDK's
     for line in ("This model is supported!", "qframe model check PASS", "qframe model compilation SUCCESS",
-                 "FPS=", "latency = ", "DDR = ", "perf_out/GraphModule.html",
+                 "FPS=", "latency = ", "DDR = ", "perf_out/FxQATReadyMobileNetV2.html",
                  "qframe performance measurement SUCCESS"):
         assert line in log, log[-3000:]
     assert log.index("qframe model check PASS") < log.index("qframe model compilation SUCCESS") < log.index("FPS=")
-    for name in ("model.hbm", "model.svg", "perf_out/GraphModule.html", "perf_out/GraphModule.json",
-                 "perf_out/GraphModule.hbm"):
+    for name in ("model.hbm", "model.svg", "perf_out/FxQATReadyMobileNetV2.html", "perf_out/FxQATReadyMobileNetV2.json",
+                 "perf_out/FxQATReadyMobileNetV2.hbm"):
         assert os.path.exists(os.path.join(path, name)), name
 
 
@@ -582,14 +582,14 @@ def test_compiled_model_is_the_integer_model(flow):
 
 def test_perf_and_visualization_outputs(flow):
     path = flow["model_path"]
-    with open(os.path.join(path, "perf_out", "GraphModule.json")) as f:
+    with open(os.path.join(path, "perf_out", "FxQATReadyMobileNetV2.json")) as f:
         perf = json.load(f)
     _, manifest = load_compiled(os.path.join(path, "model.hbm"))
     assert perf["fps"] > 0 and perf["latency_us"]["median"] > 0 and perf["ddr_bytes"] > perf["weight_bytes"] > 0
     assert perf["macs"] == manifest["macs"] > 0
     assert len(perf["layers"]) == manifest["num_ops"] and all(r["time_us"] > 0 for r in perf["layers"])
     assert perf["input_source"] == ["pyramid"] and "host CPU" in perf["measured_on"]
-    with open(os.path.join(path, "perf_out", "GraphModule.html"), encoding="utf-8") as f:
+    with open(os.path.join(path, "perf_out", "FxQATReadyMobileNetV2.html"), encoding="utf-8") as f:
         html = f.read()
     assert "<svg" in html and "<script" not in html and "<link" not in html
     root = ET.parse(os.path.join(path, "model.svg")).getroot()

@@ -11,6 +11,7 @@ from torch import nn
 
 from ...errors import UnsupportedOpError
 from ...march import get_march, resolve_march
+from ..fx.tracer import model_class_name
 from . import graph as g
 
 #: where a model input comes from on the target
@@ -236,7 +237,7 @@ def inspect(module: nn.Module, example_inputs: g.ExampleInputs, march: Optional[
             f"when it was compiled). Way out: pass the converted model or its torch.jit.trace")
     problems = (_layer_problems(dg, target) + _rank_problems(dg, target, resolve_march(target).max_rank)
                 + _input_source_problems(inputs, sources, target))
-    model_name = module.original_name if isinstance(module, torch.jit.ScriptModule) else type(module).__name__
+    model_name = model_class_name(module)  # the float model's class for qframe's GraphModules and their traces
     rows = [LayerRow(layer.name, layer.op, layer.kind, tuple(str(i) for i in layer.input_info if i is not None),
                      tuple(str(o) for o in layer.output_info if o is not None), layer.macs) for layer in dg.layers]
     if problems:

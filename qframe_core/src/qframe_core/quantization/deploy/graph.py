@@ -157,10 +157,12 @@ def module_table(module: nn.Module) -> dict[str, ModuleInfo]:
         if isinstance(sub, torch.jit.ScriptModule):
             cp = script_class_path(sub)
             cls = _import_class(cp)
+            if cls is None and cp.startswith("torch.fx.graph_module."):  # a GraphModule named after its model
+                cls = fx.GraphModule
         else:
             cls = type(sub)
             cp = class_path(cls)
-        if isinstance(sub, fx.GraphModule):
+        if isinstance(sub, fx.GraphModule) or cls is fx.GraphModule:
             cp = "torch.fx.GraphModule"  # not the per-instance GraphModuleImpl class
         elif cls is not None:
             cp = op_display_name(cls)  # torch.nn.Conv2d rather than torch.nn.modules.conv.Conv2d

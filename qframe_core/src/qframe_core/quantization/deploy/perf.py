@@ -128,7 +128,9 @@ def perf_model(module: nn.Module, example_inputs: g.ExampleInputs, out_dir: Unio
     These are measurements of this machine's CPU kernels, not an accelerator estimate.
 
     Writes ``<out_dir>/<model class>.html`` (self-contained: inline CSS and the graph as inline SVG) and
-    ``<out_dir>/<model class>.json`` with the same figures; returns them as a dict.
+    ``<out_dir>/<model class>.json`` with the same figures; returns them as a dict.  ``<model class>`` is the
+    float model's class for a model converted by ``convert_fx`` and for its ``torch.jit.trace`` (recorded by
+    ``prepare_qat_fx``: ``FxQATReadyMobileNetV2.html``), ``GraphModule`` for a GraphModule without that record.
     """
     if warmup < 0 or iterations < 1:
         raise ValueError(f"perf_model: need warmup >= 0 and iterations >= 1, got warmup={warmup}, "

@@ -18,6 +18,7 @@ from ...lowering import op_display_name
 from ...registry import registry
 from .graph_utils import module_name_of, op_nodes
 from .layout import keep_channels_last
+from .tracer import name_class_after_model
 
 
 def quantized_modules(model: nn.Module, march: str, float_ops: dict[str, Any],
@@ -73,6 +74,7 @@ def convert_fx(model: fx.GraphModule, convert_custom_config_dict: Optional[dict]
         raise QframeError("convert_fx expects the GraphModule returned by prepare_qat_fx (it got "
                           f"{type(model).__name__}{' already converted' if meta.get('qframe_stage') else ''})")
     gm = model if inplace else copy.deepcopy(model)
+    name_class_after_model(gm)  # the copy is a "GraphModule": the float model's class name again (meta keeps it)
     names = [n for n in (module_name_of(node) for node in op_nodes(gm)) if n is not None]
     new_modules = quantized_modules(gm, gm.meta["qframe_march"], gm.meta["qframe_float_ops"], names)
     for name, mod in new_modules.items():

@@ -48,7 +48,7 @@ from .graph_utils import (
 )
 from .hybrid import insert_hybrid_boundaries
 from .qconfig_resolution import QConfigResolver
-from .tracer import is_torch_stub, symbolic_trace
+from .tracer import MODEL_CLASS_KEY, is_torch_stub, name_class_after_model, symbolic_trace
 from .wrapped_methods import dequantize_wrapped_inputs
 
 #: functional spellings turned into generated FloatFunctional modules: method -> (functions, tensor methods)
@@ -738,7 +738,8 @@ def prepare_qat_fx(
         march: overrides the current march.
 
     Returns:
-        A GraphModule whose FakeQuantize modules start in QAT state.
+        A GraphModule whose FakeQuantize modules start in QAT state, named after ``model``'s class
+        (recorded in ``meta["qframe_model_class"]``).
 
     Raises:
         UnsupportedOpError: listing every op the march cannot run, with the rule and the way out.
@@ -751,6 +752,10 @@ def prepare_qat_fx(
     resolver.check_kinds()
     preserved = list((prepare_custom_config_dict or {}).get("preserved_attributes", []))
     gm = _prepare_graph(symbolic_trace(model), spec.name, resolver, optimize_graph, hybrid, hybrid_dict)
+    # the float model's class name (recorded when traced; a GraphModule given as the model keeps its own
+    # record): convert_fx, check/compile/perf_model name the model and its reports after it
+    gm.meta.setdefault(MODEL_CLASS_KEY, type(model).__name__)
+    name_class_after_model(gm)
     for attr in preserved:
         setattr(gm, attr, getattr(model, attr))
     return gm

@@ -121,8 +121,38 @@ def symbolic_trace(model: nn.Module, concrete_args: Optional[dict[str, Any]] = N
         ) from exc
     name = type(model).__name__
     gm = fx.GraphModule(tracer.root, graph, name)
+    gm.meta[MODEL_CLASS_KEY] = name
     # modules reachable only through fx_wrap-ed methods (prepared as sub-models, see prepare)
     gm.meta["qframe_wrapped_only"] = install_wrapped_methods(gm, model)
+    return gm
+
+
+#: ``GraphModule.meta`` key: the class name of the float model a qframe GraphModule was traced from
+MODEL_CLASS_KEY = "qframe_model_class"
+
+
+def model_class_name(module: nn.Module) -> str:
+    """The class name a user knows ``module`` by: for a GraphModule traced by qframe (fuse_fx, prepare_qat_fx,
+    convert_fx) the float model's class (``meta["qframe_model_class"]``), which a deep copy keeps while the
+    GraphModule's own class name becomes ``GraphModule``; for a TorchScript module its ``original_name``; else
+    the class name (``GraphModule`` for a GraphModule without the record)."""
+    if isinstance(module, fx.GraphModule):
+        recorded = module.meta.get(MODEL_CLASS_KEY)
+        if recorded:
+            return str(recorded)
+    original = getattr(module, "original_name", None)  # torch.jit.ScriptModule
+    if isinstance(original, str) and original:
+        return original
+    return type(module).__name__
+
+
+def name_class_after_model(gm: fx.GraphModule) -> fx.GraphModule:
+    """Give ``gm``'s class the float model's name recorded in its meta (as tracing did), so that printing
+    it and ``torch.jit.trace(gm).original_name`` show that name again after a deep copy.  Each GraphModule
+    has a class of its own (``GraphModule.__new__``), so no other module is renamed."""
+    recorded = gm.meta.get(MODEL_CLASS_KEY)
+    if recorded and type(gm) is not fx.GraphModule:
+        type(gm).__name__ = str(recorded)
     return gm
 
 
@@ -130,4 +160,5 @@ def is_torch_stub(m: nn.Module) -> bool:
     return isinstance(m, _TORCH_STUBS)
 
 
-__all__ = ["QuantizationTracer", "is_torch_stub", "symbolic_trace"]
+__all__ = ["MODEL_CLASS_KEY", "QuantizationTracer", "is_torch_stub", "model_class_name", "name_class_after_model",
+           "symbolic_trace"]
