@@ -43,6 +43,7 @@ class _WeightedQuantized(CalledAsAdd, nn.Module, abc.ABC):
         self.clamp_max = p.clamp_max
         self._packed = None
         self._packed_key = None
+        self._call_args = None
 
     @abc.abstractmethod
     def _pack(self, k):
@@ -55,33 +56,45 @@ class _WeightedQuantized(CalledAsAdd, nn.Module, abc.ABC):
     def _kernel_args(self) -> tuple:
         """(kernels, PackedWeight, bias, multiplier, shift, residual_multiplier) as numpy views, built
         once and rebuilt when a buffer is replaced or changed in place."""
-        # the key is rebuilt on every forward: plain loop over the buffer dict (no generator, no
-        # nn.Module.__getattr__ per buffer); torch.Size compares like the tuple it is
+        # checked on every forward, so kept cheap: each buffer by identity, in-place version and data
+        # pointer (``.data =`` swaps storage without a version bump), straight from the buffer dict
         bufs = self._buffers
+        key = self._packed_key
+        if key is not None and key[0] == self.march:
+            i = 1
+            for name in _KEY_BUFFERS:
+                b = bufs[name]
+                if b is not key[i] or (b is not None and (b._version != key[i + 1] or b.data_ptr() != key[i + 2])):
+                    break
+                i += 3
+            else:
+                return self._packed
         key = [self.march]
         for name in _KEY_BUFFERS:
             b = bufs[name]
-            key.append(None if b is None else (b.data_ptr(), b._version, b.dtype, b.shape))
-        if self._packed is None or self._packed_key != key:
-            k = march_kernels(self.march)
-            self._packed = (k, self._pack(k), to_int32(self.bias),
-                            None if self.multiplier is None else self.multiplier.to(torch.int32).contiguous().numpy(),
-                            None if self.shift is None else self.shift.to(torch.int32).contiguous().numpy(),
-                            None if self.residual_multiplier is None
-                            else self.residual_multiplier.to(torch.int32).contiguous().numpy())
-            self._packed_key = key
+            key.extend((b, None, None) if b is None else (b, b._version, b.data_ptr()))
+        k = march_kernels(self.march)
+        self._packed = (k, self._pack(k), to_int32(self.bias),
+                        None if self.multiplier is None else self.multiplier.to(torch.int32).contiguous().numpy(),
+                        None if self.shift is None else self.shift.to(torch.int32).contiguous().numpy(),
+                        None if self.residual_multiplier is None
+                        else self.residual_multiplier.to(torch.int32).contiguous().numpy())
+        self._packed_key = key
+        self._call_args = None
         return self._packed
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_packed"] = None
         state["_packed_key"] = None
+        state["_call_args"] = None
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("_packed", None)
         self.__dict__.setdefault("_packed_key", None)
+        self.__dict__["_call_args"] = None
 
     def output_params(self) -> QuantParams:
         return QuantParams(self.out_scale, self.out_dtype, self.out_ch_axis)
@@ -123,17 +136,26 @@ class Conv2d(_WeightedQuantized):
         return k.pack_conv2d_weight(self.weight.detach().contiguous().numpy(), int(self.groups))
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
-        lo, hi = self._clamp_bounds()
         if torch.jit.is_tracing():  # record an operator call, not the kernel's result as a constant
+            lo, hi = self._clamp_bounds()
             out = ops.conv2d(self.march, x, self.weight, self.bias, list(self.stride), list(self.padding),
                              list(self.dilation), int(self.groups), self.multiplier, self.shift,
                              dtype_name(self.out_dtype.bits), lo, hi, other, self.residual_multiplier,
                              self.qframe_name, self.channels_last_output)
             return self._finish_tensor(out)
         k, packed, bias, mult, shift, rmult = self._kernel_args()
-        out = ops.run_conv2d(k, packed, x, bias, self.stride, self.padding, self.dilation, int(self.groups), mult,
-                             shift, dtype_name(self.out_dtype.bits), lo, hi, other, rmult, self.qframe_name,
-                             self.channels_last_output)
+        # the per-call constants, built once per pack (the hot path of integer inference)
+        args = self.__dict__.get("_call_args")
+        if args is None:
+            lo, hi = self._clamp_bounds()
+            args = self._call_args = (tuple(self.stride), tuple(self.padding), tuple(self.dilation), int(self.groups),
+                                      dtype_name(self.out_dtype.bits), lo, hi,
+                                      {torch.int8: packed.native_layout("int8"),
+                                       torch.int16: packed.native_layout("int16")})
+        stride, padding, dilation, groups, out_dtype, lo, hi, natives = args
+        out = ops.run_conv2d(k, packed, x, bias, stride, padding, dilation, groups, mult, shift, out_dtype, lo, hi,
+                             other, rmult, self.qframe_name, self.channels_last_output,
+                             natives.get(x.dtype, "nchw"))
         return self._finish_tensor(out)
 
     def extra_repr(self) -> str:
