@@ -498,10 +498,12 @@ _dtypes = st.sampled_from([np.int8, np.int16, np.int32, np.int64, np.float32, np
     out_dtype=st.sampled_from(["int8", "int16", "int32", "int64", "float"]),
     transpose=st.booleans(),
     raw=st.booleans(),
+    layouts=st.sampled_from(LAYOUTS + [("NHWC", "nchw"), ("nchw", None)]),
+    packed=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_fuzz_conv2d_never_crashes(march, xdt, wdt, n, c, h, w, o, kh, kw, cw, stride, padding, dilation, groups,
-                                   mlen, shift, mult, out_dtype, transpose, raw, seed):
+                                   mlen, shift, mult, out_dtype, transpose, raw, layouts, packed, seed):
     mod = MODULES[march]
     rng = np.random.default_rng(seed)
     x = rng.integers(-128, 128, size=(n, c, h, w)).astype(xdt)
@@ -510,13 +512,20 @@ def test_fuzz_conv2d_never_crashes(march, xdt, wdt, n, c, h, w, o, kh, kw, cw, s
     wt = rng.integers(-128, 128, size=(o, cw, kh, kw)).astype(wdt)
     mult_a = None if raw else np.full(mlen, mult % 2**32, np.int64).astype(np.int32)
     shift_a = None if raw else np.full(mlen, shift, np.int32)
+    in_layout, out_layout = layouts
     try:
-        got = mod.conv2d(x, wt, None, stride, padding, dilation, groups, mult_a, shift_a, out_dtype, None, None)
+        w_arg = mod.pack_conv2d_weight(wt, groups) if packed else wt
+        xi = x
+        if in_layout == "nhwc":  # a C-contiguous NHWC array, or (transpose) a non-contiguous view: refused
+            xi = x.transpose(0, 2, 3, 1) if transpose else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        got = mod.conv2d(xi, w_arg, None, stride, padding,
+                         dilation, groups, mult_a, shift_a, out_dtype, None, None, input_layout=in_layout,
+                         output_layout=out_layout)
     except (TypeError, ValueError) as e:
-        assert str(e).startswith("conv2d:"), str(e)
+        assert str(e).startswith(("conv2d:", "pack_conv2d_weight:")), str(e)
         return
     want = ref.conv2d(march, x, wt, None, stride, padding, dilation, groups, mult_a, shift_a, out_dtype)
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got.transpose(0, 3, 1, 2) if out_layout == "nhwc" else got, want)
 
 
 # ---------------------------------------------------------------------------------------------- packed weights
