@@ -230,6 +230,26 @@ inline void transpose4x4_i32(const void* s0, const void* s1, const void* s2, con
 }
 #endif
 
+// The padding pixels (spatial border) of a padded channels-last copy X[N][H + 2ph][W + 2pw][pix] set to
+// `v`, the encoding of 0.  Channel padding inside real pixels is left as it is: it only ever meets zero
+// weights (every packing zero-fills past the real channels), so whatever it holds adds nothing.
+template <class E>
+inline void fill_padding_border(E* X, int64_t N, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t pix, E v) {
+    if (ph == 0 && pw == 0) return;
+    const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, rl = Wp * pix;
+#pragma omp parallel for schedule(static) if (N * Hp * rl > 262144)
+    for (int64_t r = 0; r < N * Hp; ++r) {
+        E* row = X + r * rl;
+        const int64_t hp = r % Hp;
+        if (hp < ph || hp >= ph + H) {
+            std::fill(row, row + rl, v);
+        } else {
+            std::fill(row, row + pw * pix, v);
+            std::fill(row + (pw + W) * pix, row + rl, v);
+        }
+    }
+}
+
 // Channels-last, padded copy of the input for the GEMM path:
 //   X[n][ih + ph][iw + pw][g][c]   (Hp x Wp pixels, groups x CgP channels)
 // holding the k-group encoding of each value (E = uint8_t: x + 128 for u8
@@ -243,12 +263,9 @@ inline void prepare_channels_last(const Conv2dShape& s, const TIn* in, int64_t C
     const int64_t HW = s.H * s.W;
     const E zero = sizeof(E) == 1 ? E(128) : E(0);
     const int64_t total = s.N * Hp * Wp * pix;
-    // padding pixels / channels hold the encoding of 0; the rest is overwritten below
-    if (s.ph || s.pw || CgP != Cg) {
-        const int64_t rows = s.N * Hp, rl = Wp * pix;
-#pragma omp parallel for schedule(static) if (total > 262144)
-        for (int64_t r = 0; r < rows; ++r) std::fill(X + r * rl, X + (r + 1) * rl, zero);
-    }
+    // padding pixels hold the encoding of 0; real pixels are overwritten below (their channel padding
+    // meets zero weights: see fill_padding_border)
+    fill_padding_border<E>(X, s.N, s.H, s.W, s.ph, s.pw, pix, zero);
     constexpr int64_t kChunk = 64;  // input pixels per task
     const int64_t nch = (HW + kChunk - 1) / kChunk;
     const int64_t tasks = s.N * nch;

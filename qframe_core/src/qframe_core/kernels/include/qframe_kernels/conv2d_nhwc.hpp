@@ -134,16 +134,13 @@ inline void pack_nhwc_weight(PackedNhwcWeight& p, const int8_t* w, int64_t O, in
 namespace detail {
 
 // Padded, encoded channels-last copy X[n][ih + ph][iw + pw][c] (CgP bytes a pixel) of an NHWC int8
-// input: x + 128 (x ^ 0x80) as u8; padding pixels and channels hold 128, the encoding of 0.
+// input: x + 128 (x ^ 0x80) as u8; padding pixels hold 128, the encoding of 0 (channel padding is left
+// as it is: it meets zero weights, see fill_padding_border).
 // (An NCHW input is copied by prepare_channels_last<int8_t, uint8_t>, which writes the same layout.)
 inline void prepare_channels_last_from_nhwc(const Conv2dShape& s, const int8_t* in, int64_t CgP, uint8_t* X) {
     const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
     const int64_t total = s.N * Hp * Wp * CgP;
-    if (s.ph || s.pw || CgP != s.C) {
-        const int64_t rows = s.N * Hp, rl = Wp * CgP;
-#pragma omp parallel for schedule(static) if (total > 262144)
-        for (int64_t r = 0; r < rows; ++r) std::fill(X + r * rl, X + (r + 1) * rl, uint8_t(128));
-    }
+    fill_padding_border<uint8_t>(X, s.N, s.H, s.W, s.ph, s.pw, CgP, 128);
     // locals, not s.*: a uint8_t store may alias them, which would keep the loops scalar
     const int64_t rows = s.N * s.H, H = s.H, W = s.W, C = s.C, ph = s.ph, pw = s.pw;
 #pragma omp parallel for schedule(static) if (total > 65536)
