@@ -20,10 +20,15 @@ def march_kernels(march: str) -> ModuleType:
     return _CACHE[march]
 
 
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def as_array(t: Optional[torch.Tensor], what: str, owner: str) -> Optional[np.ndarray]:
     """A C-contiguous numpy view of an integer CPU tensor."""
     if t is None:
         return None
+    if type(t) is torch.Tensor and t.dtype in _INT_DTYPES and t.is_cpu:  # the hot path (no grad on integers)
+        return t.contiguous().numpy()
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{owner}: {what} must be a torch.Tensor, got {type(t).__name__}")
     if t.is_floating_point():
@@ -53,11 +58,10 @@ def from_layout_array(a: np.ndarray, layout: str) -> torch.Tensor:
     t = torch.from_numpy(a)
     if layout != "nhwc":
         return t
-    t = t.permute(0, 3, 1, 2)
-    if t.is_contiguous():  # 1x1 spatial or one channel: the same memory as NCHW; give it NCHW's strides
-        _, c, h, w = t.shape
-        return t.as_strided(t.shape, (c * h * w, h * w, w, 1))
-    return t
+    _, h, w, c = a.shape
+    if c == 1 or h * w == 1:  # the same memory as NCHW: give it NCHW's strides
+        return t.as_strided((a.shape[0], c, h, w), (c * h * w, h * w, w, 1))
+    return t.permute(0, 3, 1, 2)
 
 
 def to_int32(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:

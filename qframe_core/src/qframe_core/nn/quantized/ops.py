@@ -84,11 +84,9 @@ def run_conv2d(k: Any, packed: Any, x: torch.Tensor, bias: Any, stride: tuple, p
     others read and write NCHW.  With ``channels_last_output`` an NHWC result is returned as a channels-last
     tensor (convert_fx allows it where every consumer accepts one), else as an NCHW-contiguous tensor."""
     in_layout = "nhwc" if native == "nhwc" and is_channels_last(x) else "nchw"
-    out = k.conv2d(
-        as_layout_array(x, in_layout, "input", name), packed, bias, stride, padding, dilation,
-        groups, multiplier, shift, out_dtype, clamp_min, clamp_max,
-        None if residual is None else as_layout_array(residual, native, "residual", name), residual_multiplier,
-        input_layout=in_layout, output_layout=native)
+    out = k.conv2d(as_layout_array(x, in_layout, "input", name), packed, bias, stride, padding, dilation, groups, multiplier, shift, out_dtype, clamp_min,
+                   clamp_max, None if residual is None else as_layout_array(residual, native, "residual", name),
+                   residual_multiplier, in_layout, native)
     out = from_layout_array(out, native)
     return out if channels_last_output else out.contiguous()
 

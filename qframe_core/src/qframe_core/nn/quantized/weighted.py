@@ -151,12 +151,13 @@ class Conv2d(_WeightedQuantized):
             args = self._call_args = (tuple(self.stride), tuple(self.padding), tuple(self.dilation), int(self.groups),
                                       dtype_name(self.out_dtype.bits), lo, hi,
                                       {torch.int8: packed.native_layout("int8"),
-                                       torch.int16: packed.native_layout("int16")})
-        stride, padding, dilation, groups, out_dtype, lo, hi, natives = args
+                                       torch.int16: packed.native_layout("int16")},
+                                      self.multiplier is None and self.clamp_min is not None)
+        stride, padding, dilation, groups, out_dtype, lo, hi, natives, relu_on_raw = args
         out = ops.run_conv2d(k, packed, x, bias, stride, padding, dilation, groups, mult, shift, out_dtype, lo, hi,
                              other, rmult, self.qframe_name, self.channels_last_output,
                              natives.get(x.dtype, "nchw"))
-        return self._finish_tensor(out)
+        return out.clamp_min(self.clamp_min) if relu_on_raw else out  # as _finish_tensor
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
