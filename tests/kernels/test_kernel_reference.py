@@ -691,3 +691,42 @@ def test_depthwise_random_shapes_in_every_layout(march):
             np.testing.assert_array_equal(conv2d_in_layouts(mod, args, kwargs, cmin, None, *layouts), want,
                                           err_msg=f"{x.shape} {wt.shape} {stride} {padding} {dilation} {layouts}")
         checked += 1
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_quantize_matches_quantize_to_int(march):
+    """The QuantStub kernel is bit-identical to qframe's float->integer rule (numerics.quantize_to_int):
+    ties to even, NaN -> 0, +-inf -> the bounds, tiny and huge values, NCHW and NHWC outputs."""
+    import torch
+
+    from qframe_core.dtype import qint8, qint16
+    from qframe_core.numerics import quantize_to_int
+
+    mod = MODULES[march]
+    rng = np.random.default_rng(23)
+    for i, shape in enumerate([(1, 3, 20, 23), (2, 5, 7, 9), (37,), (3, 1, 4, 4), (1, 16, 1, 1), (4, 33)]):
+        scale = np.float32([0.05, 1 / 128, 0.0123457, 3.7e-5, 1.5, 2.0**-20][i])
+        x = (rng.standard_normal(shape) * [1, 10, 1000][i % 3]).astype(np.float32)
+        flat = x.reshape(-1)
+        flat[:10] = ((rng.integers(-300, 300, 10) + 0.5) * scale).astype(np.float32)  # exact ties
+        flat[10:15] = [np.nan, np.inf, -np.inf, 1e-45, -0.0]
+        for dt in (qint8, qint16):
+            want = quantize_to_int(torch.from_numpy(x), torch.tensor(scale), dt, out_dtype=dt.torch_dtype).numpy()
+            name = "int8" if dt is qint8 else "int16"
+            np.testing.assert_array_equal(mod.quantize(x, float(scale), name, dt.quant_min, dt.quant_max), want)
+            if len(shape) == 4:
+                got = mod.quantize(x, float(scale), name, dt.quant_min, dt.quant_max, "nhwc")
+                np.testing.assert_array_equal(got.transpose(0, 3, 1, 2), want)
+    x = np.zeros((1, 2, 3, 3), np.float32)
+    with pytest.raises(TypeError, match="quantize: argument 'input' must be a C-contiguous float32"):
+        mod.quantize(x.astype(np.float64), 0.1, "int8", -128, 127)
+    with pytest.raises(ValueError, match="scale.*finite and > 0"):
+        mod.quantize(x, 0.0, "int8", -128, 127)
+    with pytest.raises(ValueError, match="'int8' or 'int16'"):
+        mod.quantize(x, 0.1, "int32", -128, 127)
+    with pytest.raises(ValueError, match="qmin <= qmax"):
+        mod.quantize(x, 0.1, "int8", -300, 127)
+    with pytest.raises(ValueError, match="4-D"):
+        mod.quantize(x[0], 0.1, "int8", -128, 127, "nhwc")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        mod.quantize(x.transpose(0, 2, 3, 1), 0.1, "int8", -128, 127)

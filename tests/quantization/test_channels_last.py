@@ -138,3 +138,23 @@ def test_eager_convert_keeps_nchw_outputs():
         set_fake_quantize(qat_model, FakeQuantState.VALIDATION)
         quantized = convert(qat_model.eval())
     assert _conv_flags(quantized) == {"conv1": False, "conv2": False}
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_quant_stub_kernel_equals_the_torch_rule_and_feeds_the_stem_channels_last(march):
+    from qframe_core.nn.quantized.stubs import Quantize
+
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 8, 8)
+    _, quantized = calibrate_and_convert(Mixed().eval(), march, [x])
+    stub = quantized.quant
+    assert isinstance(stub, Quantize) and stub.march == march
+    assert stub.channels_last_output is True  # its one consumer, conv1, reads channels-last input
+    y = x * 3
+    y[0, 0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    torch_rule = Quantize(stub.output_params())  # no march: the torch ops of quantize_to_int
+    got = stub(y)
+    assert torch.equal(got, torch_rule(y))
+    assert kernels.is_channels_last(got)  # written NHWC by the kernel, whatever the conv's native layout
+    stub.channels_last_output = False
+    assert got.contiguous().equal(stub(y)) and stub(y).is_contiguous()

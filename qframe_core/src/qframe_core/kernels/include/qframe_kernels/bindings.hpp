@@ -29,6 +29,7 @@
 #include "cpu_features.hpp"
 #include "gemm_s8.hpp"
 #include "linear.hpp"
+#include "quantize.hpp"
 #include "requant.hpp"
 #include "rounding.hpp"
 
@@ -591,6 +592,55 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
     return out;
 }
 
+// quantize(x, scale, out_dtype, qmin, qmax, output_layout): see quantize.hpp.
+inline py::array quantize_py(const py::object& input, const py::object& scale_o, const py::object& out_dtype,
+                             const py::object& qmin_o, const py::object& qmax_o, const py::object& output_layout) {
+    const char* fn = "quantize";
+    if (!py::isinstance<py::array>(input) ||
+        !py::reinterpret_borrow<py::array>(input).dtype().equal(py::dtype::of<float>()))
+        type_err(fn, "argument 'input' must be a C-contiguous float32 numpy.ndarray, got " + type_name(input) +
+                         (py::isinstance<py::array>(input)
+                              ? " of dtype " + py::str(py::reinterpret_borrow<py::array>(input).dtype()).cast<std::string>()
+                              : std::string()));
+    py::array x = py::reinterpret_borrow<py::array>(input);
+    if (!(x.flags() & py::array::c_style) || !(x.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        value_err(fn, "argument 'input' must be C-contiguous and aligned; pass numpy.ascontiguousarray(input)");
+    if (!py::isinstance<py::float_>(scale_o) && !py::isinstance<py::int_>(scale_o))
+        type_err(fn, "argument 'scale' must be a float, got " + type_name(scale_o));
+    const float scale = static_cast<float>(scale_o.cast<double>());
+    if (!(scale > 0.0f) || !std::isfinite(scale))
+        value_err(fn, "argument 'scale' must be finite and > 0, got " + py_repr(scale_o));
+    const DType od = get_out_dtype(fn, out_dtype);
+    if (od != DType::Int8 && od != DType::Int16)
+        value_err(fn, "argument 'out_dtype' must be 'int8' or 'int16' (a model input's dtype), got " + py_repr(out_dtype));
+    const int64_t qmin = get_int(fn, "qmin", qmin_o), qmax = get_int(fn, "qmax", qmax_o);
+    if (qmin > qmax || qmin < dtype_min(od) || qmax > dtype_max(od))
+        value_err(fn, "need " + std::to_string(dtype_min(od)) + " <= qmin <= qmax <= " + std::to_string(dtype_max(od)) +
+                          ", got qmin = " + std::to_string(qmin) + ", qmax = " + std::to_string(qmax));
+    const bool nhwc = get_layout(fn, "output_layout", output_layout);
+    std::vector<int64_t> shape;
+    for (py::ssize_t i = 0; i < x.ndim(); ++i) shape.push_back(static_cast<int64_t>(x.shape(i)));
+    if (nhwc && shape.size() != 4)
+        value_err(fn, "output_layout='nhwc' needs a 4-D [N, C, H, W] input, got shape " + shape_str(shape));
+    int64_t outer = 1, C = 1, HW = 1;
+    for (int64_t d : shape) HW *= d;
+    if (nhwc) {
+        outer = shape[0];
+        C = shape[1];
+        HW = shape[2] * shape[3];
+    }
+    const std::vector<int64_t> oshape = nhwc ? std::vector<int64_t>{shape[0], shape[2], shape[3], shape[1]} : shape;
+    py::array out = make_out(od, oshape);
+    const float* xp = static_cast<const float*>(x.data());
+    void* op = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        if (od == DType::Int8) quantize<int8_t>(xp, outer, C, HW, scale, qmin, qmax, nhwc, static_cast<int8_t*>(op));
+        else quantize<int16_t>(xp, outer, C, HW, scale, qmin, qmax, nhwc, static_cast<int16_t*>(op));
+    }
+    return out;
+}
+
 template <class Policy>
 py::array linear_py(const py::object& input, const py::object& weight, const py::object& bias,
                     const py::object& multiplier, const py::object& shift, const py::object& out_dtype,
@@ -769,6 +819,10 @@ void bind_kernels(pybind11::module_& m) {
     m.def("add", &bind::add_py<Policy>, py::arg("a"), py::arg("b"), py::arg("multiplier_a"), py::arg("multiplier_b"),
           py::arg("shift"), py::arg("out_dtype"), py::arg("clamp_min") = py::none(), py::arg("clamp_max") = py::none(),
           "out = clamp(round_shift(a*multiplier_a + b*multiplier_b, shift)); a, b int8/int16 of the same shape.");
+    m.def("quantize", &bind::quantize_py, py::arg("input"), py::arg("scale"), py::arg("out_dtype"), py::arg("qmin"),
+          py::arg("qmax"), py::arg("output_layout") = "nchw",
+          "clamp(round_half_even(input / scale), qmin, qmax) of a float32 array (NaN -> 0), as int8/int16; "
+          "output_layout='nhwc' writes an [N, C, H, W] input as [N, H, W, C].");
     m.def("requantize", &bind::requantize_py<Policy>, py::arg("x"), py::arg("multiplier"), py::arg("shift"),
           py::arg("axis") = py::none(), py::arg("out_dtype") = "int8", py::arg("clamp_min") = py::none(),
           py::arg("clamp_max") = py::none(),
