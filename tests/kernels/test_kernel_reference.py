@@ -53,6 +53,8 @@ CONV_CASES = [
     (3, 12, 4, 4, 12, 4, 4, (3, 3), (3, 3), (1, 1), 3, "int8", "int8", True, None),
     # larger shapes: several GEMM panels / row blocks, vector-epilogue tails, K not a multiple of 4
     (1, 24, 9, 11, 40, 1, 1, (1, 1), (0, 0), (1, 1), 1, "int8", "int8", True, "int8"),  # 1x1 direct im2col
+    (2, 16, 9, 11, 40, 1, 1, (2, 2), (0, 0), (1, 1), 1, "int8", "int8", True, "int8"),  # strided 1x1: sampled
+    (1, 7, 8, 13, 33, 1, 1, (1, 3), (0, 0), (1, 1), 1, "int8", "int16", True, None),
     (2, 16, 13, 13, 72, 3, 3, (2, 2), (1, 1), (1, 1), 1, "int8", "int16", True, None),
     (1, 9, 20, 19, 20, 5, 5, (1, 1), (2, 2), (1, 1), 1, "int8", "int8", True, "int16"),  # K = 225
     (1, 32, 17, 23, 32, 3, 3, (1, 1), (1, 1), (1, 1), 32, "int8", "int8", True, "int8"),  # depthwise, residual

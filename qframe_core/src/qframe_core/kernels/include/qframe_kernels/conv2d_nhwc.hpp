@@ -158,6 +158,20 @@ inline void prepare_channels_last_from_nhwc(const Conv2dShape& s, const int8_t* 
     }
 }
 
+// The input pixels a strided 1x1 conv without padding reads, X[n][oh][ow][c] = x[n][oh * sh][ow * sw][c]
+// (encoded as in prepare_channels_last_from_nhwc).
+inline void sample_channels_last_from_nhwc(const Conv2dShape& s, const int8_t* in, int64_t CgP, uint8_t* X) {
+    const int64_t rows = s.N * s.Ho, Ho = s.Ho, Wo = s.Wo, H = s.H, W = s.W, C = s.C, sh = s.sh, sw = s.sw;
+#pragma omp parallel for schedule(static) if (rows * Wo * C > 65536)
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t n = r / Ho, oh = r % Ho;
+        const uint8_t* __restrict src = reinterpret_cast<const uint8_t*>(in) + (n * H + oh * sh) * W * C;
+        uint8_t* __restrict dst = X + r * Wo * CgP;
+        for (int64_t ow = 0; ow < Wo; ++ow)
+            for (int64_t c = 0; c < C; ++c) dst[ow * CgP + c] = static_cast<uint8_t>(src[ow * sw * C + c] ^ 0x80u);
+    }
+}
+
 #ifdef QFRAME_KERNELS_X86
 // One micro-tile: C[r][j] (r < kNhwcMR pixels, j < kNhwcNR channels) = sum over taps and quads of
 // the u8 quad at px[r] + tapoff[t] + 4q times the weight quads of W.
@@ -374,19 +388,24 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc
     const int64_t obs = (s.O + kNhwcNR - 1) / kNhwcNR;
     const ClampVecs cv = clamp_vecs(q.range);
     const int64_t pbs = (P + MR - 1) / MR;
-    // offset in X of each output pixel's receptive field (computed once: divisions are not free)
+    // offset in X of each output pixel's receptive field (computed once, not per output-channel block:
+    // divisions are not free); chunks of pixels in parallel, each starting from one division
     int64_t* pix = thread_scratch<int64_t, 9>(pbs * MR);
-    for (int64_t p = 0, n = 0, oh = 0, ow = 0; p < pbs * MR; ++p) {
-        if (p < P) {
+    constexpr int64_t kPixChunk = 2048;
+    const int64_t pchunks = (P + kPixChunk - 1) / kPixChunk;
+#pragma omp parallel for schedule(static) num_threads(max_threads()) if (pchunks > 1)
+    for (int64_t c = 0; c < pchunks; ++c) {
+        const int64_t pb = c * kPixChunk, pe = std::min(P, pb + kPixChunk);
+        int64_t n = pb / HoWo, oh = pb % HoWo / s.Wo, ow = pb % s.Wo;
+        for (int64_t p = pb; p < pe; ++p) {
             pix[p] = ((n * Hp + oh * s.sh) * Wp + ow * s.sw) * CgP;
             if (++ow == s.Wo) {
                 ow = 0;
                 if (++oh == s.Ho) oh = 0, ++n;
             }
-        } else {
-            pix[p] = pix[P - 1];  // tail rows repeat the last pixel
         }
     }
+    for (int64_t p = P; p < pbs * MR; ++p) pix[p] = pix[P - 1];  // tail rows repeat the last pixel
     const int64_t tasks = obs * pbs;  // output-channel block major: a thread reuses one weight block
     const int64_t O = s.O;
 #pragma omp parallel for schedule(static) num_threads(max_threads()) if (tasks > 1)
@@ -422,17 +441,28 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc
 // residual), on the channels-last kernel; requires nhwc_kernel_applies(...) and weights packed by
 // pack_nhwc_weight.  Shapes and parameters must already be validated (see bindings.hpp).
 template <class Policy, class TOut, class TRes>
-void conv2d_nhwc(const Conv2dShape& s, const int8_t* in, bool input_nhwc, const PackedNhwcWeight& pw,
+void conv2d_nhwc(const Conv2dShape& shape, const int8_t* in, bool input_nhwc, const PackedNhwcWeight& pw,
                  const TRes* res, const RequantArgs& q, TOut* out) {
 #ifdef QFRAME_KERNELS_X86
     using R = typename Policy::Rounding;
-    if (s.N * s.Ho * s.Wo == 0 || s.O == 0) return;
+    if (shape.N * shape.Ho * shape.Wo == 0 || shape.O == 0) return;
+    // a strided 1x1 conv without padding (a ResNet downsample) reads one input pixel in sh * sw: copy
+    // only those, and run it as a stride-1 conv over the sampled map
+    const bool sample = input_nhwc && shape.KH == 1 && shape.KW == 1 && shape.ph == 0 && shape.pw == 0 &&
+                        (shape.sh > 1 || shape.sw > 1);
+    Conv2dShape s = shape;
+    if (sample) {
+        s.H = shape.Ho;
+        s.W = shape.Wo;
+        s.sh = s.sw = 1;
+    }
     const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw, CgP = pw.CgP;
     const int64_t xelems = s.N * Hp * Wp * CgP;
     constexpr int64_t kSlack = 4;  // runs read up to 3 values past the last pixel
     uint8_t* X = thread_scratch<uint8_t, 8>(xelems + kSlack);
     std::fill(X + xelems, X + xelems + kSlack, uint8_t(128));
-    if (input_nhwc) detail::prepare_channels_last_from_nhwc(s, in, CgP, X);
+    if (sample) detail::sample_channels_last_from_nhwc(shape, in, CgP, X);
+    else if (input_nhwc) detail::prepare_channels_last_from_nhwc(s, in, CgP, X);
     else detail::prepare_channels_last<int8_t, uint8_t>(s, in, CgP, X);
 
     std::vector<int64_t> tapoff(static_cast<size_t>(pw.taps()));
