@@ -33,7 +33,7 @@
 
 namespace qframe_kernels {
 
-constexpr int kNhwcMR = 12;  // output pixels per micro-tile
+constexpr int kNhwcMR = 14;  // output pixels per micro-tile (28 accumulators + 2 weight + 1 input zmm)
 constexpr int kNhwcNR = 32;  // output channels per micro-tile (2 zmm of 16 int32)
 constexpr int64_t kNhwcMaxQuads = 16448;  // int32-exact reduction length in u8 quads (gemm_s8.hpp)
 
@@ -481,8 +481,8 @@ void conv2d_nhwc(const Conv2dShape& shape, const int8_t* in, bool input_nhwc, co
     for (int64_t g = 0; g < groups16; ++g)
         detail::make_lane_params<R>(lanes[g], bias64.data() + g * 16, q, g * 16, std::min<int64_t>(16, s.O - g * 16),
                                     acc_bound);
-    // pixels per micro-tile: 12, unless that leaves more than 3% of the rows empty and 8 or 7 fits better
-    // (e.g. the 49 pixels of a 7x7 map: 7 tiles of 7 instead of 5 of 12)
+    // pixels per micro-tile: 14 (28 zmm accumulators: 14 * 2 * 16 int32), unless that leaves more than 3% of
+    // the rows empty and 8 or 7 fits better (the 49 pixels of a 7x7 map: 7 tiles of 7 instead of 4 of 14)
     const int64_t P = s.N * s.Ho * s.Wo;
     auto padded = [P](int64_t mr) { return (P + mr - 1) / mr * mr; };
     int mr = kNhwcMR;
