@@ -10,7 +10,7 @@ from torch import nn
 from ...numerics import quantize_to_int
 from ...quantization.fake_quantize import QuantParams
 from ..qat.base import integer_tensor_to_float
-from .kernels import dtype_name, from_layout_array, march_kernels
+from .kernels import as_layout_array, dtype_name, from_layout_array, is_channels_last, march_kernels
 
 
 class Quantize(nn.Module):
@@ -75,7 +75,9 @@ class DeQuantize(nn.Module):
 
     @classmethod
     def from_qat(cls, qat: nn.Module) -> DeQuantize:
-        return cls(qat.input_params(0))
+        mod = cls(qat.input_params(0))
+        mod.march = getattr(qat, "march", None)  # runs the march's dequantize kernel
+        return mod
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         # integer activations may be channels-last between convs; the model's float outputs are NCHW
@@ -89,6 +91,12 @@ class DeQuantize(nn.Module):
             # a float32 scale multiplies exactly like the same value as a python float
             cached = self._scalar = (scale, scale._version, float(scale) if scale.numel() == 1 else None)
         if cached[2] is not None and q.is_cpu:
+            march = self.__dict__.get("march")
+            if march is not None and q.dtype in (torch.int8, torch.int16, torch.int32):
+                layout = "nhwc" if is_channels_last(q) else "nchw"  # one pass, written NCHW
+                return torch.from_numpy(march_kernels(march).dequantize(as_layout_array(q, layout, "input",
+                                                                                        "DeQuantize"),
+                                                                        cached[2], layout))
             return q.contiguous().float().mul_(cached[2])
         return integer_tensor_to_float(q, QuantParams(scale, self.dtype, self.ch_axis)).contiguous()
 

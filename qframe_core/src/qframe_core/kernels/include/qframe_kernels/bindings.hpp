@@ -641,6 +641,34 @@ inline py::array quantize_py(const py::object& input, const py::object& scale_o,
     return out;
 }
 
+// dequantize(q, scale, input_layout): see quantize.hpp.
+inline py::array dequantize_py(const py::object& input, const py::object& scale_o, const py::object& input_layout) {
+    const char* fn = "dequantize";
+    const bool nhwc = get_layout(fn, "input_layout", input_layout);
+    Arr q = get_array(fn, "input", input, {DType::Int8, DType::Int16, DType::Int32}, nhwc ? 4 : -1,
+                      nhwc ? "[N, H, W, C]" : nullptr);
+    if (!py::isinstance<py::float_>(scale_o) && !py::isinstance<py::int_>(scale_o))
+        type_err(fn, "argument 'scale' must be a float, got " + type_name(scale_o));
+    const float scale = static_cast<float>(scale_o.cast<double>());
+    int64_t outer = 1, C = 1, HW = q.size();
+    std::vector<int64_t> oshape = q.shape;
+    if (nhwc) {
+        outer = q.shape[0];
+        C = q.shape[3];
+        HW = q.shape[1] * q.shape[2];
+        oshape = {q.shape[0], q.shape[3], q.shape[1], q.shape[2]};
+    }
+    py::array_t<float> out(oshape);
+    float* op = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        if (q.dt == DType::Int8) dequantize(static_cast<const int8_t*>(q.data()), outer, C, HW, scale, nhwc, op);
+        else if (q.dt == DType::Int16) dequantize(static_cast<const int16_t*>(q.data()), outer, C, HW, scale, nhwc, op);
+        else dequantize(static_cast<const int32_t*>(q.data()), outer, C, HW, scale, nhwc, op);
+    }
+    return out;
+}
+
 template <class Policy>
 py::array linear_py(const py::object& input, const py::object& weight, const py::object& bias,
                     const py::object& multiplier, const py::object& shift, const py::object& out_dtype,
@@ -823,6 +851,9 @@ void bind_kernels(pybind11::module_& m) {
           py::arg("qmax"), py::arg("output_layout") = "nchw",
           "clamp(round_half_even(input / scale), qmin, qmax) of a float32 array (NaN -> 0), as int8/int16; "
           "output_layout='nhwc' writes an [N, C, H, W] input as [N, H, W, C].");
+    m.def("dequantize", &bind::dequantize_py, py::arg("input"), py::arg("scale"), py::arg("input_layout") = "nchw",
+          "float32(input) * scale (float32 arithmetic) of an int8/int16/int32 array; input_layout='nhwc' takes an "
+          "[N, H, W, C] input and writes [N, C, H, W].");
     m.def("requantize", &bind::requantize_py<Policy>, py::arg("x"), py::arg("multiplier"), py::arg("shift"),
           py::arg("axis") = py::none(), py::arg("out_dtype") = "int8", py::arg("clamp_min") = py::none(),
           py::arg("clamp_max") = py::none(),

@@ -91,4 +91,24 @@ void quantize(const float* x, int64_t outer, int64_t C, int64_t HW, float scale,
     }
 }
 
+// The model output: out = float(q) * scale in float32 (integer_tensor_to_float's rule: the IEEE product of
+// the converted integer and the float32 scale), written NCHW; q is [outer, C, HW], or [outer, HW, C] when
+// nhwc (a channels-last activation).
+template <class TIn>
+void dequantize(const TIn* q, int64_t outer, int64_t C, int64_t HW, float scale, bool nhwc, float* out) {
+    const int64_t total = outer * C * HW;
+    if (!nhwc || C == 1 || HW == 1) {
+#pragma omp parallel for schedule(static) if (total > 65536)
+        for (int64_t i = 0; i < total; ++i) out[i] = static_cast<float>(q[i]) * scale;
+        return;
+    }
+#pragma omp parallel for schedule(static) if (total > 65536)
+    for (int64_t nc = 0; nc < outer * C; ++nc) {
+        const int64_t n = nc / C, c = nc % C;
+        const TIn* src = q + n * HW * C + c;
+        float* dst = out + nc * HW;
+        for (int64_t p = 0; p < HW; ++p) dst[p] = static_cast<float>(src[p * C]) * scale;
+    }
+}
+
 }  // namespace qframe_kernels
