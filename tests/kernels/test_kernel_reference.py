@@ -732,3 +732,26 @@ def test_quantize_matches_quantize_to_int(march):
         mod.quantize(x[0], 0.1, "int8", -128, 127, "nhwc")
     with pytest.raises(ValueError, match="C-contiguous"):
         mod.quantize(x.transpose(0, 2, 3, 1), 0.1, "int8", -128, 127)
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_dequantize_matches_integer_tensor_to_float(march):
+    """The DeQuantStub kernel: float32(q) * scale, bit-identical to integer_tensor_to_float, NHWC in -> NCHW."""
+    import torch
+
+    from qframe_core.dtype import qint8, qint16, qint32
+    from qframe_core.nn.qat.base import integer_tensor_to_float
+    from qframe_core.quantization.fake_quantize import QuantParams
+
+    mod = MODULES[march]
+    rng = np.random.default_rng(29)
+    for dt, npdt in ((qint8, np.int8), (qint16, np.int16), (qint32, np.int32)):
+        q = rand_int(rng, npdt, (2, 5, 3, 7))
+        for scale in (np.float32(0.0123457), np.float32(3.1e-9), np.float32(7.5)):
+            want = integer_tensor_to_float(torch.from_numpy(q), QuantParams(torch.tensor(scale), dt, None)).numpy()
+            np.testing.assert_array_equal(mod.dequantize(q, float(scale)), want)
+            np.testing.assert_array_equal(mod.dequantize(to_nhwc(q), float(scale), "nhwc"), want)
+    with pytest.raises(TypeError, match="dequantize: argument 'input'"):
+        mod.dequantize(q.astype(np.float32), 0.5)
+    with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
+        mod.dequantize(q[0], 0.5, "nhwc")

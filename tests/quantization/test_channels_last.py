@@ -158,3 +158,20 @@ def test_quant_stub_kernel_equals_the_torch_rule_and_feeds_the_stem_channels_las
     assert kernels.is_channels_last(got)  # written NHWC by the kernel, whatever the conv's native layout
     stub.channels_last_output = False
     assert got.contiguous().equal(stub(y)) and stub(y).is_contiguous()
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_dequant_stub_kernel_equals_the_torch_rule(march):
+    from qframe_core.nn.qat.base import integer_tensor_to_float
+    from qframe_core.quantization.fake_quantize import QuantParams
+
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 8, 8)
+    _, quantized = calibrate_and_convert(Mixed().eval(), march, [x])
+    stub = quantized.dequant
+    assert stub.march == march
+    q = torch.randint(-128, 128, (2, 8, 4, 4), dtype=torch.int8)
+    want = integer_tensor_to_float(q, QuantParams(stub.scale, stub.dtype, stub.ch_axis))
+    for t in (q, q.contiguous(memory_format=torch.channels_last)):
+        got = stub(t)
+        assert got.is_contiguous() and torch.equal(got, want)
