@@ -249,6 +249,20 @@ inline void make_lane_params(LaneParams& lp, const int64_t* bias64, const Requan
     }
 }
 
+// The lane parameters of all O output channels (groups of 16) and bias64[o] = bias[o] - comp[o] (padded to
+// a multiple of 16); acc_bound bounds |acc| for the overflow test.
+template <class R>
+inline std::vector<LaneParams> lane_params_of(const RequantArgs& q, const int64_t* comp, int64_t O,
+                                              int64_t acc_bound, std::vector<int64_t>& bias64) {
+    const int64_t groups16 = (O + 15) / 16;
+    bias64.assign(static_cast<size_t>(groups16 * 16), 0);
+    for (int64_t o = 0; o < O; ++o) bias64[o] = (q.bias ? q.bias[o] : 0) - comp[o];
+    std::vector<LaneParams> lanes(static_cast<size_t>(groups16));
+    for (int64_t g = 0; g < groups16; ++g)
+        make_lane_params<R>(lanes[g], bias64.data() + g * 16, q, g * 16, std::min<int64_t>(16, O - g * 16), acc_bound);
+    return lanes;
+}
+
 // The clamp range as vectors (int64 lanes, and int8 lanes for int8 outputs).
 struct ClampVecs {
     __m512i lo, hi;
@@ -472,15 +486,10 @@ void conv2d_nhwc(const Conv2dShape& shape, const int8_t* in, bool input_nhwc, co
             for (int64_t kw = 0; kw < s.KW; ++kw) tapoff[kh * s.KW + kw] = (kh * s.dh * Wp + kw * s.dw) * CgP;
     }
     // per 16-channel group: bias - comp and the requantization lanes
-    const int64_t groups16 = (s.O + 15) / 16;
-    std::vector<detail::LaneParams> lanes(static_cast<size_t>(groups16));
-    std::vector<int64_t> bias64(static_cast<size_t>(groups16 * 16), 0);
-    for (int64_t o = 0; o < s.O; ++o) bias64[o] = (q.bias ? q.bias[o] : 0) - pw.comp[o];
     // |acc| = |sum (x + 128) * w| <= 255 * 128 per product
-    const int64_t acc_bound = pw.quads() * 4 * 255 * 128;
-    for (int64_t g = 0; g < groups16; ++g)
-        detail::make_lane_params<R>(lanes[g], bias64.data() + g * 16, q, g * 16, std::min<int64_t>(16, s.O - g * 16),
-                                    acc_bound);
+    std::vector<int64_t> bias64;
+    const std::vector<detail::LaneParams> lanes =
+        detail::lane_params_of<R>(q, pw.comp.data(), s.O, pw.quads() * 4 * 255 * 128, bias64);
     // pixels per micro-tile: 14 (28 zmm accumulators: 14 * 2 * 16 int32), unless that leaves more than 3% of
     // the rows empty and 8 or 7 fits better (the 49 pixels of a 7x7 map: 7 tiles of 7 instead of 4 of 14)
     const int64_t P = s.N * s.Ho * s.Wo;
@@ -497,7 +506,7 @@ void conv2d_nhwc(const Conv2dShape& shape, const int8_t* in, bool input_nhwc, co
     else if (mr == 7) tiles(std::integral_constant<int, 7>{});
     else tiles(std::integral_constant<int, kNhwcMR>{});
 #else
-    (void)s; (void)in; (void)input_nhwc; (void)pw; (void)res; (void)q; (void)out;
+    (void)shape; (void)in; (void)input_nhwc; (void)pw; (void)res; (void)q; (void)out;
 #endif
 }
 
@@ -517,14 +526,9 @@ void conv2d_depthwise_nhwc(const Conv2dShape& s, const int8_t* in, bool input_nh
     uint8_t* X = thread_scratch<uint8_t, 8>(s.N * Hp * Wp * CgP);
     if (input_nhwc) detail::prepare_channels_last_from_nhwc(d, in, CgP, X);
     else detail::prepare_channels_last<int8_t, uint8_t>(d, in, CgP, X);
-    const int64_t groups16 = pw.Cpad / 16;
-    std::vector<detail::LaneParams> lanes(static_cast<size_t>(groups16));
-    std::vector<int64_t> bias64(static_cast<size_t>(pw.Cpad), 0);
-    for (int64_t c = 0; c < s.O; ++c) bias64[c] = (q.bias ? q.bias[c] : 0) - pw.comp[c];
-    const int64_t acc_bound = s.KH * s.KW * 255 * 128;
-    for (int64_t g = 0; g < groups16; ++g)
-        detail::make_lane_params<R>(lanes[g], bias64.data() + g * 16, q, g * 16, std::min<int64_t>(16, s.O - g * 16),
-                                    acc_bound);
+    std::vector<int64_t> bias64;
+    const std::vector<detail::LaneParams> lanes =
+        detail::lane_params_of<R>(q, pw.comp.data(), s.O, s.KH * s.KW * 255 * 128, bias64);
     detail::depthwise_nhwc_rows<R, TOut, TRes>(s, X, Hp, Wp, CgP, pw, lanes.data(), bias64.data(), res, q, out);
 #else
     (void)s; (void)in; (void)input_nhwc; (void)pw; (void)res; (void)q; (void)out;
