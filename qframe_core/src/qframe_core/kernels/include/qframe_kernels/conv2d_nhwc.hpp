@@ -267,12 +267,13 @@ inline std::vector<LaneParams> lane_params_of(const RequantArgs& q, const int64_
 struct ClampVecs {
     __m512i lo, hi;
     __m128i lo8, hi8;
+    bool lo_inside8, hi_inside8;  // int8 outputs: a bound inside int8's range (saturation covers the others)
 };
 
 __attribute__((target("avx512f,avx512bw,avx512vl"))) inline ClampVecs clamp_vecs(const ClampRange& r) {
     return {_mm512_set1_epi64(r.lo), _mm512_set1_epi64(r.hi),
             _mm_set1_epi8(static_cast<char>(std::clamp<int64_t>(r.lo, -128, 127))),
-            _mm_set1_epi8(static_cast<char>(std::clamp<int64_t>(r.hi, -128, 127)))};
+            _mm_set1_epi8(static_cast<char>(std::clamp<int64_t>(r.hi, -128, 127))), r.lo > -128, r.hi < 127};
 }
 
 // 16 channels of one pixel: out[l] = clamp(round_shift((acc[l] + bias[l]) * m[l] + res[l] * rm[l], s[l]))
@@ -314,7 +315,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline bool requant_lanes_a
         // saturate to int8, interleave the even and odd lanes, then clamp in int8: the same as clamping
         // first, since [lo, hi] lies inside int8
         __m128i y = _mm_unpacklo_epi8(_mm512_cvtsepi64_epi8(pe), _mm512_cvtsepi64_epi8(po));
-        y = _mm_min_epi8(_mm_max_epi8(y, cv.lo8), cv.hi8);
+        if (cv.lo_inside8) y = _mm_max_epi8(y, cv.lo8);  // ReLU: lo = 0
+        if (cv.hi_inside8) y = _mm_min_epi8(y, cv.hi8);
         _mm_mask_storeu_epi8(out, k, y);
     } else {
         pe = _mm512_min_epi64(_mm512_max_epi64(pe, cv.lo), cv.hi);
