@@ -31,6 +31,7 @@ from qframe_core.quantization.qconfig import (
 )
 from qframe_core.utils.onnx_helper import export_quantized_onnx, export_to_onnx, register_onnx_ops
 from tests.quant_helpers import calibrate_and_convert
+from tests.seed_examples.test_hybrid_guide_example import HybridModel, _SeluModule  # the guide's model
 
 
 @pytest.fixture(autouse=True)
@@ -285,52 +286,6 @@ def test_registered_symbolics_with_torch_onnx_export():
     torch.onnx.export(quantized.conv2, (torch.zeros(1, 4, 6, 4, dtype=torch.int8),), buf, dynamo=False)
     proto = onnx.load_from_string(buf.getvalue())
     assert [(n.domain, n.op_type) for n in proto.graph.node] == [("qframe", "Conv2d")]
-
-
-class _ConvBlock(nn.Module):
-    def __init__(self, channels=3):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 1)
-        self.prelu = torch.nn.PReLU()
-
-    def forward(self, input):
-        return torch.nn.functional.selu(self.prelu(self.conv(input)))
-
-
-class _SeluModule(nn.Module):
-    def forward(self, input):
-        return torch.nn.functional.selu(input)
-
-
-class HybridModel(nn.Module):
-    """The hybrid guide's model (dev-guide "异构模型指南")."""
-
-    def __init__(self, channels=3):
-        super().__init__()
-        self.quant = QuantStub()
-        self.conv0 = nn.Conv2d(channels, channels, 1)
-        self.prelu = torch.nn.PReLU()
-        self.conv1 = _ConvBlock(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 1)
-        self.conv3 = nn.Conv2d(channels, channels, 1)
-        self.conv4 = nn.Conv2d(channels, channels, 1)
-        self.selu = _SeluModule()
-        self.dequant = DeQuantStub()
-        self.identity = torch.nn.Identity()
-
-    def forward(self, input):
-        x = self.quant(input)
-        x = self.conv0(x)
-        x = self.identity(x)
-        x = self.prelu(x)
-        x = torch.nn.functional.selu(x)
-        x = self.conv1(x)
-        x = self.conv2(x)
-        x = self.conv3(x)
-        x = self.identity(x)
-        x = self.conv4(x)
-        x = self.selu(x)
-        return self.dequant(x)
 
 
 @pytest.mark.parametrize("march", ["bernoulli2", "bayes"])
