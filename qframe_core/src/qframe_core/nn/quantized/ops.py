@@ -29,9 +29,9 @@ def add(march: str, a: torch.Tensor, b: torch.Tensor, multiplier_a: int, multipl
     x, y = torch.broadcast_tensors(a, b)
     # element-wise: two channels-last operands are added in their NHWC order (no copies)
     layout = "nhwc" if is_channels_last(x) and is_channels_last(y) else "nchw"
-    arrays = [as_layout_array(t, layout, f"input {i}", name) if layout == "nhwc" else as_array(t, f"input {i}", name)
-              for i, t in enumerate((x, y))]
-    out = march_kernels(march).add(*arrays, multiplier_a, multiplier_b, shift, out_dtype, clamp_min, clamp_max)
+    out = march_kernels(march).add(as_layout_array(x, layout, "input 0", name),
+                                   as_layout_array(y, layout, "input 1", name), multiplier_a, multiplier_b, shift,
+                                   out_dtype, clamp_min, clamp_max)
     return from_layout_array(out, layout)
 
 
@@ -84,8 +84,9 @@ def run_conv2d(k: Any, packed: Any, x: torch.Tensor, bias: Any, stride: tuple, p
     others read and write NCHW.  With ``channels_last_output`` an NHWC result is returned as a channels-last
     tensor (convert_fx allows it where every consumer accepts one), else as an NCHW-contiguous tensor."""
     in_layout = "nhwc" if native == "nhwc" and is_channels_last(x) else "nchw"
-    out = k.conv2d(as_layout_array(x, in_layout, "input", name), packed, bias, stride, padding, dilation, groups, multiplier, shift, out_dtype, clamp_min,
-                   clamp_max, None if residual is None else as_layout_array(residual, native, "residual", name),
+    out = k.conv2d(as_layout_array(x, in_layout, "input", name), packed, bias, stride, padding, dilation, groups,
+                   multiplier, shift, out_dtype, clamp_min, clamp_max,
+                   None if residual is None else as_layout_array(residual, native, "residual", name),
                    residual_multiplier, in_layout, native)
     out = from_layout_array(out, native)
     return out if channels_last_output else out.contiguous()

@@ -49,8 +49,9 @@ class Quantize(nn.Module):
         if (march is not None and x.dtype == torch.float32 and x.is_cpu and self.dtype.bits <= 16
                 and self.scale.numel() == 1 and not torch.jit.is_tracing()):
             layout = "nhwc" if self.channels_last_output and x.dim() == 4 else "nchw"
-            out = march_kernels(march).quantize(x.detach().contiguous().numpy(), float(self.scale), dtype_name(self.dtype.bits),
-                                                self.dtype.quant_min, self.dtype.quant_max, layout)
+            out = march_kernels(march).quantize(x.detach().contiguous().numpy(), float(self.scale),
+                                                dtype_name(self.dtype.bits), self.dtype.quant_min,
+                                                self.dtype.quant_max, layout)
             return from_layout_array(out, layout)
         # clamped values are exact in float32/64: straight to the dtype, no int64 pass
         if self.dtype.bits <= 16 and x.dtype in (torch.float32, torch.float64):
