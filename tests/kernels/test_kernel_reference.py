@@ -755,3 +755,33 @@ def test_dequantize_matches_integer_tensor_to_float(march):
         mod.dequantize(q.astype(np.float32), 0.5)
     with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
         mod.dequantize(q[0], 0.5, "nhwc")
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_conv2d_plan_equals_conv2d(march):
+    """conv2d_plan validates everything but the input once; calling it computes what conv2d computes."""
+    mod = MODULES[march]
+    rng = np.random.default_rng(31)
+    for case in CONV_CASES:
+        args, kwargs = _conv_case_args(rng, march, case)
+        x, wt, bias, stride, padding, dilation, groups, mult, shift, odt = args
+        for weight in (wt, mod.pack_conv2d_weight(wt, groups)):
+            plan = mod.conv2d_plan(weight, bias, stride, padding, dilation, groups, mult, shift, odt, 0, None,
+                                   kwargs.get("residual_multiplier"))
+            want = ref.conv2d(march, *args, 0, None, **kwargs)
+            for layouts in LAYOUTS:
+                xi = to_nhwc(x) if layouts[0] == "nhwc" else x
+                res = kwargs.get("residual")
+                res = to_nhwc(res) if res is not None and layouts[1] == "nhwc" else res
+                got = plan(xi, res, *layouts)
+                got = got.transpose(0, 3, 1, 2) if layouts[1] == "nhwc" else got
+                np.testing.assert_array_equal(got, want, err_msg=f"{case} {layouts}")
+    x = rand_int(rng, np.int8, (1, 4, 5, 5))
+    plan = mod.conv2d_plan(rand_int(rng, np.int8, (8, 4, 3, 3)), None, (1, 1), (1, 1), (1, 1), 1,
+                           np.full(8, 3, np.int32), np.full(8, 4, np.int32), "int8")
+    with pytest.raises(ValueError, match="Conv2dPlan: residual and residual_multiplier must both be given"):
+        plan(x, rand_int(rng, np.int8, (1, 8, 5, 5)))
+    with pytest.raises(ValueError, match="Conv2dPlan: argument 'weight' has shape"):
+        plan(rand_int(rng, np.int8, (1, 3, 5, 5)))
+    with pytest.raises(ValueError, match="conv2d_plan: argument 'groups' = 3 must divide the output channels"):
+        mod.conv2d_plan(rand_int(rng, np.int8, (8, 4, 3, 3)), None, (1, 1), (1, 1), (1, 1), 3, None, None, "int32")

@@ -70,24 +70,22 @@ def conv2d(march: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     packed = _packed(march, weight, groups)
     native = packed.native_layout("int8" if x.dtype == torch.int8 else "int16") \
         if x.dtype in (torch.int8, torch.int16) else "nchw"
-    return run_conv2d(march_kernels(march), packed, x, _np(bias.to(torch.int32)), tuple(stride), tuple(padding),
-                      tuple(dilation), groups, _np(multiplier), _np(shift), out_dtype, clamp_min, clamp_max, residual,
-                      _np(residual_multiplier), name, channels_last_output, native)
+    plan = march_kernels(march).conv2d_plan(packed, _np(bias.to(torch.int32)), tuple(stride), tuple(padding),
+                                            tuple(dilation), groups, _np(multiplier), _np(shift), out_dtype,
+                                            clamp_min, clamp_max, _np(residual_multiplier))
+    return run_conv2d(plan, x, residual, native, channels_last_output, name)
 
 
-def run_conv2d(k: Any, packed: Any, x: torch.Tensor, bias: Any, stride: tuple, padding: tuple, dilation: tuple,
-               groups: int, multiplier: Any, shift: Any, out_dtype: str, clamp_min: int, clamp_max: int,
-               residual: Optional[torch.Tensor], residual_multiplier: Any, name: str,
-               channels_last_output: bool, native: str) -> torch.Tensor:
-    """Run the kernel in its native layouts (``native``: ``packed.native_layout`` of the input dtype; see the
-    kernels README): the channels-last kernels read an NCHW or a channels-last input and write NHWC; the
-    others read and write NCHW.  With ``channels_last_output`` an NHWC result is returned as a channels-last
-    tensor (convert_fx allows it where every consumer accepts one), else as an NCHW-contiguous tensor."""
+def run_conv2d(plan: Any, x: torch.Tensor, residual: Optional[torch.Tensor], native: str,
+               channels_last_output: bool, name: str) -> torch.Tensor:
+    """Run a march ``Conv2dPlan`` in the kernel's native layouts (``native``: ``PackedWeight.native_layout`` of
+    the input dtype; see the kernels README): the channels-last kernels read an NCHW or a channels-last input
+    and write NHWC; the others read and write NCHW.  With ``channels_last_output`` an NHWC result is returned
+    as a channels-last tensor (convert_fx allows it where every consumer accepts one), else as an
+    NCHW-contiguous tensor."""
     in_layout = "nhwc" if native == "nhwc" and is_channels_last(x) else "nchw"
-    out = k.conv2d(as_layout_array(x, in_layout, "input", name), packed, bias, stride, padding, dilation, groups,
-                   multiplier, shift, out_dtype, clamp_min, clamp_max,
-                   None if residual is None else as_layout_array(residual, native, "residual", name),
-                   residual_multiplier, in_layout, native)
+    out = plan(as_layout_array(x, in_layout, "input", name),
+               None if residual is None else as_layout_array(residual, native, "residual", name), in_layout, native)
     out = from_layout_array(out, native)
     return out if channels_last_output else out.contiguous()
 

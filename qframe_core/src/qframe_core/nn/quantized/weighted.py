@@ -144,19 +144,18 @@ class Conv2d(_WeightedQuantized):
                              self.qframe_name, self.channels_last_output)
             return self._finish_tensor(out)
         k, packed, bias, mult, shift, rmult = self._kernel_args()
-        # the per-call constants, built once per pack (the hot path of integer inference)
+        # the kernel call validated once per pack (the hot path of integer inference)
         args = self.__dict__.get("_call_args")
         if args is None:
             lo, hi = self._clamp_bounds()
-            args = self._call_args = (tuple(self.stride), tuple(self.padding), tuple(self.dilation), int(self.groups),
-                                      dtype_name(self.out_dtype.bits), lo, hi,
-                                      {torch.int8: packed.native_layout("int8"),
-                                       torch.int16: packed.native_layout("int16")},
+            plan = k.conv2d_plan(packed, bias, tuple(self.stride), tuple(self.padding), tuple(self.dilation),
+                                 int(self.groups), mult, shift, dtype_name(self.out_dtype.bits), lo, hi, rmult)
+            args = self._call_args = (plan, {torch.int8: packed.native_layout("int8"),
+                                             torch.int16: packed.native_layout("int16")},
                                       self.multiplier is None and self.clamp_min is not None)
-        stride, padding, dilation, groups, out_dtype, lo, hi, natives, relu_on_raw = args
-        out = ops.run_conv2d(k, packed, x, bias, stride, padding, dilation, groups, mult, shift, out_dtype, lo, hi,
-                             other, rmult, self.qframe_name, self.channels_last_output,
-                             natives.get(x.dtype, "nchw"))
+        plan, natives, relu_on_raw = args
+        out = ops.run_conv2d(plan, x, other, natives.get(x.dtype, "nchw"), self.channels_last_output,
+                             self.qframe_name)
         return out.clamp_min(self.clamp_min) if relu_on_raw else out  # as _finish_tensor
 
     def extra_repr(self) -> str:

@@ -382,13 +382,15 @@ struct WeightArg {
 };
 
 template <class Policy>
-inline WeightArg get_weight(const char* fn, const py::handle& obj, int rank, const char* layout) {
+inline WeightArg get_weight(const char* fn, const py::handle& obj, int rank, const char* layout,
+                            const char* op = nullptr) {
     WeightArg r;
     if (py::isinstance<PackedWeight>(obj)) {
         r.packed = obj.cast<std::shared_ptr<PackedWeight>>();
-        if (r.packed->op != fn)
+        const std::string want = op ? op : fn;
+        if (r.packed->op != want)
             value_err(fn, "argument 'weight' is a PackedWeight made by pack_" + r.packed->op +
-                              "_weight; pass one made by pack_" + std::string(fn) + "_weight");
+                              "_weight; pass one made by pack_" + want + "_weight");
         if (r.packed->march != Policy::name)
             value_err(fn, "argument 'weight' is a PackedWeight of march '" + r.packed->march + "', this is march '" +
                               Policy::name + "'");
@@ -436,43 +438,68 @@ inline EpilogueArgs<Policy> get_epilogue(const char* fn, int64_t O, const py::ha
     return e;
 }
 
+// conv2d's arguments that do not depend on the input, validated once: conv2d_py builds one per call, a
+// Conv2dPlan (the Python class) keeps it for every call of an integer module.
 template <class Policy>
-py::array conv2d_py(const py::object& input, const py::object& weight, const py::object& bias,
-                    const py::object& stride, const py::object& padding, const py::object& dilation,
-                    const py::object& groups_o, const py::object& multiplier, const py::object& shift,
-                    const py::object& out_dtype, const py::object& clamp_min, const py::object& clamp_max,
-                    const py::object& residual, const py::object& residual_multiplier,
-                    const py::object& input_layout, const py::object& output_layout) {
-    const char* fn = "conv2d";
-    const bool in_nhwc = get_layout(fn, "input_layout", input_layout);
-    const bool out_nhwc = get_layout(fn, "output_layout", output_layout);
+struct Conv2dArgs {
+    WeightArg w;
+    int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, groups = 1;
+    DType od = DType::Int8;
+    EpilogueArgs<Policy> e;
+    std::optional<Arr> res_mult;
+};
+
+template <class Policy>
+Conv2dArgs<Policy> conv2d_args(const char* fn, const py::object& weight, const py::object& bias,
+                               const py::object& stride, const py::object& padding, const py::object& dilation,
+                               const py::object& groups_o, const py::object& multiplier, const py::object& shift,
+                               const py::object& out_dtype, const py::object& clamp_min, const py::object& clamp_max,
+                               const py::object& residual_multiplier) {
+    Conv2dArgs<Policy> a;
+    a.w = get_weight<Policy>(fn, weight, 4, "[O, C // groups, KH, KW]", "conv2d");
+    std::tie(a.sh, a.sw) = get_pair(fn, "stride", stride, 1);
+    std::tie(a.ph, a.pw) = get_pair(fn, "padding", padding, 0);
+    std::tie(a.dh, a.dw) = get_pair(fn, "dilation", dilation, 1);
+    a.groups = get_int(fn, "groups", groups_o);
+    if (a.groups < 1) value_err(fn, "argument 'groups' must be >= 1, got " + std::to_string(a.groups));
+    if (a.w.packed && a.w.packed->groups != a.groups)
+        value_err(fn, "argument 'groups' = " + std::to_string(a.groups) + " does not match the PackedWeight, packed "
+                      "with groups = " + std::to_string(a.w.packed->groups) + " (pack_conv2d_weight(weight, groups))");
+    const int64_t O = a.w.shape[0];
+    if (O % a.groups != 0)
+        value_err(fn, "argument 'groups' = " + std::to_string(a.groups) +
+                          " must divide the output channels O = weight.shape[0] = " + std::to_string(O));
+    if (a.w.shape[2] < 1 || a.w.shape[3] < 1)
+        value_err(fn, "argument 'weight' must have a non-empty kernel, got shape " + shape_str(a.w.shape));
+    a.od = get_out_dtype(fn, out_dtype);
+    a.e = get_epilogue<Policy>(fn, O, bias, multiplier, shift, a.od, clamp_min, clamp_max);
+    if (!residual_multiplier.is_none()) {
+        if (a.e.q.multiplier == nullptr)
+            value_err(fn, "a residual needs multiplier and shift (it is not allowed with the raw int32 output)");
+        a.res_mult = get_params<Policy>(fn, "residual_multiplier", residual_multiplier, O, false, false);
+    }
+    return a;
+}
+
+// Runs conv2d with validated arguments on one input (and residual).
+template <class Policy>
+py::array conv2d_run(const char* fn, const Conv2dArgs<Policy>& a, const py::object& input, const py::object& residual,
+                     bool in_nhwc, bool out_nhwc) {
     Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, 4, in_nhwc ? "[N, H, W, C]" : "[N, C, H, W]");
-    WeightArg w = get_weight<Policy>(fn, weight, 4, "[O, C // groups, KH, KW]");
+    const WeightArg& w = a.w;
     Conv2dShape s{};
     s.N = x.shape[0];
     if (in_nhwc) { s.H = x.shape[1]; s.W = x.shape[2]; s.C = x.shape[3]; }
     else { s.C = x.shape[1]; s.H = x.shape[2]; s.W = x.shape[3]; }
     s.O = w.shape[0]; s.KH = w.shape[2]; s.KW = w.shape[3];
-    std::tie(s.sh, s.sw) = get_pair(fn, "stride", stride, 1);
-    std::tie(s.ph, s.pw) = get_pair(fn, "padding", padding, 0);
-    std::tie(s.dh, s.dw) = get_pair(fn, "dilation", dilation, 1);
-    s.groups = get_int(fn, "groups", groups_o);
-    if (s.groups < 1) value_err(fn, "argument 'groups' must be >= 1, got " + std::to_string(s.groups));
-    if (w.packed && w.packed->groups != s.groups)
-        value_err(fn, "argument 'groups' = " + std::to_string(s.groups) + " does not match the PackedWeight, packed "
-                      "with groups = " + std::to_string(w.packed->groups) + " (pack_conv2d_weight(weight, groups))");
+    s.sh = a.sh; s.sw = a.sw; s.ph = a.ph; s.pw = a.pw; s.dh = a.dh; s.dw = a.dw; s.groups = a.groups;
     if (s.C % s.groups != 0)
         value_err(fn, "argument 'groups' = " + std::to_string(s.groups) + " must divide the input channels C = " +
                           std::to_string(s.C));
-    if (s.O % s.groups != 0)
-        value_err(fn, "argument 'groups' = " + std::to_string(s.groups) +
-                          " must divide the output channels O = weight.shape[0] = " + std::to_string(s.O));
     if (w.shape[1] != s.C / s.groups)
         value_err(fn, "argument 'weight' has shape " + shape_str(w.shape) + " but input has C = " + std::to_string(s.C) +
                           " channels and groups = " + std::to_string(s.groups) + ", so weight.shape[1] must be " +
                           std::to_string(s.C / s.groups));
-    if (s.KH < 1 || s.KW < 1)
-        value_err(fn, "argument 'weight' must have a non-empty kernel, got shape " + shape_str(w.shape));
     s.Ho = conv2d_out_size(s.H, s.KH, s.sh, s.ph, s.dh);
     s.Wo = conv2d_out_size(s.W, s.KW, s.sw, s.pw, s.dw);
     if (s.Ho <= 0 || s.Wo <= 0)
@@ -487,21 +514,18 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
         if (elems > static_cast<long double>(int64_t(1) << 40))
             value_err(fn, "the output shape " + shape_str(oshape) + " is too large (more than 2**40 elements)");
     }
-    const DType od = get_out_dtype(fn, out_dtype);
-    EpilogueArgs<Policy> e = get_epilogue<Policy>(fn, s.O, bias, multiplier, shift, od, clamp_min, clamp_max);
+    const DType od = a.od;
+    EpilogueArgs<Policy> e = a.e;
     std::optional<Arr> res;
-    if (!residual.is_none() || !residual_multiplier.is_none()) {
-        if (residual.is_none() || residual_multiplier.is_none())
+    if (!residual.is_none() || a.res_mult) {
+        if (residual.is_none() || !a.res_mult)
             value_err(fn, "residual and residual_multiplier must both be given or both be None");
-        if (e.q.multiplier == nullptr)
-            value_err(fn, "a residual needs multiplier and shift (it is not allowed with the raw int32 output)");
         res = get_array(fn, "residual", residual, {DType::Int8, DType::Int16}, 4,
                         out_nhwc ? "[N, Ho, Wo, O]" : "[N, O, Ho, Wo]");
         if (res->shape != oshape)
             value_err(fn, "argument 'residual' must have the output shape " + shape_str(oshape) + ", got " +
                               shape_str(res->shape));
-        e.res_mult = get_params<Policy>(fn, "residual_multiplier", residual_multiplier, s.O, false, false);
-        e.q.res_multiplier = static_cast<const int32_t*>(e.res_mult->data());
+        e.q.res_multiplier = static_cast<const int32_t*>(a.res_mult->data());
     }
     py::array out = make_out(od, oshape);
     void* optr = out.mutable_data();
@@ -591,6 +615,35 @@ py::array conv2d_py(const py::object& input, const py::object& weight, const py:
     }
     return out;
 }
+
+template <class Policy>
+py::array conv2d_py(const py::object& input, const py::object& weight, const py::object& bias,
+                    const py::object& stride, const py::object& padding, const py::object& dilation,
+                    const py::object& groups_o, const py::object& multiplier, const py::object& shift,
+                    const py::object& out_dtype, const py::object& clamp_min, const py::object& clamp_max,
+                    const py::object& residual, const py::object& residual_multiplier,
+                    const py::object& input_layout, const py::object& output_layout) {
+    const char* fn = "conv2d";
+    const bool in_nhwc = get_layout(fn, "input_layout", input_layout);
+    const bool out_nhwc = get_layout(fn, "output_layout", output_layout);
+    if (!residual.is_none() && residual_multiplier.is_none())
+        value_err(fn, "residual and residual_multiplier must both be given or both be None");
+    const Conv2dArgs<Policy> a = conv2d_args<Policy>(fn, weight, bias, stride, padding, dilation, groups_o, multiplier,
+                                                     shift, out_dtype, clamp_min, clamp_max, residual_multiplier);
+    return conv2d_run<Policy>(fn, a, input, residual, in_nhwc, out_nhwc);
+}
+
+// A conv2d whose weights and requantization are fixed (an integer Conv2d module): validated once.
+template <class Policy>
+struct Conv2dPlan {
+    Conv2dArgs<Policy> args;
+    py::array call(const py::object& input, const py::object& residual, const py::object& input_layout,
+                   const py::object& output_layout) const {
+        const char* fn = "Conv2dPlan";
+        return conv2d_run<Policy>(fn, args, input, residual, get_layout(fn, "input_layout", input_layout),
+                                  get_layout(fn, "output_layout", output_layout));
+    }
+};
 
 // quantize(x, scale, out_dtype, qmin, qmax, output_layout): see quantize.hpp.
 inline py::array quantize_py(const py::object& input, const py::object& scale_o, const py::object& out_dtype,
@@ -839,6 +892,29 @@ void bind_kernels(pybind11::module_& m) {
           "returns the raw accumulator + bias), optional residual int8/int16 in the output's layout with "
           "residual_multiplier int32 [O]; the output is [N,O,Ho,Wo] (output_layout='nchw') or [N,Ho,Wo,O] ('nhwc'). "
           "PackedWeight.native_layout(dtype) names the layout written without a conversion.");
+    py::class_<bind::Conv2dPlan<Policy>, std::shared_ptr<bind::Conv2dPlan<Policy>>>(
+        m, "Conv2dPlan", py::module_local(),
+        "conv2d with its weights, bias, geometry and requantization validated once (conv2d_plan); call it with "
+        "the input (and residual) only.")
+        .def("__call__", &bind::Conv2dPlan<Policy>::call, py::arg("input"), py::arg("residual") = py::none(),
+             py::arg("input_layout") = "nchw", py::arg("output_layout") = "nchw");
+    m.def("conv2d_plan",
+          [](const py::object& weight, const py::object& bias, const py::object& stride, const py::object& padding,
+             const py::object& dilation, const py::object& groups, const py::object& multiplier,
+             const py::object& shift, const py::object& out_dtype, const py::object& clamp_min,
+             const py::object& clamp_max, const py::object& residual_multiplier) {
+              auto plan = std::make_shared<bind::Conv2dPlan<Policy>>();
+              plan->args = bind::conv2d_args<Policy>("conv2d_plan", weight, bias, stride, padding, dilation, groups,
+                                                     multiplier, shift, out_dtype, clamp_min, clamp_max,
+                                                     residual_multiplier);
+              return plan;
+          },
+          py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+          py::arg("groups"), py::arg("multiplier"), py::arg("shift"), py::arg("out_dtype"),
+          py::arg("clamp_min") = py::none(), py::arg("clamp_max") = py::none(),
+          py::arg("residual_multiplier") = py::none(),
+          "conv2d's arguments except input and residual, validated once: plan(input, residual, input_layout, "
+          "output_layout) computes what conv2d computes.");
     m.def("linear", &bind::linear_py<Policy>, py::arg("input"), py::arg("weight"), py::arg("bias"),
           py::arg("multiplier"), py::arg("shift"), py::arg("out_dtype"), py::arg("clamp_min") = py::none(),
           py::arg("clamp_max") = py::none(),
