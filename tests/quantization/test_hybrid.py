@@ -9,9 +9,7 @@ from torch import nn
 from qframe_core.errors import UnsupportedOpError
 from qframe_core.march import march
 from qframe_core.quantization import (
-    DeQuantStub,
     FakeQuantState,
-    QuantStub,
     convert_fx,
     load_observer_params,
     prepare_qat_fx,
@@ -23,55 +21,7 @@ from qframe_core.quantization.qconfig import (
     default_qat_8bit_fake_quant_qconfig,
     default_qat_out_8bit_fake_quant_qconfig,
 )
-
-
-class _ConvBlock(nn.Module):
-    def __init__(self, channels=3):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 1)
-        self.prelu = torch.nn.PReLU()
-
-    def forward(self, input):
-        x = self.conv(input)
-        x = self.prelu(x)
-        return torch.nn.functional.selu(x)
-
-
-class _SeluModule(nn.Module):
-    def forward(self, input):
-        return torch.nn.functional.selu(input)
-
-
-class HybridModel(nn.Module):
-    """The seeds' hybrid example (dev guide, 异构模型指南)."""
-
-    def __init__(self, channels=3):
-        super().__init__()
-        self.quant = QuantStub()
-        self.conv0 = nn.Conv2d(channels, channels, 1)
-        self.prelu = torch.nn.PReLU()
-        self.conv1 = _ConvBlock(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 1)
-        self.conv3 = nn.Conv2d(channels, channels, 1)
-        self.conv4 = nn.Conv2d(channels, channels, 1)
-        self.selu = _SeluModule()
-        self.dequant = DeQuantStub()
-        self.identity = torch.nn.Identity()
-
-    def forward(self, input):
-        x = self.quant(input)
-        x = self.conv0(x)
-        x = self.identity(x)
-        x = self.prelu(x)
-        x = torch.nn.functional.selu(x)
-        x = self.conv1(x)
-        x = self.conv2(x)
-        x = self.conv3(x)
-        x = self.identity(x)
-        x = self.conv4(x)
-        x = self.selu(x)
-        return self.dequant(x)
-
+from tests.seed_examples.test_hybrid_guide_example import HybridModel, _SeluModule  # the seeds' model
 
 HYBRID_DICT = {"module_name": ["conv1.conv", "conv3"], "module_type": [_SeluModule]}
 
