@@ -35,6 +35,7 @@ import warnings
 
 import numpy as np
 import torch
+from blocks import BasicBlock  # benchmarks/blocks.py: the scripts run from this folder
 from torch import nn
 
 
@@ -174,25 +175,6 @@ def _row(name, macs, qf, tf, tq, repeat, verbose):
 
 
 # ---------------------------------------------------------------------------------------------- models
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu2 = nn.ReLU()
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        identity = x if self.down is None else self.down(x)
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + identity)
 
 
 class ResNet18Shaped(nn.Module):
