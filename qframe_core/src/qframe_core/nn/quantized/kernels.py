@@ -45,23 +45,34 @@ def is_channels_last(t: torch.Tensor) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
+def nhwc_view(t: torch.Tensor) -> Optional[np.ndarray]:
+    """The [N, H, W, C] numpy view of a channels-last integer CPU tensor (see ``is_channels_last``), or None
+    for any other tensor.  The hot path of integer inference: numpy's transpose is cheaper than torch's
+    permute, and nothing is copied."""
+    if (type(t) is torch.Tensor and t.dtype in _INT_DTYPES and t.is_cpu and t.dim() == 4 and not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last)):
+        a = t.numpy().transpose(0, 2, 3, 1)
+        return a if a.flags.c_contiguous else None
+    return None
+
+
 def as_layout_array(t: torch.Tensor, layout: str, what: str, owner: str) -> np.ndarray:
     """``t`` ([N, C, H, W]) as a C-contiguous numpy array in ``layout``: ``"nchw"``, or ``"nhwc"``
     (``[N, H, W, C]``: zero-copy for a channels-last tensor)."""
     if layout == "nhwc":
-        return as_array(t.permute(0, 2, 3, 1), what, owner)
+        a = nhwc_view(t)
+        return as_array(t.permute(0, 2, 3, 1), what, owner) if a is None else a
     return as_array(t, what, owner)
 
 
 def from_layout_array(a: np.ndarray, layout: str) -> torch.Tensor:
     """The [N, C, H, W] tensor of a kernel output in ``layout`` (NHWC outputs become channels-last tensors)."""
-    t = torch.from_numpy(a)
     if layout != "nhwc":
-        return t
+        return torch.from_numpy(a)
     _, h, w, c = a.shape
     if c == 1 or h * w == 1:  # the same memory as NCHW: give it NCHW's strides
-        return t.as_strided((a.shape[0], c, h, w), (c * h * w, h * w, w, 1))
-    return t.permute(0, 3, 1, 2)
+        return torch.from_numpy(a).as_strided((a.shape[0], c, h, w), (c * h * w, h * w, w, 1))
+    return torch.from_numpy(a.transpose(0, 3, 1, 2))
 
 
 def to_int32(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:

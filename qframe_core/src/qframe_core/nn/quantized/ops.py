@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from .kernels import as_array, as_layout_array, from_layout_array, is_channels_last, march_kernels
+from .kernels import as_array, as_layout_array, from_layout_array, is_channels_last, march_kernels, nhwc_view
 
 
 def _np(t: Optional[torch.Tensor]):
@@ -83,8 +83,9 @@ def run_conv2d(plan: Any, x: torch.Tensor, residual: Optional[torch.Tensor], nat
     and write NHWC; the others read and write NCHW.  With ``channels_last_output`` an NHWC result is returned
     as a channels-last tensor (convert_fx allows it where every consumer accepts one), else as an
     NCHW-contiguous tensor."""
-    in_layout = "nhwc" if native == "nhwc" and is_channels_last(x) else "nchw"
-    out = plan(as_layout_array(x, in_layout, "input", name),
+    xa = nhwc_view(x) if native == "nhwc" else None
+    in_layout = "nchw" if xa is None else "nhwc"
+    out = plan(as_array(x, "input", name) if xa is None else xa,
                None if residual is None else as_layout_array(residual, native, "residual", name), in_layout, native)
     out = from_layout_array(out, native)
     return out if channels_last_output else out.contiguous()

@@ -101,14 +101,16 @@ inline std::string allowed_str(std::initializer_list<DType> allowed) {
     return s;
 }
 
-// rank < 0: any rank.
+// rank < 0: any rank.  (Runs on every kernel call: the messages are built only on the error paths.)
 inline Arr get_array(const char* fn, const char* arg, const py::handle& obj, std::initializer_list<DType> allowed,
                      int rank, const char* layout = nullptr) {
-    const std::string expect = std::string("a C-contiguous numpy.ndarray of dtype ") + allowed_str(allowed) +
-                               (rank >= 0 ? " with " + std::to_string(rank) + " dimensions" : std::string()) +
-                               (layout ? std::string(" ") + layout : std::string());
+    auto expect = [&] {
+        return std::string("a C-contiguous numpy.ndarray of dtype ") + allowed_str(allowed) +
+               (rank >= 0 ? " with " + std::to_string(rank) + " dimensions" : std::string()) +
+               (layout ? std::string(" ") + layout : std::string());
+    };
     if (!py::isinstance<py::array>(obj))
-        type_err(fn, "argument '" + std::string(arg) + "' must be " + expect + ", got " + type_name(obj));
+        type_err(fn, "argument '" + std::string(arg) + "' must be " + expect() + ", got " + type_name(obj));
     Arr r;
     r.a = py::reinterpret_borrow<py::array>(obj);
     const auto dt = int_dtype(r.a.dtype());
@@ -118,12 +120,13 @@ inline Arr get_array(const char* fn, const char* arg, const py::handle& obj, std
         for (DType d : allowed) ok = ok || d == *dt;
     }
     if (!ok)
-        type_err(fn, "argument '" + std::string(arg) + "' must be " + expect + ", got dtype " +
+        type_err(fn, "argument '" + std::string(arg) + "' must be " + expect() + ", got dtype " +
                          py::str(r.a.dtype()).cast<std::string>());
     r.dt = *dt;
+    r.shape.reserve(static_cast<size_t>(r.a.ndim()));
     for (py::ssize_t i = 0; i < r.a.ndim(); ++i) r.shape.push_back(static_cast<int64_t>(r.a.shape(i)));
     if (rank >= 0 && r.a.ndim() != rank)
-        value_err(fn, "argument '" + std::string(arg) + "' must be " + expect + ", got " +
+        value_err(fn, "argument '" + std::string(arg) + "' must be " + expect() + ", got " +
                           std::to_string(r.a.ndim()) + " dimensions with shape " + shape_str(r.shape));
     const int flags = r.a.flags();
     if (!(flags & py::array::c_style))
@@ -447,6 +450,9 @@ struct Conv2dArgs {
     DType od = DType::Int8;
     EpilogueArgs<Policy> e;
     std::optional<Arr> res_mult;
+    // the channels-last kernels' epilogue, built on the first call (with the GIL held): it depends on the
+    // weights and the requantization only, which a Conv2dPlan fixes
+    mutable std::shared_ptr<const detail::NhwcEpilogue> nhwc_epilogue;
 };
 
 template <class Policy>
@@ -557,6 +563,10 @@ py::array conv2d_run(const char* fn, const Conv2dArgs<Policy>& a, const py::obje
     } else if (w.packed) {
         pk = w.packed->get(x.dt);
     }
+    if ((nhwc_kernel || dw_kernel) && !a.nhwc_epilogue)
+        a.nhwc_epilogue = std::make_shared<const detail::NhwcEpilogue>(
+            nhwc_kernel ? nhwc_conv2d_epilogue<Policy>(e.q, *pn) : nhwc_depthwise_epilogue<Policy>(e.q, *pd));
+    const detail::NhwcEpilogue* epi = a.nhwc_epilogue.get();
     {
         py::gil_scoped_release nogil;
         const int64_t HW = s.H * s.W, P = s.Ho * s.Wo;
@@ -589,10 +599,10 @@ py::array conv2d_run(const char* fn, const Conv2dArgs<Policy>& a, const py::obje
                         if constexpr (std::is_same_v<TIn, int8_t>) {
                             if (nhwc_kernel)
                                 conv2d_nhwc<Policy, TOut, TRes>(s, static_cast<const int8_t*>(xp), in_nhwc, *pn, r,
-                                                                e.q, dst);
+                                                                e.q, dst, epi);
                             if (dw_kernel)
                                 conv2d_depthwise_nhwc<Policy, TOut, TRes>(s, static_cast<const int8_t*>(xp), in_nhwc,
-                                                                          *pd, r, e.q, dst);
+                                                                          *pd, r, e.q, dst, epi);
                         }
                         if (!native_out_nhwc) {
                             const TIn* xin = static_cast<const TIn*>(xp);

@@ -208,6 +208,8 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) void nhwc_tile_
     }
 }
 
+#endif  // QFRAME_KERNELS_X86
+
 // Requantization parameters of 16 consecutive output channels as vectors (per-lane rounding terms
 // precomputed from the shifts); `fast` is false when a bias (bias - comp) does not fit int32 or no
 // multiplier is given (raw int32 mode): such groups take the scalar epilogue.
@@ -263,6 +265,22 @@ inline std::vector<LaneParams> lane_params_of(const RequantArgs& q, const int64_
     return lanes;
 }
 
+// The epilogue of one channels-last conv, built from its weights and requantization only (nothing of the
+// input): a Conv2dPlan builds it once instead of on every call.
+struct NhwcEpilogue {
+    std::vector<int64_t> bias64;
+    std::vector<LaneParams> lanes;
+};
+
+// acc_bound: |acc| = |sum (x + 128) * w| <= 255 * 128 a product, over the reduction length of the kernel.
+template <class R>
+inline NhwcEpilogue nhwc_epilogue_of(const RequantArgs& q, const int64_t* comp, int64_t O, int64_t reduction) {
+    NhwcEpilogue e;
+    e.lanes = lane_params_of<R>(q, comp, O, reduction * 255 * 128, e.bias64);
+    return e;
+}
+
+#ifdef QFRAME_KERNELS_X86
 // The clamp range as vectors (int64 lanes, and int8 lanes for int8 outputs).
 struct ClampVecs {
     __m512i lo, hi;
@@ -404,33 +422,25 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc
     const int64_t obs = (s.O + kNhwcNR - 1) / kNhwcNR;
     const ClampVecs cv = clamp_vecs(q.range);
     const int64_t pbs = (P + MR - 1) / MR;
-    // offset in X of each output pixel's receptive field (computed once, not per output-channel block:
-    // divisions are not free); chunks of pixels in parallel, each starting from one division
-    int64_t* pix = thread_scratch<int64_t, 9>(pbs * MR);
-    constexpr int64_t kPixChunk = 2048;
-    const int64_t pchunks = (P + kPixChunk - 1) / kPixChunk;
-#pragma omp parallel for schedule(static) num_threads(max_threads()) if (pchunks > 1)
-    for (int64_t c = 0; c < pchunks; ++c) {
-        const int64_t pb = c * kPixChunk, pe = std::min(P, pb + kPixChunk);
-        int64_t n = pb / HoWo, oh = pb % HoWo / s.Wo, ow = pb % s.Wo;
-        for (int64_t p = pb; p < pe; ++p) {
-            pix[p] = ((n * Hp + oh * s.sh) * Wp + ow * s.sw) * CgP;
-            if (++ow == s.Wo) {
-                ow = 0;
-                if (++oh == s.Ho) oh = 0, ++n;
-            }
-        }
-    }
-    for (int64_t p = P; p < pbs * MR; ++p) pix[p] = pix[P - 1];  // tail rows repeat the last pixel
     const int64_t tasks = obs * pbs;  // output-channel block major: a thread reuses one weight block
     const int64_t O = s.O;
 #pragma omp parallel for schedule(static) num_threads(max_threads()) if (tasks > 1)
     for (int64_t t = 0; t < tasks; ++t) {
         const int64_t ob = t / pbs, pb = t % pbs;
         alignas(64) int32_t C[MR * kNhwcNR];
-        const uint8_t* px[MR];
         const int64_t p0 = pb * MR, nvalid = std::min<int64_t>(MR, P - p0);
-        for (int64_t r = 0; r < MR; ++r) px[r] = X + pix[p0 + r];
+        // each pixel's receptive field in X: one division a tile, then steps along the output rows; rows
+        // past P repeat the last pixel
+        const uint8_t* px[MR];
+        int64_t n = p0 / HoWo, oh = p0 % HoWo / s.Wo, ow = p0 % s.Wo;
+        for (int64_t r = 0; r < MR; ++r) {
+            px[r] = X + ((n * Hp + oh * s.sh) * Wp + ow * s.sw) * CgP;
+            if (r + 1 >= nvalid) continue;
+            if (++ow == s.Wo) {
+                ow = 0;
+                if (++oh == s.Ho) oh = 0, ++n;
+            }
+        }
         nhwc_tile_vnni<MR>(px, tapoff, taps, cqs, pw.block(ob), C);
         for (int64_t h = 0; h < 2; ++h) {
             const int64_t o0 = ob * kNhwcNR + h * 16;
@@ -453,12 +463,24 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc
 
 }  // namespace detail
 
+// The epilogue of the channels-last kernels for weights `pw` and requantization `q` (q.res_multiplier set
+// when a residual is added).
+template <class Policy>
+detail::NhwcEpilogue nhwc_conv2d_epilogue(const RequantArgs& q, const PackedNhwcWeight& pw) {
+    return detail::nhwc_epilogue_of<typename Policy::Rounding>(q, pw.comp.data(), pw.O, pw.quads() * 4);
+}
+template <class Policy>
+detail::NhwcEpilogue nhwc_depthwise_epilogue(const RequantArgs& q, const PackedDepthwiseWeight& pw) {
+    return detail::nhwc_epilogue_of<typename Policy::Rounding>(q, pw.comp.data(), pw.C, pw.KH * pw.KW);
+}
+
 // conv2d of an int8 input (NCHW, or NHWC when input_nhwc) into an NHWC output [N, Ho, Wo, O] (and NHWC
 // residual), on the channels-last kernel; requires nhwc_kernel_applies(...) and weights packed by
-// pack_nhwc_weight.  Shapes and parameters must already be validated (see bindings.hpp).
+// pack_nhwc_weight.  Shapes and parameters must already be validated (see bindings.hpp).  `epi`: the
+// epilogue built by nhwc_conv2d_epilogue for these weights and `q` (built here when null).
 template <class Policy, class TOut, class TRes>
 void conv2d_nhwc(const Conv2dShape& shape, const int8_t* in, bool input_nhwc, const PackedNhwcWeight& pw,
-                 const TRes* res, const RequantArgs& q, TOut* out) {
+                 const TRes* res, const RequantArgs& q, TOut* out, const detail::NhwcEpilogue* epi = nullptr) {
 #ifdef QFRAME_KERNELS_X86
     using R = typename Policy::Rounding;
     if (shape.N * shape.Ho * shape.Wo == 0 || shape.O == 0) return;
@@ -488,10 +510,8 @@ void conv2d_nhwc(const Conv2dShape& shape, const int8_t* in, bool input_nhwc, co
             for (int64_t kw = 0; kw < s.KW; ++kw) tapoff[kh * s.KW + kw] = (kh * s.dh * Wp + kw * s.dw) * CgP;
     }
     // per 16-channel group: bias - comp and the requantization lanes
-    // |acc| = |sum (x + 128) * w| <= 255 * 128 per product
-    std::vector<int64_t> bias64;
-    const std::vector<detail::LaneParams> lanes =
-        detail::lane_params_of<R>(q, pw.comp.data(), s.O, pw.quads() * 4 * 255 * 128, bias64);
+    detail::NhwcEpilogue local;
+    if (epi == nullptr) epi = &(local = nhwc_conv2d_epilogue<Policy>(q, pw));
     // pixels per micro-tile: 14 (28 zmm accumulators: 14 * 2 * 16 int32), unless that leaves more than 3% of
     // the rows empty and 8 or 7 fits better (the 49 pixels of a 7x7 map: 7 tiles of 7 instead of 4 of 14)
     const int64_t P = s.N * s.Ho * s.Wo;
@@ -501,22 +521,24 @@ void conv2d_nhwc(const Conv2dShape& shape, const int8_t* in, bool input_nhwc, co
         for (int cand : {8, 7})
             if (padded(cand) < padded(mr)) mr = cand;
     auto tiles = [&](auto mr_const) {
-        detail::conv2d_nhwc_tiles<R, TOut, TRes, decltype(mr_const)::value>(s, X, Hp, Wp, CgP, tapoff.data(), pw,
-                                                                           lanes.data(), bias64.data(), res, q, out);
+        detail::conv2d_nhwc_tiles<R, TOut, TRes, decltype(mr_const)::value>(
+            s, X, Hp, Wp, CgP, tapoff.data(), pw, epi->lanes.data(), epi->bias64.data(), res, q, out);
     };
     if (mr == 8) tiles(std::integral_constant<int, 8>{});
     else if (mr == 7) tiles(std::integral_constant<int, 7>{});
     else tiles(std::integral_constant<int, kNhwcMR>{});
 #else
-    (void)shape; (void)in; (void)input_nhwc; (void)pw; (void)res; (void)q; (void)out;
+    (void)shape; (void)in; (void)input_nhwc; (void)pw; (void)res; (void)q; (void)out; (void)epi;
 #endif
 }
 
 // Depthwise conv2d (C == O == groups) of an int8 input (NCHW, or NHWC when input_nhwc) into an NHWC
-// output, on AVX-512BW; requires depthwise_nhwc_applies(...).
+// output, on AVX-512BW; requires depthwise_nhwc_applies(...).  `epi`: as for conv2d_nhwc
+// (nhwc_depthwise_epilogue).
 template <class Policy, class TOut, class TRes>
 void conv2d_depthwise_nhwc(const Conv2dShape& s, const int8_t* in, bool input_nhwc, const PackedDepthwiseWeight& pw,
-                           const TRes* res, const RequantArgs& q, TOut* out) {
+                           const TRes* res, const RequantArgs& q, TOut* out,
+                           const detail::NhwcEpilogue* epi = nullptr) {
 #ifdef QFRAME_KERNELS_X86
     using R = typename Policy::Rounding;
     if (s.N * s.Ho * s.Wo == 0 || s.O == 0) return;
@@ -528,12 +550,12 @@ void conv2d_depthwise_nhwc(const Conv2dShape& s, const int8_t* in, bool input_nh
     uint8_t* X = thread_scratch<uint8_t, 8>(s.N * Hp * Wp * CgP);
     if (input_nhwc) detail::prepare_channels_last_from_nhwc(d, in, CgP, X);
     else detail::prepare_channels_last<int8_t, uint8_t>(d, in, CgP, X);
-    std::vector<int64_t> bias64;
-    const std::vector<detail::LaneParams> lanes =
-        detail::lane_params_of<R>(q, pw.comp.data(), s.O, s.KH * s.KW * 255 * 128, bias64);
-    detail::depthwise_nhwc_rows<R, TOut, TRes>(s, X, Hp, Wp, CgP, pw, lanes.data(), bias64.data(), res, q, out);
+    detail::NhwcEpilogue local;
+    if (epi == nullptr) epi = &(local = nhwc_depthwise_epilogue<Policy>(q, pw));
+    detail::depthwise_nhwc_rows<R, TOut, TRes>(s, X, Hp, Wp, CgP, pw, epi->lanes.data(), epi->bias64.data(), res, q,
+                                               out);
 #else
-    (void)s; (void)in; (void)input_nhwc; (void)pw; (void)res; (void)q; (void)out;
+    (void)s; (void)in; (void)input_nhwc; (void)pw; (void)res; (void)q; (void)out; (void)epi;
 #endif
 }
 
