@@ -696,6 +696,45 @@ def test_depthwise_random_shapes_in_every_layout(march):
 
 
 @pytest.mark.parametrize("march", MARCHES)
+def test_dense_random_shapes_in_every_layout(march):
+    """Dense convs with channel counts that are multiples of 4: an NHWC input runs the channels-last
+    kernel's direct path (no padded copy; tiles at the border read a zero pixel for each tap outside the
+    input), an NCHW input the copy path.  Random shapes, strides, padding larger than the kernel reach,
+    dilation, residuals, int8/int16 outputs; every tile kind (inside, at the border, tail rows)."""
+    mod = MODULES[march]
+    rng = np.random.default_rng(23)
+    checked = 0
+    while checked < 40:
+        n, c, o = int(rng.integers(1, 3)), int(rng.choice([4, 8, 12, 64])), int(rng.choice([16, 24, 40, 64]))
+        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        h, w = int(rng.integers(1, 16)), int(rng.integers(1, 16))
+        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        padding = (int(rng.integers(0, 4)), int(rng.integers(0, 4)))
+        dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        if h + 2 * padding[0] < dilation[0] * (kh - 1) + 1 or w + 2 * padding[1] < dilation[1] * (kw - 1) + 1:
+            continue
+        x = rand_int(rng, np.int8, (n, c, h, w))
+        wt = rand_int(rng, np.int8, (o, c, kh, kw))
+        bias = rand_int(rng, np.int32, (o,), -(2**20), 2**20)
+        mult = rng.integers(0, max_mult(march), size=o, endpoint=True).astype(np.int32)
+        shift = rng.integers(0, 45, size=o).astype(np.int32)
+        odt = ("int8", "int16")[checked % 2]
+        ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        kwargs = {}
+        if checked % 3 == 0:
+            kwargs = {"residual": rand_int(rng, np.int8, (n, o, ho, wo)),
+                      "residual_multiplier": rng.integers(0, max_mult(march), size=o, endpoint=True).astype(np.int32)}
+        args = (x, mod.pack_conv2d_weight(wt, 1), bias, stride, padding, dilation, 1, mult, shift, odt)
+        cmin = 0 if checked % 4 == 1 else None
+        want = ref.conv2d(march, x, wt, *args[2:], cmin, None, **kwargs)
+        for layouts in LAYOUTS:
+            np.testing.assert_array_equal(conv2d_in_layouts(mod, args, kwargs, cmin, None, *layouts), want,
+                                          err_msg=f"{x.shape} {wt.shape} {stride} {padding} {dilation} {layouts}")
+        checked += 1
+
+
+@pytest.mark.parametrize("march", MARCHES)
 def test_quantize_matches_quantize_to_int(march):
     """The QuantStub kernel is bit-identical to qframe's float->integer rule (numerics.quantize_to_int):
     ties to even, NaN -> 0, +-inf -> the bounds, tiny and huge values, NCHW and NHWC outputs."""

@@ -173,20 +173,44 @@ inline void sample_channels_last_from_nhwc(const Conv2dShape& s, const int8_t* i
 }
 
 #ifdef QFRAME_KERNELS_X86
-// One micro-tile: C[r][j] (r < kNhwcMR pixels, j < kNhwcNR channels) = sum over taps and quads of
-// the u8 quad at px[r] + tapoff[t] + 4q times the weight quads of W.
-template <int MR>
-__attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) void nhwc_tile_vnni(const uint8_t* const* px,
-                                                                          const int64_t* tapoff, int64_t taps,
-                                                                          int64_t cqs, const int32_t* W, int32_t* C) {
+// Where a micro-tile's pixels read their taps.  The copy path: X is the padded, encoded copy, and pixel r
+// reads tap t at base + off[r] + tapoff[t].  The direct path (raw int8 NHWC input, C a multiple of 4, no
+// copy): the same addressing over the unpadded input; tiles touching the padding check each (pixel, tap)
+// pair and read a zero pixel where it falls outside the input (ih = ih0[r] + th[t], iw = iw0[r] + tw[t]).
+struct NhwcTapSource {
+    const uint8_t* base;
+    const int64_t* tapoff;  // [taps]
+    const int64_t* th;      // [taps] (direct path)
+    const int64_t* tw;      // [taps] (direct path)
+    const uint8_t* zero;    // one pixel of zeros (direct path)
+    int64_t H, W;           // the input (direct path)
+};
+
+// One micro-tile: C[r][j] (r < MR pixels, j < kNhwcNR channels) = sum over taps and quads of the u8 quad
+// each pixel reads at the tap (see NhwcTapSource) + 4q times the weight quads of W.  kRaw: the input is
+// raw int8 and is encoded (x ^ 0x80 = x + 128) in registers; kCheck: test each (pixel, tap) against the
+// input's bounds (tiles at the border of the direct path).
+template <int MR, bool kRaw, bool kCheck>
+__attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) void nhwc_tile_vnni(
+    const NhwcTapSource& src, const int64_t* off, const int64_t* ih0, const int64_t* iw0, int64_t taps, int64_t cqs,
+    const int32_t* W, int32_t* C) {
     __m512i c[MR][2];
+    const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80));
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) c[r][0] = c[r][1] = _mm512_setzero_si512();
     for (int64_t t = 0; t < taps; ++t) {
-        const int64_t off = tapoff[t];
+        const int64_t toff = src.tapoff[t];
         const uint8_t* p[MR];
 #pragma GCC unroll 16
-        for (int r = 0; r < MR; ++r) p[r] = px[r] + off;
+        for (int r = 0; r < MR; ++r) {
+            if constexpr (kCheck) {
+                const bool in = static_cast<uint64_t>(ih0[r] + src.th[t]) < static_cast<uint64_t>(src.H) &&
+                                static_cast<uint64_t>(iw0[r] + src.tw[t]) < static_cast<uint64_t>(src.W);
+                p[r] = in ? src.base + (off[r] + toff) : src.zero;
+            } else {
+                p[r] = src.base + (off[r] + toff);
+            }
+        }
         for (int64_t q = 0; q < cqs; ++q) {
             const __m512i b0 = _mm512_loadu_si512(W);
             const __m512i b1 = _mm512_loadu_si512(W + 16);
@@ -195,7 +219,8 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) void nhwc_tile_
             for (int r = 0; r < MR; ++r) {
                 int32_t v;
                 std::memcpy(&v, p[r] + 4 * q, 4);
-                const __m512i a = _mm512_set1_epi32(v);
+                __m512i a = _mm512_set1_epi32(v);
+                if constexpr (kRaw) a = _mm512_xor_si512(a, sign);  // free: the port is not vpdpbusd's
                 c[r][0] = _mm512_dpbusd_epi32(c[r][0], a, b0);
                 c[r][1] = _mm512_dpbusd_epi32(c[r][1], a, b1);
             }
@@ -411,10 +436,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void depthwise_nhwc_rows(
     }
 }
 
-// The tiles of conv2d_nhwc (one OpenMP loop; AVX-512 code throughout).
+// The tiles of conv2d_nhwc (one OpenMP loop; AVX-512 code throughout).  `src` reads the padded copy X
+// (Hp x Wp pixels of CgP bytes), or with `direct` the raw NHWC input (Hp = H, Wp = W, CgP = C).
 template <class R, class TOut, class TRes, int MR>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc_tiles(
-    const Conv2dShape& s, const uint8_t* X, int64_t Hp, int64_t Wp, int64_t CgP, const int64_t* tapoff,
+    const Conv2dShape& s, const NhwcTapSource& src, bool direct, int64_t Hp, int64_t Wp, int64_t CgP,
     const PackedNhwcWeight& pw, const LaneParams* lanes, const int64_t* bias64, const TRes* res, const RequantArgs& q,
     TOut* out) {
     const int64_t HoWo = s.Ho * s.Wo, P = s.N * HoWo;
@@ -424,24 +450,34 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc
     const int64_t pbs = (P + MR - 1) / MR;
     const int64_t tasks = obs * pbs;  // output-channel block major: a thread reuses one weight block
     const int64_t O = s.O;
+    // the direct path addresses the unpadded input: the receptive field starts at (oh * sh - ph, ow * sw - pw)
+    const int64_t ph = direct ? s.ph : 0, pwd = direct ? s.pw : 0;
+    const int64_t hspan = (s.KH - 1) * s.dh, wspan = (s.KW - 1) * s.dw;
 #pragma omp parallel for schedule(static) num_threads(max_threads()) if (tasks > 1)
     for (int64_t t = 0; t < tasks; ++t) {
         const int64_t ob = t / pbs, pb = t % pbs;
         alignas(64) int32_t C[MR * kNhwcNR];
         const int64_t p0 = pb * MR, nvalid = std::min<int64_t>(MR, P - p0);
-        // each pixel's receptive field in X: one division a tile, then steps along the output rows; rows
-        // past P repeat the last pixel
-        const uint8_t* px[MR];
+        // each pixel's receptive field: one division a tile, then steps along the output rows; rows past P
+        // repeat the last pixel
+        int64_t off[MR], ih0[MR], iw0[MR];
+        bool inside = true;
         int64_t n = p0 / HoWo, oh = p0 % HoWo / s.Wo, ow = p0 % s.Wo;
         for (int64_t r = 0; r < MR; ++r) {
-            px[r] = X + ((n * Hp + oh * s.sh) * Wp + ow * s.sw) * CgP;
+            ih0[r] = oh * s.sh - ph;
+            iw0[r] = ow * s.sw - pwd;
+            off[r] = ((n * Hp + ih0[r]) * Wp + iw0[r]) * CgP;
+            inside = inside && ih0[r] >= 0 && ih0[r] + hspan < Hp && iw0[r] >= 0 && iw0[r] + wspan < Wp;
             if (r + 1 >= nvalid) continue;
             if (++ow == s.Wo) {
                 ow = 0;
                 if (++oh == s.Ho) oh = 0, ++n;
             }
         }
-        nhwc_tile_vnni<MR>(px, tapoff, taps, cqs, pw.block(ob), C);
+        const int32_t* W = pw.block(ob);
+        if (!direct) nhwc_tile_vnni<MR, false, false>(src, off, ih0, iw0, taps, cqs, W, C);
+        else if (inside) nhwc_tile_vnni<MR, true, false>(src, off, ih0, iw0, taps, cqs, W, C);
+        else nhwc_tile_vnni<MR, true, true>(src, off, ih0, iw0, taps, cqs, W, C);
         for (int64_t h = 0; h < 2; ++h) {
             const int64_t o0 = ob * kNhwcNR + h * 16;
             if (o0 >= O) break;
@@ -494,21 +530,42 @@ void conv2d_nhwc(const Conv2dShape& shape, const int8_t* in, bool input_nhwc, co
         s.W = shape.Wo;
         s.sh = s.sw = 1;
     }
-    const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw, CgP = pw.CgP;
-    const int64_t xelems = s.N * Hp * Wp * CgP;
-    constexpr int64_t kSlack = 4;  // runs read up to 3 values past the last pixel
-    uint8_t* X = thread_scratch<uint8_t, 8>(xelems + kSlack);
-    std::fill(X + xelems, X + xelems + kSlack, uint8_t(128));
-    if (sample) detail::sample_channels_last_from_nhwc(shape, in, CgP, X);
-    else if (input_nhwc) detail::prepare_channels_last_from_nhwc(s, in, CgP, X);
-    else detail::prepare_channels_last<int8_t, uint8_t>(s, in, CgP, X);
-
-    std::vector<int64_t> tapoff(static_cast<size_t>(pw.taps()));
-    for (int64_t kh = 0; kh < s.KH; ++kh) {
-        if (pw.run) tapoff[kh] = kh * s.dh * Wp * CgP;  // the row's run starts at kw = 0
-        else
-            for (int64_t kw = 0; kw < s.KW; ++kw) tapoff[kh * s.KW + kw] = (kh * s.dh * Wp + kw * s.dw) * CgP;
+    // the direct path reads an NHWC input as it is (C a multiple of 4: quads never straddle pixels) and
+    // encodes it in registers; the others read a padded, encoded copy
+    const bool direct = input_nhwc && !sample && !pw.run && pw.CgP == s.C;
+    const int64_t Hp = direct ? s.H : s.H + 2 * s.ph, Wp = direct ? s.W : s.W + 2 * s.pw, CgP = pw.CgP;
+    const uint8_t* X;
+    std::vector<uint8_t> zero;
+    if (direct) {
+        X = reinterpret_cast<const uint8_t*>(in);
+        zero.assign(static_cast<size_t>(CgP), 0);  // a padding pixel: raw 0 (encoded in registers)
+    } else {
+        const int64_t xelems = s.N * Hp * Wp * CgP;
+        constexpr int64_t kSlack = 4;  // runs read up to 3 values past the last pixel
+        uint8_t* Xc = thread_scratch<uint8_t, 8>(xelems + kSlack);
+        std::fill(Xc + xelems, Xc + xelems + kSlack, uint8_t(128));
+        if (sample) detail::sample_channels_last_from_nhwc(shape, in, CgP, Xc);
+        else if (input_nhwc) detail::prepare_channels_last_from_nhwc(s, in, CgP, Xc);
+        else detail::prepare_channels_last<int8_t, uint8_t>(s, in, CgP, Xc);
+        X = Xc;
     }
+
+    const int64_t taps = pw.taps();
+    std::vector<int64_t> tapoff(static_cast<size_t>(3 * taps));
+    int64_t *th = tapoff.data() + taps, *tw = tapoff.data() + 2 * taps;
+    for (int64_t kh = 0; kh < s.KH; ++kh) {
+        if (pw.run) {
+            tapoff[kh] = kh * s.dh * Wp * CgP;  // the row's run starts at kw = 0
+        } else {
+            for (int64_t kw = 0; kw < s.KW; ++kw) {
+                const int64_t t = kh * s.KW + kw;
+                tapoff[t] = (kh * s.dh * Wp + kw * s.dw) * CgP;
+                th[t] = kh * s.dh;
+                tw[t] = kw * s.dw;
+            }
+        }
+    }
+    const detail::NhwcTapSource src{X, tapoff.data(), th, tw, zero.data(), s.H, s.W};
     // per 16-channel group: bias - comp and the requantization lanes
     detail::NhwcEpilogue local;
     if (epi == nullptr) epi = &(local = nhwc_conv2d_epilogue<Policy>(q, pw));
@@ -522,7 +579,7 @@ void conv2d_nhwc(const Conv2dShape& shape, const int8_t* in, bool input_nhwc, co
             if (padded(cand) < padded(mr)) mr = cand;
     auto tiles = [&](auto mr_const) {
         detail::conv2d_nhwc_tiles<R, TOut, TRes, decltype(mr_const)::value>(
-            s, X, Hp, Wp, CgP, tapoff.data(), pw, epi->lanes.data(), epi->bias64.data(), res, q, out);
+            s, src, direct, Hp, Wp, CgP, pw, epi->lanes.data(), epi->bias64.data(), res, q, out);
     };
     if (mr == 8) tiles(std::integral_constant<int, 8>{});
     else if (mr == 7) tiles(std::integral_constant<int, 7>{});
