@@ -319,41 +319,55 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline ClampVecs clamp_vecs
             _mm_set1_epi8(static_cast<char>(std::clamp<int64_t>(r.hi, -128, 127))), r.lo > -128, r.hi < 127};
 }
 
+// The lane parameters of one 16-channel group in registers.  Loaded once a group and passed by value:
+// read through the LaneParams reference, every field would be reloaded after each output store (int8
+// stores may alias anything), ten 64-byte loads per 16 outputs.
+struct LaneVecs {
+    __m512i bias, mult, mult_o, rmult, rmult_o, shift_e, shift_o, half_e, half_o, bit_e, bit_o;
+};
+
+__attribute__((target("avx512f"))) inline LaneVecs lane_vecs(const LaneParams& lp) {
+    return {_mm512_load_si512(lp.bias),    _mm512_load_si512(lp.mult),    _mm512_load_si512(lp.mult_o),
+            _mm512_load_si512(lp.rmult),   _mm512_load_si512(lp.rmult_o), _mm512_load_si512(lp.shift_e),
+            _mm512_load_si512(lp.shift_o), _mm512_load_si512(lp.half_e),  _mm512_load_si512(lp.half_o),
+            _mm512_load_si512(lp.bit_e),   _mm512_load_si512(lp.bit_o)};
+}
+
 // 16 channels of one pixel: out[l] = clamp(round_shift((acc[l] + bias[l]) * m[l] + res[l] * rm[l], s[l]))
-// for lanes l < popcount(k); false (nothing stored) when some lane's acc + bias overflows int32.
+// for lanes l < popcount(k); false (nothing stored) when some lane's acc + bias overflows int32
+// (`no_overflow`: impossible for this layer, the test is skipped).
 // Rounding: (p + 2**(s-1) [- 1 + bit s of p, half to even]) >> s, per lane.
 template <class R, class TRes, class TOut>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) inline bool requant_lanes_avx512(__m512i x, __mmask16 k,
-                                                                                     const LaneParams& lp,
+                                                                                     const LaneVecs& lv,
+                                                                                     bool no_overflow,
                                                                                      const TRes* res,
                                                                                      const ClampVecs& cv, TOut* out) {
     constexpr bool even = std::is_same_v<R, RoundHalfEven>;
-    const __m512i vb = _mm512_load_si512(lp.bias);
-    const __m512i v = _mm512_add_epi32(x, vb);
-    // signed overflow of x + b: x and b have the same sign and v the other (impossible when no_overflow)
-    if (!lp.no_overflow &&
-        _mm512_mask_cmplt_epi32_mask(k, _mm512_and_si512(_mm512_xor_si512(x, v), _mm512_xor_si512(vb, v)),
+    const __m512i v = _mm512_add_epi32(x, lv.bias);
+    // signed overflow of x + b: x and b have the same sign and v the other
+    if (!no_overflow &&
+        _mm512_mask_cmplt_epi32_mask(k, _mm512_and_si512(_mm512_xor_si512(x, v), _mm512_xor_si512(lv.bias, v)),
                                      _mm512_setzero_si512()))
         return false;
-    __m512i pe = _mm512_mul_epi32(v, _mm512_load_si512(lp.mult));
-    __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(v, 32), _mm512_load_si512(lp.mult_o));
+    __m512i pe = _mm512_mul_epi32(v, lv.mult);
+    __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(v, 32), lv.mult_o);
     if (res) {
         __m512i r32;
         if constexpr (sizeof(TRes) == 1) r32 = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, res));
         else r32 = _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, res));
-        pe = _mm512_add_epi64(pe, _mm512_mul_epi32(r32, _mm512_load_si512(lp.rmult)));
-        po = _mm512_add_epi64(po, _mm512_mul_epi32(_mm512_srli_epi64(r32, 32), _mm512_load_si512(lp.rmult_o)));
+        pe = _mm512_add_epi64(pe, _mm512_mul_epi32(r32, lv.rmult));
+        po = _mm512_add_epi64(po, _mm512_mul_epi32(_mm512_srli_epi64(r32, 32), lv.rmult_o));
     }
-    const __m512i se = _mm512_load_si512(lp.shift_e), so = _mm512_load_si512(lp.shift_o);
-    __m512i te = _mm512_add_epi64(pe, _mm512_load_si512(lp.half_e));
-    __m512i to = _mm512_add_epi64(po, _mm512_load_si512(lp.half_o));
+    __m512i te = _mm512_add_epi64(pe, lv.half_e);
+    __m512i to = _mm512_add_epi64(po, lv.half_o);
     if constexpr (even) {  // + 1 where bit s of p is set (with half = 2**(s-1) - 1)
         const __m512i one = _mm512_set1_epi64(1);
-        te = _mm512_mask_add_epi64(te, _mm512_test_epi64_mask(pe, _mm512_load_si512(lp.bit_e)), te, one);
-        to = _mm512_mask_add_epi64(to, _mm512_test_epi64_mask(po, _mm512_load_si512(lp.bit_o)), to, one);
+        te = _mm512_mask_add_epi64(te, _mm512_test_epi64_mask(pe, lv.bit_e), te, one);
+        to = _mm512_mask_add_epi64(to, _mm512_test_epi64_mask(po, lv.bit_o), to, one);
     }
-    pe = _mm512_srav_epi64(te, se);
-    po = _mm512_srav_epi64(to, so);
+    pe = _mm512_srav_epi64(te, lv.shift_e);
+    po = _mm512_srav_epi64(to, lv.shift_o);
     if constexpr (sizeof(TOut) == 1) {
         // saturate to int8, interleave the even and odd lanes, then clamp in int8: the same as clamping
         // first, since [lo, hi] lies inside int8
@@ -413,6 +427,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void depthwise_nhwc_rows(
             const int64_t nl = std::min<int64_t>(16, C - c0);
             const __mmask16 k = nl == 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << nl) - 1u);
             const LaneParams& lp = lanes[c0 / 16];
+            const LaneVecs lv = lane_vecs(lp);
+            const bool fast = lp.fast, no_overflow = lp.no_overflow;
             const int32_t* wc = pw.w.data() + c0;
             const uint8_t* rowbase = X + (n * Hp + oh * s.sh) * Wp * CgP + c0;
             for (int64_t ow = 0; ow < Wo; ++ow) {
@@ -428,7 +444,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void depthwise_nhwc_rows(
                 }
                 const int64_t obase = (row * Wo + ow) * C + c0;
                 const TRes* rr = res ? res + obase : nullptr;
-                if (lp.fast && requant_lanes_avx512<R>(a, k, lp, rr, cv, out + obase)) continue;
+                if (fast && requant_lanes_avx512<R>(a, k, lv, no_overflow, rr, cv, out + obase)) continue;
                 _mm512_store_si512(acc, a);
                 requant_lanes_scalar<R>(acc, nl, c0, bias64, q, rr, out + obase);
             }
@@ -453,44 +469,66 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc
     // the direct path addresses the unpadded input: the receptive field starts at (oh * sh - ph, ow * sw - pw)
     const int64_t ph = direct ? s.ph : 0, pwd = direct ? s.pw : 0;
     const int64_t hspan = (s.KH - 1) * s.dh, wspan = (s.KW - 1) * s.dw;
-#pragma omp parallel for schedule(static) num_threads(max_threads()) if (tasks > 1)
-    for (int64_t t = 0; t < tasks; ++t) {
-        const int64_t ob = t / pbs, pb = t % pbs;
+    // Each thread takes a contiguous range of tasks (static partition) and steps through it: the tile
+    // (ob, pb) and the output position (n, oh, ow) of the tile's first pixel advance without divisions
+    // (divisions a tile are a visible share of a 1x1 conv's short tiles).
+#pragma omp parallel num_threads(max_threads()) if (tasks > 1)
+    {
+        const int64_t nth = team_size(), tid = thread_id();
+        const int64_t t_begin = tasks * tid / nth, t_end = tasks * (tid + 1) / nth;
+        int64_t ob = t_begin / pbs, pb = t_begin % pbs;
+        int64_t n0 = pb * MR / HoWo, oh0 = pb * MR % HoWo / s.Wo, ow0 = pb * MR % s.Wo;
         alignas(64) int32_t C[MR * kNhwcNR];
-        const int64_t p0 = pb * MR, nvalid = std::min<int64_t>(MR, P - p0);
-        // each pixel's receptive field: one division a tile, then steps along the output rows; rows past P
-        // repeat the last pixel
         int64_t off[MR], ih0[MR], iw0[MR];
-        bool inside = true;
-        int64_t n = p0 / HoWo, oh = p0 % HoWo / s.Wo, ow = p0 % s.Wo;
-        for (int64_t r = 0; r < MR; ++r) {
-            ih0[r] = oh * s.sh - ph;
-            iw0[r] = ow * s.sw - pwd;
-            off[r] = ((n * Hp + ih0[r]) * Wp + iw0[r]) * CgP;
-            inside = inside && ih0[r] >= 0 && ih0[r] + hspan < Hp && iw0[r] >= 0 && iw0[r] + wspan < Wp;
-            if (r + 1 >= nvalid) continue;
-            if (++ow == s.Wo) {
-                ow = 0;
-                if (++oh == s.Ho) oh = 0, ++n;
+        for (int64_t t = t_begin; t < t_end; ++t) {
+            const int64_t p0 = pb * MR, nvalid = std::min<int64_t>(MR, P - p0);
+            // each pixel's receptive field; rows past P repeat the last pixel
+            bool inside = true;
+            int64_t n = n0, oh = oh0, ow = ow0;
+            for (int64_t r = 0; r < MR; ++r) {
+                ih0[r] = oh * s.sh - ph;
+                iw0[r] = ow * s.sw - pwd;
+                off[r] = ((n * Hp + ih0[r]) * Wp + iw0[r]) * CgP;
+                inside = inside && ih0[r] >= 0 && ih0[r] + hspan < Hp && iw0[r] >= 0 && iw0[r] + wspan < Wp;
+                if (r + 1 >= nvalid) continue;
+                if (++ow == s.Wo) {
+                    ow = 0;
+                    if (++oh == s.Ho) oh = 0, ++n;
+                }
             }
-        }
-        const int32_t* W = pw.block(ob);
-        if (!direct) nhwc_tile_vnni<MR, false, false>(src, off, ih0, iw0, taps, cqs, W, C);
-        else if (inside) nhwc_tile_vnni<MR, true, false>(src, off, ih0, iw0, taps, cqs, W, C);
-        else nhwc_tile_vnni<MR, true, true>(src, off, ih0, iw0, taps, cqs, W, C);
-        for (int64_t h = 0; h < 2; ++h) {
-            const int64_t o0 = ob * kNhwcNR + h * 16;
-            if (o0 >= O) break;
-            const int64_t nl = std::min<int64_t>(16, O - o0);
-            const LaneParams& lp = lanes[o0 / 16];
-            const __mmask16 k = nl == 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << nl) - 1u);
-            for (int64_t r = 0; r < nvalid; ++r) {
-                const int32_t* acc = C + r * kNhwcNR + h * 16;
-                const int64_t obase = (p0 + r) * O + o0;
-                const TRes* rr = res ? res + obase : nullptr;
-                if (lp.fast && requant_lanes_avx512<R>(_mm512_maskz_loadu_epi32(k, acc), k, lp, rr, cv, out + obase))
-                    continue;
-                requant_lanes_scalar<R>(acc, nl, o0, bias64, q, rr, out + obase);
+            const int32_t* W = pw.block(ob);
+            if (!direct) nhwc_tile_vnni<MR, false, false>(src, off, ih0, iw0, taps, cqs, W, C);
+            else if (inside) nhwc_tile_vnni<MR, true, false>(src, off, ih0, iw0, taps, cqs, W, C);
+            else nhwc_tile_vnni<MR, true, true>(src, off, ih0, iw0, taps, cqs, W, C);
+            for (int64_t h = 0; h < 2; ++h) {
+                const int64_t o0 = ob * kNhwcNR + h * 16;
+                if (o0 >= O) break;
+                const int64_t nl = std::min<int64_t>(16, O - o0);
+                const LaneParams& lp = lanes[o0 / 16];
+                const LaneVecs lv = lane_vecs(lp);
+                const bool fast = lp.fast, no_overflow = lp.no_overflow;
+                const __mmask16 k =
+                    nl == 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << nl) - 1u);
+                for (int64_t r = 0; r < nvalid; ++r) {
+                    const int32_t* acc = C + r * kNhwcNR + h * 16;
+                    const int64_t obase = (p0 + r) * O + o0;
+                    const TRes* rr = res ? res + obase : nullptr;
+                    if (fast && requant_lanes_avx512<R>(_mm512_maskz_loadu_epi32(k, acc), k, lv, no_overflow, rr, cv,
+                                                        out + obase))
+                        continue;
+                    requant_lanes_scalar<R>(acc, nl, o0, bias64, q, rr, out + obase);
+                }
+            }
+            // the next tile: one pixel after this one's last, or pixel 0 of the next channel block
+            if (++pb == pbs) {
+                pb = 0, ++ob;
+                n0 = oh0 = ow0 = 0;
+            } else {
+                n0 = n, oh0 = oh, ow0 = ow;
+                if (++ow0 == s.Wo) {
+                    ow0 = 0;
+                    if (++oh0 == s.Ho) oh0 = 0, ++n0;
+                }
             }
         }
     }
