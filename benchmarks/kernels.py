@@ -10,8 +10,9 @@ Prints, for each op row, GOP/s (2 * multiply-accumulates / time) of
 * torch fbgemm: ``torch.ao.nn.quantized.Conv2d`` / ``Linear`` (quint8
   activations, per-channel qint8 weights, prepacked once) on the fbgemm engine;
 and the ratios qframe / torch.  Then whole-model images/s of the quantized
-digits CNN and a ResNet-18-shaped network (1x3x224x224): qframe integer model
-vs the float model vs torch.ao's own int8 model (x86 engine) of the same net.
+digits CNN, a ResNet-18-shaped network (1x3x224x224) and a MobileNetV2-shaped
+one (8x3x32x32): qframe integer model vs the float model vs torch.ao's own
+int8 model (x86 engine) of the same net.
 
 Timing: the candidates of a row are called in interleaved rounds (one call
 each per round, ``--repeat`` rounds after warm-up), so load from other
@@ -35,7 +36,7 @@ import warnings
 
 import numpy as np
 import torch
-from blocks import BasicBlock  # benchmarks/blocks.py: the scripts run from this folder
+from blocks import BasicBlock, MobileNetV2Shaped  # benchmarks/blocks.py: the scripts run from this folder
 from torch import nn
 
 
@@ -286,7 +287,20 @@ def bench_models(march: str, repeat: int, verbose: bool, quick: bool) -> list[tu
     ao_net.load_state_dict(net.state_dict(), strict=False)
     t_net = _torch_ao_int8(ao_net, calib, float_names=("avgpool", "fc"))
     x = torch.randn(1, 3, 224, 224)
-    rows.append(_model_row("ResNet-18 shaped (1x3x224x224)", 1, net, q_net, t_net, x, max(5, repeat // 2), verbose))
+    rows.append(_model_row("ResNet-18 shaped (1x3x224x224)", 1, net, q_net, t_net, x, repeat, verbose))
+
+    # MobileNetV2 shaped (the QAT benchmark's CIFAR-style net), batch of 8 3x32x32: depthwise convs and 1x1
+    # convs with short reductions (16-320 input channels), where the exact requantization weighs most
+    torch.manual_seed(0)
+    mnet = MobileNetV2Shaped(QuantStub(), DeQuantStub()).eval()
+    _randomize_bn(mnet)
+    calib = [torch.randn(8, 3, 32, 32) for _ in range(2 if quick else 4)]
+    q_mnet = _qframe_convert(mnet, calib, march)
+    ao_mnet = MobileNetV2Shaped(nn.Identity(), nn.Identity()).eval()
+    ao_mnet.load_state_dict(mnet.state_dict(), strict=False)
+    t_mnet = _torch_ao_int8(ao_mnet, calib)
+    x = torch.randn(8, 3, 32, 32)
+    rows.append(_model_row("MobileNetV2 shaped (8x3x32x32)", 8, mnet, q_mnet, t_mnet, x, repeat, verbose))
     return rows
 
 

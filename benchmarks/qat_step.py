@@ -46,58 +46,11 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from blocks import BasicBlock  # benchmarks/blocks.py: the scripts run from this folder
+from blocks import BasicBlock, MobileNetV2Shaped, conv_bn  # benchmarks/blocks.py: the scripts run from this folder
 from tabulate import tabulate
 from torch import nn
 
 # ---------------------------------------------------------------------------------------------- models
-
-
-def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: type | None = nn.ReLU) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                               nn.BatchNorm2d(cout)]
-    if act is not None:
-        layers.append(act())
-    return nn.Sequential(*layers)
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
-        super().__init__()
-        hidden = cin * expand
-        self.use_res = stride == 1 and cin == cout
-        layers = [conv_bn(cin, hidden, 1, act=nn.ReLU6)] if expand != 1 else []
-        layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6), conv_bn(hidden, cout, 1, act=None)]
-        self.block = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x) if self.use_res else self.block(x)
-
-
-class MobileNetV2Shaped(nn.Module):
-    """MobileNetV2 (width 1.0) for 32x32 inputs: stride-1 stem and second stage, as CIFAR versions do."""
-
-    SETTING = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-               (6, 320, 1, 1))
-
-    def __init__(self, quant: nn.Module, dequant: nn.Module, num_classes: int = 10) -> None:
-        super().__init__()
-        self.quant = quant
-        layers: list[nn.Module] = [conv_bn(3, 32, 3, 1, act=nn.ReLU6)]
-        cin = 32
-        for t, c, n, s in self.SETTING:
-            for i in range(n):
-                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
-                cin = c
-        layers.append(conv_bn(cin, 1280, 1, act=nn.ReLU6))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(1280, num_classes)
-        self.dequant = dequant
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(self.quant(x))
-        return self.dequant(self.classifier(torch.flatten(self.pool(x), 1)))
 
 
 class ResNet18Shaped(nn.Module):

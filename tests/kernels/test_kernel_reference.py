@@ -657,36 +657,34 @@ def check_overflow_lanes(march):
         np.testing.assert_array_equal(got, ref.linear(march, xl, wl, bias, mult, shift, "int16"))
 
 
-@pytest.mark.parametrize("march", MARCHES)
-def test_depthwise_random_shapes_in_every_layout(march):
-    """Depthwise convs (the channels-last depthwise kernel where the CPU has AVX-512BW): random shapes,
-    strides, padding, dilation, channel counts that are not multiples of 16, residuals and raw output."""
+def check_random_convs(march, seed, draw_channels, kernel_sizes, spatial, pad_max, stride_max, draw_epilogue):
+    """40 random convs of `march` against the reference in every input/output layout.  draw_channels(rng)
+    -> (n, c, o, groups); draw_epilogue(rng, i, o) -> (mult, shift, out_dtype, with_residual); kernel
+    heights/widths from kernel_sizes, input sides below `spatial`, padding up to pad_max, stride and
+    dilation draws as given."""
     mod = MODULES[march]
-    rng = np.random.default_rng(17)
+    rng = np.random.default_rng(seed)
     checked = 0
     while checked < 40:
-        n, c = int(rng.integers(1, 3)), int(rng.choice([1, 3, 16, 17, 40]))
-        kh, kw = int(rng.choice([1, 3, 5])), int(rng.choice([1, 2, 3]))
-        h, w = int(rng.integers(1, 10)), int(rng.integers(1, 12))
-        stride = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
-        padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        n, c, o, groups = draw_channels(rng)
+        kh, kw = int(rng.choice(kernel_sizes[0])), int(rng.choice(kernel_sizes[1]))
+        h, w = int(rng.integers(1, spatial[0])), int(rng.integers(1, spatial[1]))
+        stride = (int(rng.integers(1, stride_max + 1)), int(rng.integers(1, stride_max + 1)))
+        padding = (int(rng.integers(0, pad_max + 1)), int(rng.integers(0, pad_max + 1)))
         dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
         if h + 2 * padding[0] < dilation[0] * (kh - 1) + 1 or w + 2 * padding[1] < dilation[1] * (kw - 1) + 1:
             continue
         x = rand_int(rng, np.int8, (n, c, h, w))
-        wt = rand_int(rng, np.int8, (c, 1, kh, kw))
-        bias = rand_int(rng, np.int32, (c,), -(2**20), 2**20)
-        raw = checked % 7 == 0
-        mult = None if raw else rng.integers(0, max_mult(march), size=c, endpoint=True).astype(np.int32)
-        shift = None if raw else rng.integers(0, 40, size=c).astype(np.int32)
-        odt = "int32" if raw else ("int8", "int16", "int32")[checked % 3]
+        wt = rand_int(rng, np.int8, (o, c // groups, kh, kw))
+        bias = rand_int(rng, np.int32, (o,), -(2**20), 2**20)
+        mult, shift, odt, with_residual = draw_epilogue(rng, checked, o)
         ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         kwargs = {}
-        if not raw and checked % 2 == 0:
-            kwargs = {"residual": rand_int(rng, (np.int8, np.int16)[checked % 4 // 2], (n, c, ho, wo)),
-                      "residual_multiplier": rng.integers(0, max_mult(march), size=c, endpoint=True).astype(np.int32)}
-        args = (x, mod.pack_conv2d_weight(wt, c), bias, stride, padding, dilation, c, mult, shift, odt)
+        if with_residual:
+            kwargs = {"residual": rand_int(rng, (np.int8, np.int16)[checked % 4 // 2], (n, o, ho, wo)),
+                      "residual_multiplier": rng.integers(0, max_mult(march), size=o, endpoint=True).astype(np.int32)}
+        args = (x, mod.pack_conv2d_weight(wt, groups), bias, stride, padding, dilation, groups, mult, shift, odt)
         cmin = 0 if checked % 3 == 1 else None
         want = ref.conv2d(march, x, wt, *args[2:], cmin, None, **kwargs)
         for layouts in LAYOUTS:
@@ -696,42 +694,37 @@ def test_depthwise_random_shapes_in_every_layout(march):
 
 
 @pytest.mark.parametrize("march", MARCHES)
+def test_depthwise_random_shapes_in_every_layout(march):
+    """Depthwise convs (the channels-last depthwise kernel where the CPU has AVX-512BW): random shapes,
+    strides, padding, dilation, channel counts that are not multiples of 16, residuals and raw output."""
+    def channels(rng):
+        n, c = int(rng.integers(1, 3)), int(rng.choice([1, 3, 16, 17, 40]))
+        return n, c, c, c
+
+    def epilogue(rng, i, o):
+        if i % 7 == 0:  # raw int32 accumulators
+            return None, None, "int32", False
+        return (rng.integers(0, max_mult(march), size=o, endpoint=True).astype(np.int32),
+                rng.integers(0, 40, size=o).astype(np.int32), ("int8", "int16", "int32")[i % 3], i % 2 == 0)
+
+    check_random_convs(march, 17, channels, ([1, 3, 5], [1, 2, 3]), (10, 12), 2, 2, epilogue)
+
+
+@pytest.mark.parametrize("march", MARCHES)
 def test_dense_random_shapes_in_every_layout(march):
     """Dense convs with channel counts that are multiples of 4: an NHWC input runs the channels-last
     kernel's direct path (no padded copy; tiles at the border read a zero pixel for each tap outside the
     input), an NCHW input the copy path.  Random shapes, strides, padding larger than the kernel reach,
     dilation, residuals, int8/int16 outputs; every tile kind (inside, at the border, tail rows)."""
-    mod = MODULES[march]
-    rng = np.random.default_rng(23)
-    checked = 0
-    while checked < 40:
-        n, c, o = int(rng.integers(1, 3)), int(rng.choice([4, 8, 12, 64])), int(rng.choice([16, 24, 40, 64]))
-        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
-        h, w = int(rng.integers(1, 16)), int(rng.integers(1, 16))
-        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
-        padding = (int(rng.integers(0, 4)), int(rng.integers(0, 4)))
-        dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
-        if h + 2 * padding[0] < dilation[0] * (kh - 1) + 1 or w + 2 * padding[1] < dilation[1] * (kw - 1) + 1:
-            continue
-        x = rand_int(rng, np.int8, (n, c, h, w))
-        wt = rand_int(rng, np.int8, (o, c, kh, kw))
-        bias = rand_int(rng, np.int32, (o,), -(2**20), 2**20)
-        mult = rng.integers(0, max_mult(march), size=o, endpoint=True).astype(np.int32)
-        shift = rng.integers(0, 45, size=o).astype(np.int32)
-        odt = ("int8", "int16")[checked % 2]
-        ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-        wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-        kwargs = {}
-        if checked % 3 == 0:
-            kwargs = {"residual": rand_int(rng, np.int8, (n, o, ho, wo)),
-                      "residual_multiplier": rng.integers(0, max_mult(march), size=o, endpoint=True).astype(np.int32)}
-        args = (x, mod.pack_conv2d_weight(wt, 1), bias, stride, padding, dilation, 1, mult, shift, odt)
-        cmin = 0 if checked % 4 == 1 else None
-        want = ref.conv2d(march, x, wt, *args[2:], cmin, None, **kwargs)
-        for layouts in LAYOUTS:
-            np.testing.assert_array_equal(conv2d_in_layouts(mod, args, kwargs, cmin, None, *layouts), want,
-                                          err_msg=f"{x.shape} {wt.shape} {stride} {padding} {dilation} {layouts}")
-        checked += 1
+    def channels(rng):
+        return int(rng.integers(1, 3)), int(rng.choice([4, 8, 12, 64])), int(rng.choice([16, 24, 40, 64])), 1
+
+    def epilogue(rng, i, o):
+        return (rng.integers(0, max_mult(march), size=o, endpoint=True).astype(np.int32),
+                rng.integers(0, 45, size=o).astype(np.int32), ("int8", "int16")[i % 2], i % 3 == 0)
+
+    ks = [1, 2, 3, 4, 5]
+    check_random_convs(march, 23, channels, (ks, ks), (16, 16), 3, 3, epilogue)
 
 
 @pytest.mark.parametrize("march", MARCHES)

@@ -101,6 +101,22 @@ def test_channels_last_model_traces_and_takes_channels_last_input(march):
         assert torch.equal(traced(y), _nchw_everywhere(quantized)(y))
 
 
+def test_nhwc_view_is_a_zero_copy_view_of_channels_last_integer_tensors_only():
+    x = torch.randint(-128, 128, (2, 8, 5, 6), dtype=torch.int8)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    a = kernels.nhwc_view(cl)
+    assert a.shape == (2, 5, 6, 8) and a.flags.c_contiguous
+    assert a.ctypes.data == cl.data_ptr() and (a == x.permute(0, 2, 3, 1).numpy()).all()
+    # NCHW tensors, float tensors, non-4-D tensors and tensors that are NCHW too (C == 1) are not viewed
+    for t in (x, cl.float(), x[0], torch.randint(-128, 128, (2, 1, 5, 6), dtype=torch.int8)
+              .contiguous(memory_format=torch.channels_last)):
+        assert kernels.nhwc_view(t) is None
+    # ... and as_layout_array still gives them in NHWC (a copy)
+    assert (kernels.as_layout_array(x, "nhwc", "input", "m") == a).all()
+    back = kernels.from_layout_array(a, "nhwc")
+    assert torch.equal(back, x) and back.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_quant_stub_output_is_nchw_for_channels_last_input():
     from qframe_core.dtype import qint8
     from qframe_core.nn.quantized.stubs import Quantize
