@@ -114,3 +114,21 @@ def test_in_place_weight_change_repacks():
     # replacing a buffer (not in place) is seen too
     conv.bias = conv.bias.clone() + 5
     assert conv._kernel_args()[2][0] == int(conv.bias[0])
+
+
+def test_in_place_requantization_change_is_seen_by_the_cached_plan():
+    """The kernel plan caches its epilogue (bias, multipliers, shifts as vectors): an in-place change of
+    those buffers, or a storage swap through ``.data``, must rebuild it, so the output equals a fresh
+    module with the same buffers."""
+    qm, x, _ = _convert("bayes")
+    conv = _weighted(qm)[0]
+    with torch.no_grad():
+        before = qm(x)
+        conv.bias.add_(20000)
+        changed = qm(x)
+        assert not torch.equal(changed, before)
+        assert torch.equal(changed, copy.deepcopy(qm)(x))  # a deep copy packs and plans from scratch
+        conv.shift.data = conv.shift.clone() + 1
+        shifted = qm(x)
+        assert not torch.equal(shifted, changed)
+        assert torch.equal(shifted, copy.deepcopy(qm)(x))

@@ -14,7 +14,13 @@ from ..qat.weighted import WeightedIntParams
 from . import ops
 from .kernels import as_array, dtype_name, march_kernels, to_int32
 
-_KEY_BUFFERS = ("weight", "bias", "multiplier", "shift", "residual_multiplier")
+def _version_key(w, b, m, s, r) -> tuple:
+    """In-place versions and data pointers of the buffers a pack derives from (``.data =`` swaps storage
+    without a version bump).  Straight-line code: it runs on every forward, when the buffers' metadata is
+    out of cache after the previous kernel."""
+    return (w._version, w.data_ptr(), b._version, b.data_ptr(),
+            None if m is None else (m._version, m.data_ptr()), None if s is None else (s._version, s.data_ptr()),
+            None if r is None else (r._version, r.data_ptr()))
 
 
 class _WeightedQuantized(CalledAsAdd, nn.Module, abc.ABC):
@@ -55,31 +61,22 @@ class _WeightedQuantized(CalledAsAdd, nn.Module, abc.ABC):
 
     def _kernel_args(self) -> tuple:
         """(kernels, PackedWeight, bias, multiplier, shift, residual_multiplier) as numpy views, built
-        once and rebuilt when a buffer is replaced or changed in place."""
-        # checked on every forward, so kept cheap: each buffer by identity, in-place version and data
-        # pointer (``.data =`` swaps storage without a version bump), straight from the buffer dict
+        once and rebuilt when a buffer is replaced (identity) or changed in place (``_version_key``)."""
         bufs = self._buffers
+        w, b, m, s, r = bufs["weight"], bufs["bias"], bufs["multiplier"], bufs["shift"], bufs["residual_multiplier"]
         key = self._packed_key
-        if key is not None and key[0] == self.march:
-            i = 1
-            for name in _KEY_BUFFERS:
-                b = bufs[name]
-                if b is not key[i] or (b is not None and (b._version != key[i + 1] or b.data_ptr() != key[i + 2])):
-                    break
-                i += 3
-            else:
-                return self._packed
-        key = [self.march]
-        for name in _KEY_BUFFERS:
-            b = bufs[name]
-            key.extend((b, None, None) if b is None else (b, b._version, b.data_ptr()))
+        if (key is not None and key[0] is w and key[1] is b and key[2] is m and key[3] is s and key[4] is r
+                and key[5] == self.march and key[6] == _version_key(w, b, m, s, r)):
+            return self._packed
         k = march_kernels(self.march)
         self._packed = (k, self._pack(k), to_int32(self.bias),
                         None if self.multiplier is None else self.multiplier.to(torch.int32).contiguous().numpy(),
                         None if self.shift is None else self.shift.to(torch.int32).contiguous().numpy(),
                         None if self.residual_multiplier is None
                         else self.residual_multiplier.to(torch.int32).contiguous().numpy())
-        self._packed_key = key
+        # the buffers are kept in the key: compared by identity, and a kept buffer cannot be freed and its
+        # address reused
+        self._packed_key = (w, b, m, s, r, self.march, _version_key(w, b, m, s, r))
         self._call_args = None
         return self._packed
 
