@@ -14,6 +14,7 @@ from ..qat.weighted import WeightedIntParams
 from . import ops
 from .kernels import as_array, dtype_name, march_kernels, to_int32
 
+
 def _version_key(w, b, m, s, r) -> tuple:
     """In-place versions and data pointers of the buffers a pack derives from (``.data =`` swaps storage
     without a version bump).  Straight-line code: it runs on every forward, when the buffers' metadata is
