@@ -171,8 +171,8 @@ def test_conv2d_matches_reference(march, case):
 @pytest.mark.parametrize("march", MARCHES)
 def test_conv2d_native_layout(march):
     """With int8 activations, groups=1 convs write NHWC natively on AVX-512 VNNI (the channels-last kernel)
-    and depthwise convs on AVX-512BW (the channels-last depthwise kernel); everything else writes NCHW;
-    both layouts are always available."""
+    and depthwise convs on AVX-512BW (the channels-last depthwise kernel: row quads on VNNI, tap pairs
+    otherwise); everything else writes NCHW; both layouts are always available."""
     mod = MODULES[march]
     feats = mod.cpu_features()
     vnni = feats["kernel_int8"] == "avx512vnni_u8s8"
@@ -185,7 +185,8 @@ def test_conv2d_native_layout(march):
     assert dense.kernel == ("channels_last_avx512vnni_u8s8" if vnni else feats["kernel_int8"])
     assert dense.native_layout("int16") == "nchw"
     assert depthwise.native_layout("int8") == ("nhwc" if avx512 else "nchw")
-    assert depthwise.kernel == ("channels_last_depthwise_avx512bw" if avx512 else "direct")
+    dw_kernel = "channels_last_depthwise_avx512vnni" if vnni else "channels_last_depthwise_avx512bw"
+    assert depthwise.kernel == (dw_kernel if avx512 else "direct")
     assert depthwise.native_layout("int16") == "nchw"
     assert grouped.native_layout("int8") == "nchw" and grouped.kernel == "direct"
     with pytest.raises(ValueError, match="native_layout.*'int8' or 'int16'"):

@@ -958,7 +958,9 @@ void bind_kernels(pybind11::module_& m) {
         })
         .def_property_readonly("groups", [](const bind::PackedWeight& p) { return p.groups; })
         .def_property_readonly("kernel", [](const bind::PackedWeight& p) {
-            if (p.nhwc_depthwise(DType::Int8)) return std::string("channels_last_depthwise_avx512bw");
+            if (p.nhwc_depthwise(DType::Int8))
+                return std::string(gemm_kernel_for<int8_t>().kgroup == 4 ? "channels_last_depthwise_avx512vnni"
+                                                                          : "channels_last_depthwise_avx512bw");
             if (p.direct()) return std::string("direct");
             if (p.nhwc_gemm(DType::Int8)) return std::string("channels_last_avx512vnni_u8s8");
             return std::string(p.p8.kern ? p.p8.kern->name : "none");

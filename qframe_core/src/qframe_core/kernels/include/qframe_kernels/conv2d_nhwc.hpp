@@ -67,14 +67,19 @@ inline bool nhwc_kernel_applies(int64_t O, int64_t Cg, int64_t KH, int64_t KW, i
            KH * KW * ((Cg + 3) / 4) <= kNhwcMaxQuads;
 }
 
-// Depthwise weights for the channels-last depthwise kernel, taps in pairs: w[pair][c] (int32 = the int16
-// weights of taps 2 * pair and 2 * pair + 1 in its low and high halves; an odd last tap is paired with a
-// zero weight; C padded to 16) and comp[c] = 128 * sum of channel c's weights.
+// Depthwise weights for the channels-last depthwise kernels (C padded to 16), comp[c] = 128 * sum of
+// channel c's weights, and one of:
+//  * pairs (AVX-512BW): w[pair][c] (int32 = the int16 weights of taps 2 * pair and 2 * pair + 1 in its
+//    low and high halves; an odd last tap is paired with a zero weight);
+//  * row quads (AVX-512 VNNI, `quads`): w[(g * KW + kw)][c] (int32 = the int8 weights of kernel rows
+//    4g .. 4g+3 at column kw, zero past KH), the operand of one vpdpbusd against four input rows.
 struct PackedDepthwiseWeight {
     int64_t C = 0, KH = 0, KW = 0, Cpad = 0;
+    bool quads = false;
     std::vector<int32_t> w;
     std::vector<int64_t> comp;
     bool empty() const { return w.empty(); }
+    int64_t row_groups() const { return (KH + 3) / 4; }
     size_t nbytes() const { return w.size() * sizeof(int32_t) + comp.size() * sizeof(int64_t); }
 };
 
@@ -84,20 +89,30 @@ inline bool depthwise_nhwc_applies(int64_t O, int64_t Cg, int64_t KH, int64_t KW
     return gemm_kernel_for<int8_t>().isa == Isa::Avx512 && Cg == 1 && O == groups && KH * KW <= kNhwcMaxQuads * 4;
 }
 
+// Packs for the kernel this process runs: row quads on AVX-512 VNNI, pairs otherwise.
 inline void pack_depthwise_weight(PackedDepthwiseWeight& p, const int8_t* w, int64_t C, int64_t KH, int64_t KW) {
     p.C = C;
     p.KH = KH;
     p.KW = KW;
     p.Cpad = (C + 15) / 16 * 16;
-    const int64_t taps = KH * KW, pairs = (taps + 1) / 2;
-    p.w.assign(static_cast<size_t>(pairs * p.Cpad), 0);
+    p.quads = gemm_kernel_for<int8_t>().kgroup == 4;  // the VNNI kernels
+    const int64_t taps = KH * KW;
+    p.w.assign(static_cast<size_t>((p.quads ? p.row_groups() * KW : (taps + 1) / 2) * p.Cpad), 0);
     p.comp.assign(static_cast<size_t>(p.Cpad), 0);
     for (int64_t c = 0; c < C; ++c)
         for (int64_t t = 0; t < taps; ++t) {
             const int8_t v = w[c * taps + t];
-            const uint32_t half = static_cast<uint16_t>(static_cast<int16_t>(v));
-            uint32_t& slot = reinterpret_cast<uint32_t&>(p.w[static_cast<size_t>((t / 2) * p.Cpad + c)]);
-            slot |= t % 2 ? half << 16 : half;
+            const int64_t kh = t / KW, kw = t % KW;
+            uint32_t* slot;
+            uint32_t bits;
+            if (p.quads) {
+                slot = reinterpret_cast<uint32_t*>(&p.w[static_cast<size_t>(((kh / 4) * KW + kw) * p.Cpad + c)]);
+                bits = static_cast<uint32_t>(static_cast<uint8_t>(v)) << (8 * (kh % 4));
+            } else {
+                slot = reinterpret_cast<uint32_t*>(&p.w[static_cast<size_t>((t / 2) * p.Cpad + c)]);
+                bits = static_cast<uint32_t>(static_cast<uint16_t>(static_cast<int16_t>(v))) << (t % 2 ? 16 : 0);
+            }
+            *slot |= bits;
             p.comp[static_cast<size_t>(c)] += 128 * static_cast<int64_t>(v);
         }
 }
@@ -419,7 +434,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void depthwise_nhwc_rows(
     }
     const int64_t* offp = off.data();
     const ClampVecs cv = clamp_vecs(q.range);
-#pragma omp parallel for schedule(static) num_threads(max_threads()) if (rows * Wo * C > 16384)
+#pragma omp parallel for schedule(dynamic, std::max<int64_t>(1, rows / (4 * max_threads()))) \
+    num_threads(max_threads()) if (rows * Wo * C > 16384)
     for (int64_t row = 0; row < rows; ++row) {
         const int64_t n = row / s.Ho, oh = row % s.Ho;
         alignas(64) int32_t acc[16];
@@ -452,6 +468,67 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void depthwise_nhwc_rows(
     }
 }
 
+// Depthwise on AVX-512 VNNI: one output row (n, oh) per task.  For each 16 channels, every input column
+// the row reads is packed once per group of four kernel rows (the encoded inputs x + 128 of rows
+// 4g .. 4g+3 as the bytes of each lane; rows past KH meet zero weights), then each output pixel is
+// sum over (g, kw) of vpdpbusd(column ow * sw + kw * dw of group g, row-quad weights (g, kw)): one
+// instruction for up to four taps, and stride-1 neighbours share the packed columns.  Exact: |acc| <=
+// taps * 255 * 128.  Then the per-lane epilogue; the output row is NHWC.
+template <class R, class TOut, class TRes>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void depthwise_nhwc_rows_vnni(
+    const Conv2dShape& s, const uint8_t* X, int64_t Hp, int64_t Wp, int64_t CgP, const PackedDepthwiseWeight& pw,
+    const LaneParams* lanes, const int64_t* bias64, const TRes* res, const RequantArgs& q, TOut* out) {
+    const int64_t C = s.O, Cpad = pw.Cpad, KH = s.KH, KW = s.KW, G = pw.row_groups();
+    const int64_t rows = s.N * s.Ho, Wo = s.Wo, sw = s.sw, dw = s.dw, dh = s.dh;
+    const int64_t span = (Wo - 1) * sw + (KW - 1) * dw + 1;  // the input columns one output row reads
+    const ClampVecs cv = clamp_vecs(q.range);
+#pragma omp parallel for schedule(dynamic, std::max<int64_t>(1, rows / (4 * max_threads()))) \
+    num_threads(max_threads()) if (rows * Wo * C > 16384)
+    for (int64_t row = 0; row < rows; ++row) {
+        const int64_t n = row / s.Ho, oh = row % s.Ho;
+        int32_t* scratch = thread_scratch<int32_t, 11>(G * span * 16 + 16);
+        int32_t* col = reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t(63));
+        for (int64_t c0 = 0; c0 < C; c0 += 16) {
+            const int64_t nl = std::min<int64_t>(16, C - c0);
+            const __mmask16 k = nl == 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << nl) - 1u);
+            for (int64_t g = 0; g < G; ++g) {
+                const int64_t nr = std::min<int64_t>(4, KH - 4 * g);  // kernel rows in this group
+                const uint8_t* r0 = X + ((n * Hp + oh * s.sh + 4 * g * dh) * Wp) * CgP + c0;
+                int32_t* cg = col + g * span * 16;
+                for (int64_t j = 0; j < span; ++j) {
+                    const uint8_t* px = r0 + j * CgP;
+                    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(px)));
+                    for (int64_t i = 1; i < nr; ++i) {
+                        const __m512i ri = _mm512_cvtepu8_epi32(
+                            _mm_loadu_si128(reinterpret_cast<const __m128i*>(px + i * dh * Wp * CgP)));
+                        v = _mm512_or_si512(v, _mm512_slli_epi32(ri, static_cast<unsigned>(8 * i)));
+                    }
+                    _mm512_store_si512(cg + j * 16, v);
+                }
+            }
+            const LaneParams& lp = lanes[c0 / 16];
+            const LaneVecs lv = lane_vecs(lp);
+            const bool fast = lp.fast, no_overflow = lp.no_overflow;
+            const int32_t* wc = pw.w.data() + c0;
+            alignas(64) int32_t acc[16];
+            for (int64_t ow = 0; ow < Wo; ++ow) {
+                __m512i a = _mm512_setzero_si512();
+                for (int64_t g = 0; g < G; ++g) {
+                    const int32_t* cg = col + (g * span + ow * sw) * 16;
+                    for (int64_t kw = 0; kw < KW; ++kw)
+                        a = _mm512_dpbusd_epi32(a, _mm512_load_si512(cg + kw * dw * 16),
+                                                _mm512_loadu_si512(wc + (g * KW + kw) * Cpad));
+                }
+                const int64_t obase = (row * Wo + ow) * C + c0;
+                const TRes* rr = res ? res + obase : nullptr;
+                if (fast && requant_lanes_avx512<R>(a, k, lv, no_overflow, rr, cv, out + obase)) continue;
+                _mm512_store_si512(acc, a);
+                requant_lanes_scalar<R>(acc, nl, c0, bias64, q, rr, out + obase);
+            }
+        }
+    }
+}
+
 // The tiles of conv2d_nhwc (one OpenMP loop; AVX-512 code throughout).  `src` reads the padded copy X
 // (Hp x Wp pixels of CgP bytes), or with `direct` the raw NHWC input (Hp = H, Wp = W, CgP = C).
 template <class R, class TOut, class TRes, int MR>
@@ -464,70 +541,76 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void conv2d_nhwc
     const int64_t obs = (s.O + kNhwcNR - 1) / kNhwcNR;
     const ClampVecs cv = clamp_vecs(q.range);
     const int64_t pbs = (P + MR - 1) / MR;
-    const int64_t tasks = obs * pbs;  // output-channel block major: a thread reuses one weight block
+    const int64_t tasks = obs * pbs;  // output-channel block major: a chunk reuses one weight block
     const int64_t O = s.O;
     // the direct path addresses the unpadded input: the receptive field starts at (oh * sh - ph, ow * sw - pw)
     const int64_t ph = direct ? s.ph : 0, pwd = direct ? s.pw : 0;
     const int64_t hspan = (s.KH - 1) * s.dh, wspan = (s.KW - 1) * s.dw;
-    // Each thread takes a contiguous range of tasks (static partition) and steps through it: the tile
-    // (ob, pb) and the output position (n, oh, ow) of the tile's first pixel advance without divisions
-    // (divisions a tile are a visible share of a 1x1 conv's short tiles).
-#pragma omp parallel num_threads(max_threads()) if (tasks > 1)
+    // Chunks of consecutive tasks, handed out dynamically (a thread that the host preempts does not hold
+    // the others up): at most one chunk a pixel sweep of one channel block, about four a thread.  Within a
+    // chunk the tile (ob, pb) and the position (n, oh, ow) of the tile's first pixel advance without
+    // divisions (divisions a tile are a visible share of a 1x1 conv's short tiles).
+    const int64_t nthr = max_threads();
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(pbs, tasks / (4 * nthr)));
+    const int64_t nchunks = (tasks + chunk - 1) / chunk;
+#pragma omp parallel num_threads(nthr) if (tasks > 1)
     {
-        const int64_t nth = team_size(), tid = thread_id();
-        const int64_t t_begin = tasks * tid / nth, t_end = tasks * (tid + 1) / nth;
-        int64_t ob = t_begin / pbs, pb = t_begin % pbs;
-        int64_t n0 = pb * MR / HoWo, oh0 = pb * MR % HoWo / s.Wo, ow0 = pb * MR % s.Wo;
         alignas(64) int32_t C[MR * kNhwcNR];
         int64_t off[MR], ih0[MR], iw0[MR];
-        for (int64_t t = t_begin; t < t_end; ++t) {
-            const int64_t p0 = pb * MR, nvalid = std::min<int64_t>(MR, P - p0);
-            // each pixel's receptive field; rows past P repeat the last pixel
-            bool inside = true;
-            int64_t n = n0, oh = oh0, ow = ow0;
-            for (int64_t r = 0; r < MR; ++r) {
-                ih0[r] = oh * s.sh - ph;
-                iw0[r] = ow * s.sw - pwd;
-                off[r] = ((n * Hp + ih0[r]) * Wp + iw0[r]) * CgP;
-                inside = inside && ih0[r] >= 0 && ih0[r] + hspan < Hp && iw0[r] >= 0 && iw0[r] + wspan < Wp;
-                if (r + 1 >= nvalid) continue;
-                if (++ow == s.Wo) {
-                    ow = 0;
-                    if (++oh == s.Ho) oh = 0, ++n;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t ci = 0; ci < nchunks; ++ci) {
+            const int64_t t_begin = ci * chunk, t_end = std::min(tasks, t_begin + chunk);
+            int64_t ob = t_begin / pbs, pb = t_begin % pbs;
+            int64_t n0 = pb * MR / HoWo, oh0 = pb * MR % HoWo / s.Wo, ow0 = pb * MR % s.Wo;
+            for (int64_t t = t_begin; t < t_end; ++t) {
+                const int64_t p0 = pb * MR, nvalid = std::min<int64_t>(MR, P - p0);
+                // each pixel's receptive field; rows past P repeat the last pixel
+                bool inside = true;
+                int64_t n = n0, oh = oh0, ow = ow0;
+                for (int64_t r = 0; r < MR; ++r) {
+                    ih0[r] = oh * s.sh - ph;
+                    iw0[r] = ow * s.sw - pwd;
+                    off[r] = ((n * Hp + ih0[r]) * Wp + iw0[r]) * CgP;
+                    inside = inside && ih0[r] >= 0 && ih0[r] + hspan < Hp && iw0[r] >= 0 && iw0[r] + wspan < Wp;
+                    if (r + 1 >= nvalid) continue;
+                    if (++ow == s.Wo) {
+                        ow = 0;
+                        if (++oh == s.Ho) oh = 0, ++n;
+                    }
                 }
-            }
-            const int32_t* W = pw.block(ob);
-            if (!direct) nhwc_tile_vnni<MR, false, false>(src, off, ih0, iw0, taps, cqs, W, C);
-            else if (inside) nhwc_tile_vnni<MR, true, false>(src, off, ih0, iw0, taps, cqs, W, C);
-            else nhwc_tile_vnni<MR, true, true>(src, off, ih0, iw0, taps, cqs, W, C);
-            for (int64_t h = 0; h < 2; ++h) {
-                const int64_t o0 = ob * kNhwcNR + h * 16;
-                if (o0 >= O) break;
-                const int64_t nl = std::min<int64_t>(16, O - o0);
-                const LaneParams& lp = lanes[o0 / 16];
-                const LaneVecs lv = lane_vecs(lp);
-                const bool fast = lp.fast, no_overflow = lp.no_overflow;
-                const __mmask16 k =
-                    nl == 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << nl) - 1u);
-                for (int64_t r = 0; r < nvalid; ++r) {
-                    const int32_t* acc = C + r * kNhwcNR + h * 16;
-                    const int64_t obase = (p0 + r) * O + o0;
-                    const TRes* rr = res ? res + obase : nullptr;
-                    if (fast && requant_lanes_avx512<R>(_mm512_maskz_loadu_epi32(k, acc), k, lv, no_overflow, rr, cv,
-                                                        out + obase))
-                        continue;
-                    requant_lanes_scalar<R>(acc, nl, o0, bias64, q, rr, out + obase);
+                const int32_t* W = pw.block(ob);
+                if (!direct) nhwc_tile_vnni<MR, false, false>(src, off, ih0, iw0, taps, cqs, W, C);
+                else if (inside) nhwc_tile_vnni<MR, true, false>(src, off, ih0, iw0, taps, cqs, W, C);
+                else nhwc_tile_vnni<MR, true, true>(src, off, ih0, iw0, taps, cqs, W, C);
+                for (int64_t h = 0; h < 2; ++h) {
+                    const int64_t o0 = ob * kNhwcNR + h * 16;
+                    if (o0 >= O) break;
+                    const int64_t nl = std::min<int64_t>(16, O - o0);
+                    const LaneParams& lp = lanes[o0 / 16];
+                    const LaneVecs lv = lane_vecs(lp);
+                    const bool fast = lp.fast, no_overflow = lp.no_overflow;
+                    const __mmask16 k =
+                        nl == 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << nl) - 1u);
+                    for (int64_t r = 0; r < nvalid; ++r) {
+                        const int32_t* acc = C + r * kNhwcNR + h * 16;
+                        const int64_t obase = (p0 + r) * O + o0;
+                        const TRes* rr = res ? res + obase : nullptr;
+                        if (fast && requant_lanes_avx512<R>(_mm512_maskz_loadu_epi32(k, acc), k, lv, no_overflow, rr, cv,
+                                                            out + obase))
+                            continue;
+                        requant_lanes_scalar<R>(acc, nl, o0, bias64, q, rr, out + obase);
+                    }
                 }
-            }
-            // the next tile: one pixel after this one's last, or pixel 0 of the next channel block
-            if (++pb == pbs) {
-                pb = 0, ++ob;
-                n0 = oh0 = ow0 = 0;
-            } else {
-                n0 = n, oh0 = oh, ow0 = ow;
-                if (++ow0 == s.Wo) {
-                    ow0 = 0;
-                    if (++oh0 == s.Ho) oh0 = 0, ++n0;
+                // the next tile: one pixel after this one's last, or pixel 0 of the next channel block
+                if (++pb == pbs) {
+                    pb = 0, ++ob;
+                    n0 = oh0 = ow0 = 0;
+                } else {
+                    n0 = n, oh0 = oh, ow0 = ow;
+                    if (++ow0 == s.Wo) {
+                        ow0 = 0;
+                        if (++oh0 == s.Ho) oh0 = 0, ++n0;
+                    }
                 }
             }
         }
@@ -647,8 +730,12 @@ void conv2d_depthwise_nhwc(const Conv2dShape& s, const int8_t* in, bool input_nh
     else detail::prepare_channels_last<int8_t, uint8_t>(d, in, CgP, X);
     detail::NhwcEpilogue local;
     if (epi == nullptr) epi = &(local = nhwc_depthwise_epilogue<Policy>(q, pw));
-    detail::depthwise_nhwc_rows<R, TOut, TRes>(s, X, Hp, Wp, CgP, pw, epi->lanes.data(), epi->bias64.data(), res, q,
-                                               out);
+    if (pw.quads)
+        detail::depthwise_nhwc_rows_vnni<R, TOut, TRes>(s, X, Hp, Wp, CgP, pw, epi->lanes.data(), epi->bias64.data(),
+                                                        res, q, out);
+    else
+        detail::depthwise_nhwc_rows<R, TOut, TRes>(s, X, Hp, Wp, CgP, pw, epi->lanes.data(), epi->bias64.data(), res,
+                                                   q, out);
 #else
     (void)s; (void)in; (void)input_nhwc; (void)pw; (void)res; (void)q; (void)out; (void)epi;
 #endif

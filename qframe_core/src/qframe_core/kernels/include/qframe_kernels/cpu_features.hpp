@@ -54,13 +54,4 @@ inline int thread_id() {
 #endif
 }
 
-// The threads of the current parallel region (1 outside one).
-inline int team_size() {
-#ifdef _OPENMP
-    return omp_get_num_threads();
-#else
-    return 1;
-#endif
-}
-
 }  // namespace qframe_kernels
