@@ -818,3 +818,29 @@ def test_conv2d_plan_equals_conv2d(march):
         plan(rand_int(rng, np.int8, (1, 3, 5, 5)))
     with pytest.raises(ValueError, match="conv2d_plan: argument 'groups' = 3 must divide the output channels"):
         mod.conv2d_plan(rand_int(rng, np.int8, (8, 4, 3, 3)), None, (1, 1), (1, 1), (1, 1), 3, None, None, "int32")
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_lookup_kernel(march):
+    """lookup(input, table) = table[input - min] for int8 (256 entries) and int16 (65536) inputs, any shape
+    and length (the AVX-512 VBMI int8 path works in blocks of 64), int8/int16/int32 entries; bad tables
+    and inputs raise clear errors."""
+    mod = MODULES[march]
+    rng = np.random.default_rng(31)
+    for in_dt, n_codes in ((np.int8, 256), (np.int16, 65536)):
+        for out_dt in (np.int8, np.int16, np.int32):
+            table = rand_int(rng, out_dt, (n_codes,))
+            for shape in ((0,), (1,), (63,), (64,), (65,), (3, 130), (2, 5, 7, 9), (70000,)):
+                x = rand_int(rng, in_dt, shape)
+                got = mod.lookup(x, table)
+                assert got.dtype == out_dt and got.shape == x.shape
+                np.testing.assert_array_equal(got, table[x.astype(np.int64) - np.iinfo(in_dt).min])
+    x8 = rand_int(rng, np.int8, (10,))
+    with pytest.raises(ValueError, match="one entry per code of the int8 input.*256"):
+        mod.lookup(x8, np.zeros(255, np.int8))
+    with pytest.raises(TypeError, match="input"):
+        mod.lookup(x8.astype(np.float32), np.zeros(256, np.int8))
+    with pytest.raises(TypeError, match="table"):
+        mod.lookup(x8, np.zeros(256, np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        mod.lookup(rand_int(rng, np.int8, (4, 6))[:, ::2], np.zeros(256, np.int8))

@@ -126,3 +126,33 @@ def test_unsupported_function_on_bernoulli2_is_named():
         prepare_qat_fx(Log(), {"": Q8})
     with march("bayes"):
         prepare_qat_fx(Log(), {"": Q8})
+
+
+@pytest.mark.parametrize("march_name", ["bayes", "bernoulli2"])
+@pytest.mark.parametrize("in_dtype,out_dtype", [(qint8, qint8), (qint8, qint16), (qint16, qint16), (qint16, qint8)])
+def test_integer_lookup_kernel_equals_the_rule_on_every_code(march_name, in_dtype, out_dtype):
+    """The integer module reads a dense table (the march's rule evaluated on every code of the input dtype)
+    through the march kernel: the same codes as the rule, for every input code, in both memory formats,
+    and after pickling (the dense table is derived data)."""
+    from qframe_core.nn.quantized.lookup import LookupTable
+
+    spec = resolve_march(march_name)
+    inp = QuantParams(torch.tensor([0.04 if in_dtype is qint8 else 0.0004]), in_dtype, None)
+    out = QuantParams(torch.tensor([1 / out_dtype.quant_max]), out_dtype, None)
+    if march_name == "bernoulli2" and in_dtype is qint16:
+        with pytest.raises(ValueError, match="256-entry lookup table cannot index"):
+            spec.lookup.build(torch.tanh, inp, out, "tanh")
+        return
+    table = spec.lookup.build(torch.tanh, inp, out, "tanh")
+    mod = LookupTable(table, out, march_name, "tanh")
+    codes = torch.arange(in_dtype.quant_min, in_dtype.quant_max + 1).to(in_dtype.torch_dtype)
+    want = spec.lookup.apply(codes, table, spec.requant, out).to(out_dtype.torch_dtype)
+    assert torch.equal(mod(codes), want)
+    q = codes[torch.randint(0, len(codes), (2, 16, 5, 7))]
+    want = spec.lookup.apply(q, table, spec.requant, out).to(out_dtype.torch_dtype)
+    cl = mod(q.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(mod(q), want) and torch.equal(cl, want)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(copy.deepcopy(mod)(q), want)
+    wide = q.to(torch.int32)  # other integer dtypes take the rule itself
+    assert torch.equal(mod(wide), want)

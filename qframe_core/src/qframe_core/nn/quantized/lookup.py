@@ -10,6 +10,9 @@ from torch import nn
 from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
 from ..qat.lookup import build_table
+from .kernels import as_array, from_layout_array, march_kernels, nhwc_view
+
+_CODE_DTYPES = (torch.int8, torch.int16)
 
 
 class LookupTable(nn.Module):
@@ -35,7 +38,34 @@ class LookupTable(nn.Module):
         if q.is_floating_point():
             raise TypeError(f"{self.qframe_name}: expects an integer tensor, got {q.dtype}")
         spec = resolve_march(self.march)
-        return spec.lookup.apply(q, self.table, spec.requant, self.out).to(self.out.dtype.torch_dtype)
+        if q.dtype not in _CODE_DTYPES or not q.is_cpu or torch.jit.is_tracing():
+            return spec.lookup.apply(q, self.table, spec.requant, self.out).to(self.out.dtype.torch_dtype)
+        # the march kernel through the dense table (the rule evaluated on every code of q's dtype): the same
+        # numbers as the rule, one table read an element; the memory format of q is kept
+        dense = self.dense_table(q.dtype)
+        k = march_kernels(self.march)
+        a = nhwc_view(q)
+        if a is not None:
+            return from_layout_array(k.lookup(a, dense), "nhwc")
+        return torch.from_numpy(k.lookup(as_array(q, "input", self.qframe_name), dense))
+
+    def dense_table(self, dtype: torch.dtype):
+        """The output code of every code of ``dtype`` (int8: 256, int16: 65536 entries), by the march's
+        lookup rule; built once per input dtype (derived data: not saved, rebuilt after unpickling)."""
+        cache = self.__dict__.setdefault("_dense", {})
+        entry = cache.get(dtype)
+        if entry is None or entry[0] is not self.table:
+            info = torch.iinfo(dtype)
+            spec = resolve_march(self.march)
+            codes = torch.arange(info.min, info.max + 1, dtype=torch.int64)
+            dense = spec.lookup.apply(codes, self.table, spec.requant, self.out).to(self.out.dtype.torch_dtype)
+            entry = cache[dtype] = (self.table, dense.contiguous().numpy())
+        return entry[1]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_dense", None)
+        return state
 
     def extra_repr(self) -> str:
         return f"{type(self.table).__name__}, out_dtype={self.out.dtype}, march={self.march}"

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "add.hpp"
+#include "lookup.hpp"
 #include "conv2d.hpp"
 #include "conv2d_nhwc.hpp"
 #include "cpu_features.hpp"
@@ -732,6 +733,36 @@ inline py::array dequantize_py(const py::object& input, const py::object& scale_
     return out;
 }
 
+// lookup(input, table): see lookup.hpp.
+inline py::array lookup_py(const py::object& input, const py::object& table) {
+    const char* fn = "lookup";
+    Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, -1);
+    Arr t = get_array(fn, "table", table, {DType::Int8, DType::Int16, DType::Int32}, 1);
+    const int64_t need = x.dt == DType::Int8 ? 256 : 65536;
+    if (t.shape[0] != need)
+        value_err(fn, "argument 'table' must have one entry per code of the " + std::string(dtype_name(x.dt)) +
+                          " input (" + std::to_string(need) + ": entry i is the output for code i - " +
+                          std::to_string(-dtype_min(x.dt)) + "), got " + std::to_string(t.shape[0]) +
+                          "; build it by applying the lookup rule to every code");
+    py::array out = make_out(t.dt, x.shape);
+    void* op = out.mutable_data();
+    const int64_t n = x.size();
+    {
+        py::gil_scoped_release nogil;
+        dispatch_in8_16(x.dt, [&](auto tin) {
+            using TIn = decltype(tin);
+            const TIn* xp = static_cast<const TIn*>(x.data());
+            if (t.dt == DType::Int8)
+                lookup_dense(xp, n, static_cast<const int8_t*>(t.data()), static_cast<int8_t*>(op));
+            else if (t.dt == DType::Int16)
+                lookup_dense(xp, n, static_cast<const int16_t*>(t.data()), static_cast<int16_t*>(op));
+            else
+                lookup_dense(xp, n, static_cast<const int32_t*>(t.data()), static_cast<int32_t*>(op));
+        });
+    }
+    return out;
+}
+
 template <class Policy>
 py::array linear_py(const py::object& input, const py::object& weight, const py::object& bias,
                     const py::object& multiplier, const py::object& shift, const py::object& out_dtype,
@@ -940,6 +971,9 @@ void bind_kernels(pybind11::module_& m) {
     m.def("dequantize", &bind::dequantize_py, py::arg("input"), py::arg("scale"), py::arg("input_layout") = "nchw",
           "float32(input) * scale (float32 arithmetic) of an int8/int16/int32 array; input_layout='nhwc' takes an "
           "[N, H, W, C] input and writes [N, C, H, W].");
+    m.def("lookup", &bind::lookup_py, py::arg("input"), py::arg("table"),
+          "out[i] = table[input[i] - min]: int8 input with a 256-entry table, int16 input with a 65536-entry one "
+          "(entry i for code i + min; int8/int16/int32 entries), any shape.");
     m.def("requantize", &bind::requantize_py<Policy>, py::arg("x"), py::arg("multiplier"), py::arg("shift"),
           py::arg("axis") = py::none(), py::arg("out_dtype") = "int8", py::arg("clamp_min") = py::none(),
           py::arg("clamp_max") = py::none(),
