@@ -844,3 +844,55 @@ def test_lookup_kernel(march):
         mod.lookup(x8, np.zeros(256, np.float32))
     with pytest.raises(ValueError, match="C-contiguous"):
         mod.lookup(rand_int(rng, np.int8, (4, 6))[:, ::2], np.zeros(256, np.int8))
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_softmax_kernel_rejects_bad_arguments(march):
+    """The softmax kernel's numbers are tested through the integer Softmax module
+    (tests/quantization/test_softmax_layernorm_glu.py); here its argument checks."""
+    mod = MODULES[march]
+    x = np.zeros((2, 3), np.int8)
+    e, r = np.zeros(256, np.int32), np.zeros(1 << 15, np.int32)
+    assert mod.softmax(x, e, r, 0, 1, 0, "int8").shape == (2, 3)
+    assert mod.softmax(np.zeros((2, 0), np.int8), e, r, 0, 1, 0, "int16").dtype == np.int16
+    with pytest.raises(ValueError, match="exp_table.*256 entries"):
+        mod.softmax(x, np.zeros(255, np.int32), r, 0, 1, 0, "int8")
+    with pytest.raises(ValueError, match="exp_table.*65536 entries"):
+        mod.softmax(x.astype(np.int16), e, r, 0, 1, 0, "int8")
+    with pytest.raises(ValueError, match="reciprocal_table"):
+        mod.softmax(x, e, r[:-1], 0, 1, 0, "int8")
+    with pytest.raises(ValueError, match="shift"):
+        mod.softmax(x, e, r, 0, 1, 63, "int8")
+    with pytest.raises(ValueError, match="multiplier"):
+        mod.softmax(x, e, r, 0, -1, 0, "int8")
+    with pytest.raises(ValueError, match="out_dtype"):
+        mod.softmax(x, e, r, 0, 1, 0, "int32")
+    with pytest.raises(ValueError, match=r"\[rows, n\]"):
+        mod.softmax(np.zeros(3, np.int8), e, r, 0, 1, 0, "int8")
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_layernorm_kernel_rejects_bad_arguments(march):
+    """The layernorm kernel's numbers are tested through the integer LayerNorm module
+    (tests/quantization/test_softmax_layernorm_glu.py); here its argument checks."""
+    mod = MODULES[march]
+    x = np.zeros((2, 4), np.int8)
+    r = np.zeros(1 << 15, np.int32)
+    norm = (0, 1, 0)
+    assert mod.layernorm(x, 1, r, norm, 7, "int8").shape == (2, 4)
+    w, b = np.ones(4, np.int64), np.zeros(4, np.int64)
+    assert mod.layernorm(x, 1, r, norm, 7, "int16", w, b, (0, 1, 0), "int16").dtype == np.int16
+    with pytest.raises(ValueError, match="rsqrt_table"):
+        mod.layernorm(x, 1, r[:-1], norm, 7, "int8")
+    with pytest.raises(TypeError, match="norm.*tuple"):
+        mod.layernorm(x, 1, r, [0, 1, 0], 7, "int8")
+    with pytest.raises(ValueError, match="shift"):
+        mod.layernorm(x, 1, r, (0, 1, 63), 7, "int8")
+    with pytest.raises(ValueError, match="eps"):
+        mod.layernorm(x, -1, r, norm, 7, "int8")
+    with pytest.raises(ValueError, match="affine"):
+        mod.layernorm(x, 1, r, norm, 7, "int8", w, b)
+    with pytest.raises(ValueError, match="N = 4 entries"):
+        mod.layernorm(x, 1, r, norm, 7, "int8", w[:3], b, (0, 1, 0))
+    with pytest.raises(ValueError, match="out_dtype"):
+        mod.layernorm(x, 1, r, norm, 7, "int8", out_dtype="int32")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -690,3 +691,63 @@ def test_eager_mode_and_torchscript():
     for batch in (x, x * 0.7):
         assert torch.equal(traced(batch), quantized(batch))
 
+
+
+@pytest.mark.parametrize("out_qconfig", [Q8, Q16], ids=["int8", "int16"])
+def test_softmax_kernel_equals_the_torch_steps(out_qconfig):
+    """The integer Softmax runs the march kernel on int8/int16 CPU inputs; it must give the codes of the
+    torch steps (int_softmax) on every row: full-range codes (int8, and int16 codes, which the kernel takes
+    although bayes feeds softmax int8 only), flat and peaked rows, the softmax dim in the middle (moved last
+    for the kernel), a single-element axis, and after a deep copy (derived tables)."""
+    from qframe_core.march import resolve_march
+    from qframe_core.nn.integer_softmax import int_softmax
+
+    torch.manual_seed(4)
+    x = torch.randn(32, 12)
+    _, quantized = calibrate_and_convert(LinearSoftmax(), {"": Q8, "module_name": {"softmax": out_qconfig}}, x)
+    mod = quantized.softmax
+    spec = resolve_march(mod.march)
+    out_dtype = out_qconfig.activation().dtype.torch_dtype
+    for in_dtype in (torch.int8, torch.int16):
+        info = torch.iinfo(in_dtype)
+        codes = torch.randint(info.min, info.max + 1, (3, 37, 5), dtype=in_dtype)
+        codes[0, :, 0] = info.max  # a flat row along dim 1
+        codes[1, :, 1] = info.min
+        codes[2, 4, 2] = info.max  # a peaked row
+        for dim, q in ((1, codes), (-1, codes.transpose(1, 2)), (0, codes[:1])):
+            mod.params = attrs.evolve(mod.params, dim=dim)
+            want = int_softmax(q, mod.params, spec.requant, spec.lookup).to(out_dtype)
+            got = mod(q)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert torch.equal(got, want), (in_dtype, dim)
+            assert torch.equal(copy.deepcopy(mod)(q), want)
+
+
+@pytest.mark.parametrize("out_qconfig", [Q8, Q16], ids=["int8", "int16"])
+@pytest.mark.parametrize("model", [LinearLayerNorm, lambda: LinearLayerNorm(affine=False), ConvLayerNorm],
+                         ids=["linear", "linear-no-affine", "conv"])
+def test_layernorm_kernel_equals_the_torch_steps(model, out_qconfig):
+    """The integer LayerNorm runs the march kernel on int8/int16 CPU inputs; it must give the codes of
+    the torch steps (int_layernorm): full-range codes of its input dtype (bayes feeds layernorm int8 only),
+    constant rows (variance eps only), normalized over one or two dims, with and without the affine step,
+    and after a deep copy."""
+    from qframe_core.march import resolve_march
+    from qframe_core.nn.integer_layernorm import int_layernorm
+
+    torch.manual_seed(12)
+    m = model().eval()
+    x = torch.randn(16, 12) if isinstance(m, LinearLayerNorm) else torch.randn(2, 3, 6, 7)
+    _, quantized = calibrate_and_convert(m, {"": Q8, "module_name": {"layernorm": out_qconfig}}, x)
+    mod = quantized.layernorm
+    spec = resolve_march(mod.march)
+    shape = (5, 9, 32) if isinstance(m, LinearLayerNorm) else (4, 3, 6, 7)
+    assert mod.params.input.dtype.torch_dtype == torch.int8
+    q = torch.randint(-128, 128, shape, dtype=torch.int8)
+    q[0, 0] = 127  # a constant row
+    q[0, 1] = 0
+    q[1, 0, :3] = -128  # an outlier
+    want = int_layernorm(q, mod.params, spec.requant, spec.lookup).to(out_qconfig.activation().dtype.torch_dtype)
+    got = mod(q)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert torch.equal(got, want)
+    assert torch.equal(copy.deepcopy(mod)(q), want)

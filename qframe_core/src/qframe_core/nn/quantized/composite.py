@@ -10,10 +10,11 @@ from torch import nn
 
 from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
-from ..integer_composite import check_shape
+from ..integer_composite import MANTISSA_BITS, check_shape
 from ..integer_glu import int_glu
-from ..integer_layernorm import int_layernorm
-from ..integer_softmax import int_softmax
+from ..integer_layernorm import RSQRT_FRAC_BITS, RSQRT_SHIFT, int_layernorm
+from ..integer_softmax import int_softmax, softmax_dim
+from .kernels import as_array, march_kernels
 
 
 class _IntegerComposite(nn.Module):
@@ -45,12 +46,48 @@ class _IntegerComposite(nn.Module):
 
 
 class Softmax(_IntegerComposite):
-    """Integer softmax: ``exp_table(q - max) * reciprocal_table(mantissa(sum))``, requantized by the exponent."""
+    """Integer softmax: ``exp_table(q - max) * reciprocal_table(mantissa(sum))``, requantized by the exponent.
+
+    int8/int16 CPU inputs run the march kernel ``softmax`` (the same steps in one pass a row, the tables
+    evaluated once on every index: the same numbers); other inputs and traced models run the steps in torch.
+    """
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         spec = resolve_march(self.march)
-        out = int_softmax(self._codes(q), self.params, spec.requant, spec.lookup)
-        return out.to(self.params.output.dtype.torch_dtype)
+        q = self._codes(q)
+        out_dtype = self.params.output.dtype
+        if q.dtype not in (torch.int8, torch.int16) or not q.is_cpu or q.dim() == 0 or out_dtype.bits > 16 \
+                or torch.jit.is_tracing():
+            return int_softmax(q, self.params, spec.requant, spec.lookup).to(out_dtype.torch_dtype)
+        dim = softmax_dim(self.params.dim, q.dim())
+        rows = q.movedim(dim, -1)
+        exp_table, reciprocal_table = self.dense_tables(q.dtype)
+        req = self.params.output_requant
+        out = march_kernels(self.march).softmax(
+            as_array(rows.reshape(-1, rows.shape[-1]), "input", self.qframe_name), exp_table, reciprocal_table,
+            req.pre_shift, req.multiplier, req.shift, f"int{out_dtype.bits}")
+        return torch.from_numpy(out).reshape(rows.shape).movedim(-1, dim)
+
+    def dense_tables(self, dtype: torch.dtype) -> tuple:
+        """(exp code of every ``d = q - max`` in ``[-span, 0]``, reciprocal code of every mantissa in
+        ``[0, 2**15)``) by the march's lookup rule, for inputs of ``dtype``; built once (derived data)."""
+        cache = self.__dict__.setdefault("_dense", {})
+        entry = cache.get(dtype)
+        if entry is None or entry[0] is not self.params:
+            spec = resolve_march(self.march)
+            p = self.params
+            info = torch.iinfo(dtype)
+            d = torch.arange(info.min - info.max, 1, dtype=torch.int64)
+            e = spec.lookup.apply(d, p.exp_table, spec.requant, p.exp)
+            m = torch.arange(0, 1 << MANTISSA_BITS, dtype=torch.int64)
+            r = spec.lookup.apply(m, p.reciprocal_table, spec.requant, p.reciprocal)
+            entry = cache[dtype] = (p, e.to(torch.int32).numpy(), r.to(torch.int32).numpy())
+        return entry[1], entry[2]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_dense", None)
+        return state
 
     def extra_repr(self) -> str:
         return f"dim={self.params.dim}, " + super().extra_repr()
@@ -70,8 +107,38 @@ class LayerNorm(_IntegerComposite):
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         check_shape(self.shape_limits, q.shape, self.qframe_name, "torch.nn.LayerNorm", self.march)
         spec = resolve_march(self.march)
-        out = int_layernorm(self._codes(q), self.params, spec.requant, spec.lookup)
-        return out.to(self.params.output.dtype.torch_dtype)
+        q = self._codes(q)
+        p = self.params
+        if q.dtype not in (torch.int8, torch.int16) or not q.is_cpu or p.output.dtype.bits > 16 \
+                or p.norm.dtype.bits > 32 or p.count > (1 << 20) or torch.jit.is_tracing():
+            return int_layernorm(q, p, spec.requant, spec.lookup).to(p.output.dtype.torch_dtype)
+        # the march kernel: the same steps in one pass a row (the rsqrt table evaluated once on every mantissa)
+        rows = q.reshape(-1, p.count)
+        norm = (p.norm_requant.pre_shift, p.norm_requant.multiplier, p.norm_requant.shift)
+        affine = None if p.affine_requant is None else \
+            (p.affine_requant.pre_shift, p.affine_requant.multiplier, p.affine_requant.shift)
+        weight = None if affine is None else p.weight.reshape(-1).to(torch.int64).numpy()
+        bias = None if affine is None else p.bias.reshape(-1).to(torch.int64).numpy()
+        out = march_kernels(self.march).layernorm(
+            as_array(rows, "input", self.qframe_name), p.eps, self.dense_rsqrt_table(), norm,
+            RSQRT_SHIFT - RSQRT_FRAC_BITS, f"int{p.norm.dtype.bits}", weight, bias, affine,
+            f"int{p.output.dtype.bits}")
+        return torch.from_numpy(out).reshape(q.shape)
+
+    def dense_rsqrt_table(self):
+        """The rsqrt code of every mantissa in ``[0, 2**15)`` by the march's lookup rule (built once)."""
+        entry = self.__dict__.get("_dense")
+        if entry is None or entry[0] is not self.params:
+            spec = resolve_march(self.march)
+            m = torch.arange(0, 1 << MANTISSA_BITS, dtype=torch.int64)
+            r = spec.lookup.apply(m, self.params.rsqrt_table, spec.requant, self.params.rsqrt)
+            entry = self.__dict__["_dense"] = (self.params, r.to(torch.int32).numpy())
+        return entry[1]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_dense", None)
+        return state
 
     def extra_repr(self) -> str:
         return f"normalized_ndim={self.params.normalized_ndim}, affine={self.params.weight is not None}, " + \

@@ -25,6 +25,8 @@
 
 #include "add.hpp"
 #include "lookup.hpp"
+#include "softmax.hpp"
+#include "layernorm.hpp"
 #include "conv2d.hpp"
 #include "conv2d_nhwc.hpp"
 #include "cpu_features.hpp"
@@ -763,6 +765,139 @@ inline py::array lookup_py(const py::object& input, const py::object& table) {
     return out;
 }
 
+// softmax(input, exp_table, reciprocal_table, pre_shift, multiplier, shift, out_dtype): see softmax.hpp.
+template <class Policy>
+py::array softmax_py(const py::object& input, const py::object& exp_table, const py::object& reciprocal_table,
+                     const py::object& pre_shift_o, const py::object& multiplier_o, const py::object& shift_o,
+                     const py::object& out_dtype) {
+    const char* fn = "softmax";
+    Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, 2, "[rows, n] (softmax along the last axis)");
+    const int64_t span = x.dt == DType::Int8 ? 255 : 65535;
+    Arr et = get_array(fn, "exp_table", exp_table, {DType::Int32}, 1);
+    if (et.shape[0] != span + 1)
+        value_err(fn, "argument 'exp_table' must hold the exp code of every d = x - max(x) in [-" +
+                          std::to_string(span) + ", 0] (" + std::to_string(span + 1) + " entries, entry i for d = i - " +
+                          std::to_string(span) + "), got " + std::to_string(et.shape[0]));
+    Arr rt = get_array(fn, "reciprocal_table", reciprocal_table, {DType::Int32}, 1);
+    constexpr int64_t kMantissas = int64_t(1) << kSoftmaxMantissaBits;
+    if (rt.shape[0] != kMantissas)
+        value_err(fn, "argument 'reciprocal_table' must hold the reciprocal code of every mantissa in [0, 2**15) (" +
+                          std::to_string(kMantissas) + " entries), got " + std::to_string(rt.shape[0]));
+    const int64_t pre_shift = get_int(fn, "pre_shift", pre_shift_o), shift = get_int(fn, "shift", shift_o);
+    const int64_t multiplier = get_int(fn, "multiplier", multiplier_o);
+    check_shift_value(fn, "'pre_shift'", pre_shift);
+    check_shift_value(fn, "'shift'", shift);
+    check_multiplier_value<Policy>(fn, "'multiplier'", multiplier);
+    const DType od = get_out_dtype(fn, out_dtype);
+    if (od != DType::Int8 && od != DType::Int16)
+        value_err(fn, "argument 'out_dtype' must be 'int8' or 'int16', got '" + std::string(dtype_name(od)) + "'");
+    py::array out = make_out(od, x.shape);
+    void* op = out.mutable_data();
+    const int32_t* e = static_cast<const int32_t*>(et.data());
+    const int32_t* r = static_cast<const int32_t*>(rt.data());
+    const int64_t rows = x.shape[0], n = x.shape[1];
+    if (n == 0) return out;
+    {
+        py::gil_scoped_release nogil;
+        using R = typename Policy::Rounding;
+        dispatch_in8_16(x.dt, [&](auto tin) {
+            using TIn = decltype(tin);
+            const TIn* xp = static_cast<const TIn*>(x.data());
+            if (od == DType::Int8)
+                softmax_rows<R>(xp, rows, n, e, span, r, static_cast<int>(pre_shift), multiplier, static_cast<int>(shift),
+                                -128, 127, static_cast<int8_t*>(op));
+            else
+                softmax_rows<R>(xp, rows, n, e, span, r, static_cast<int>(pre_shift), multiplier, static_cast<int>(shift),
+                                -32768, 32767, static_cast<int16_t*>(op));
+        });
+    }
+    return out;
+}
+
+// A WideRequant (pre_shift, multiplier, shift) from Python, range-checked.
+template <class Policy>
+inline WideRequantArgs get_wide_requant(const char* fn, const char* arg, const py::handle& obj) {
+    if (!py::isinstance<py::tuple>(obj) || py::len(obj) != 3)
+        type_err(fn, "argument '" + std::string(arg) + "' must be a tuple (pre_shift, multiplier, shift), got " +
+                         type_name(obj));
+    const py::tuple t = py::reinterpret_borrow<py::tuple>(obj);
+    const std::string a(arg);
+    WideRequantArgs w;
+    const int64_t pre = get_int(fn, (a + "[0]").c_str(), t[0]), m = get_int(fn, (a + "[1]").c_str(), t[1]);
+    const int64_t sh = get_int(fn, (a + "[2]").c_str(), t[2]);
+    check_shift_value(fn, "'" + a + "' pre_shift", pre);
+    check_multiplier_value<Policy>(fn, "'" + a + "' multiplier", m);
+    check_shift_value(fn, "'" + a + "' shift", sh);
+    w.pre_shift = static_cast<int>(pre);
+    w.multiplier = m;
+    w.shift = static_cast<int>(sh);
+    return w;
+}
+
+// layernorm(input, eps, rsqrt_table, norm, norm_extra, norm_dtype, weight, bias, affine, out_dtype): see
+// layernorm.hpp.
+template <class Policy>
+py::array layernorm_py(const py::object& input, const py::object& eps_o, const py::object& rsqrt_table,
+                       const py::object& norm_o, const py::object& norm_extra_o, const py::object& norm_dtype,
+                       const py::object& weight, const py::object& bias, const py::object& affine_o,
+                       const py::object& out_dtype) {
+    const char* fn = "layernorm";
+    Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, 2, "[rows, N] (normalized over the last axis)");
+    const int64_t N = x.shape[1], rows = x.shape[0];
+    const int64_t eps = get_int(fn, "eps", eps_o);
+    if (eps < 0 || eps > (int64_t(1) << 50)) value_err(fn, "argument 'eps' must be in [0, 2**50], got " + std::to_string(eps));
+    if (N > (int64_t(1) << 20))
+        value_err(fn, "rows of more than 2**20 elements are not supported (the exact moments stay below 2**53), got " +
+                          std::to_string(N));
+    Arr rt = get_array(fn, "rsqrt_table", rsqrt_table, {DType::Int32}, 1);
+    if (rt.shape[0] != (int64_t(1) << kLayerNormMantissaBits))
+        value_err(fn, "argument 'rsqrt_table' must hold the rsqrt code of every mantissa in [0, 2**15) (32768 entries), "
+                      "got " + std::to_string(rt.shape[0]));
+    const WideRequantArgs norm = get_wide_requant<Policy>(fn, "norm", norm_o);
+    const int64_t norm_extra = get_int(fn, "norm_extra", norm_extra_o);
+    if (norm_extra < -kMaxShift || norm_extra > kMaxShift)
+        value_err(fn, "argument 'norm_extra' must be in [-62, 62], got " + std::to_string(norm_extra));
+    const DType nd = get_out_dtype(fn, norm_dtype), od = get_out_dtype(fn, out_dtype);
+    if (od != DType::Int8 && od != DType::Int16)
+        value_err(fn, "argument 'out_dtype' must be 'int8' or 'int16', got '" + std::string(dtype_name(od)) + "'");
+    const bool affine = !affine_o.is_none();
+    WideRequantArgs aff;
+    std::optional<Arr> w, b;
+    if (affine) {
+        aff = get_wide_requant<Policy>(fn, "affine", affine_o);
+        w = get_array(fn, "weight", weight, {DType::Int64}, 1);
+        b = get_array(fn, "bias", bias, {DType::Int64}, 1);
+        if (w->shape[0] != N || b->shape[0] != N)
+            value_err(fn, "arguments 'weight' and 'bias' must have N = " + std::to_string(N) + " entries, got " +
+                              std::to_string(w->shape[0]) + " and " + std::to_string(b->shape[0]));
+    } else if (!weight.is_none() || !bias.is_none()) {
+        value_err(fn, "'weight' and 'bias' need the 'affine' requantization (pass affine=(pre_shift, multiplier, shift))");
+    }
+    py::array out = make_out(od, x.shape);
+    void* op = out.mutable_data();
+    if (N == 0) return out;
+    const int32_t* rp = static_cast<const int32_t*>(rt.data());
+    const int64_t* wp = affine ? static_cast<const int64_t*>(w->data()) : nullptr;
+    const int64_t* bp = affine ? static_cast<const int64_t*>(b->data()) : nullptr;
+    const int64_t nlo = dtype_min(nd), nhi = dtype_max(nd);
+    {
+        py::gil_scoped_release nogil;
+        using R = typename Policy::Rounding;
+        dispatch_in8_16(x.dt, [&](auto tin) {
+            using TIn = decltype(tin);
+            const TIn* xp = static_cast<const TIn*>(x.data());
+            const WideRequantArgs* ap = affine ? &aff : nullptr;
+            if (od == DType::Int8)
+                layernorm_rows<R>(xp, rows, N, eps, rp, norm, static_cast<int>(norm_extra), nlo, nhi, wp, bp, ap, -128,
+                                  127, static_cast<int8_t*>(op));
+            else
+                layernorm_rows<R>(xp, rows, N, eps, rp, norm, static_cast<int>(norm_extra), nlo, nhi, wp, bp, ap,
+                                  -32768, 32767, static_cast<int16_t*>(op));
+        });
+    }
+    return out;
+}
+
 template <class Policy>
 py::array linear_py(const py::object& input, const py::object& weight, const py::object& bias,
                     const py::object& multiplier, const py::object& shift, const py::object& out_dtype,
@@ -974,6 +1109,15 @@ void bind_kernels(pybind11::module_& m) {
     m.def("lookup", &bind::lookup_py, py::arg("input"), py::arg("table"),
           "out[i] = table[input[i] - min]: int8 input with a 256-entry table, int16 input with a 65536-entry one "
           "(entry i for code i + min; int8/int16/int32 entries), any shape.");
+    m.def("softmax", &bind::softmax_py<Policy>, py::arg("input"), py::arg("exp_table"), py::arg("reciprocal_table"),
+          py::arg("pre_shift"), py::arg("multiplier"), py::arg("shift"), py::arg("out_dtype"),
+          "Integer softmax along the last axis of an int8/int16 [rows, n] array (see softmax.hpp): exp and "
+          "reciprocal tables dense over their indices, the output requantization (pre_shift, multiplier, "
+          "shift) shifted further by each row's normalization exponent.");
+    m.def("layernorm", &bind::layernorm_py<Policy>, py::arg("input"), py::arg("eps"), py::arg("rsqrt_table"),
+          py::arg("norm"), py::arg("norm_extra"), py::arg("norm_dtype"), py::arg("weight") = py::none(),
+          py::arg("bias") = py::none(), py::arg("affine") = py::none(), py::arg("out_dtype") = "int8",
+          "Integer layer normalization over the last axis of an int8/int16 [rows, N] array (see layernorm.hpp).");
     m.def("requantize", &bind::requantize_py<Policy>, py::arg("x"), py::arg("multiplier"), py::arg("shift"),
           py::arg("axis") = py::none(), py::arg("out_dtype") = "int8", py::arg("clamp_min") = py::none(),
           py::arg("clamp_max") = py::none(),
