@@ -28,13 +28,23 @@ struct WideRequantArgs {
     int shift = 0;
 };
 
+// A right shift with its rounding terms, for the branch-free FastRound (a row's shifts are fixed: a
+// data-dependent branch on the remainder would mispredict half the time).
+struct RoundingShift {
+    int s;
+    int64_t half, mask;
+    explicit RoundingShift(int shift)
+        : s(shift), half((int64_t(1) << shift) >> 1), mask((int64_t(1) << shift) - 1) {}
+};
+
 template <class Rounding>
-inline int64_t wide_requant_one(int64_t v, const WideRequantArgs& w, int shift, int64_t lo, int64_t hi) {
-    if (w.pre_shift) v = Rounding::template round_shift<int64_t>(v, w.pre_shift);
+inline int64_t wide_requant_one(int64_t v, const RoundingShift& pre, int64_t multiplier, const RoundingShift& post,
+                                int64_t lo, int64_t hi) {
+    v = FastRound<Rounding>::apply(v, pre.s, pre.half, pre.mask);
     int64_t p;
-    if (!__builtin_mul_overflow(v, w.multiplier, &p))  // always, by pre_shift's choice: |v * m| < 2**61
-        return clamp_i64(Rounding::template round_shift<int64_t>(p, shift), lo, hi);
-    return requant_one<Rounding>(v, w.multiplier, 0, 0, shift, lo, hi);
+    if (__builtin_expect(!__builtin_mul_overflow(v, multiplier, &p), 1))  // by pre_shift's choice |v * m| < 2**61
+        return clamp_i64(FastRound<Rounding>::apply(p, post.s, post.half, post.mask), lo, hi);
+    return requant_one<Rounding>(v, multiplier, 0, 0, post.s, lo, hi);
 }
 
 constexpr int kLayerNormMantissaBits = 15;
@@ -63,12 +73,20 @@ void layernorm_rows(const TIn* x, int64_t rows, int64_t N, int64_t eps, const in
             k += 2;
         }
         const int64_t R = rsqrt_table[M];
-        const int s = std::clamp(norm.shift + norm_extra + k / 2, 0, kMaxShift);
-        for (int64_t j = 0; j < N; ++j) {
-            const int64_t n = wide_requant_one<Rounding>((N * xr[j] - A) * R, norm, s, norm_lo, norm_hi);
-            yr[j] = static_cast<TOut>(affine ? wide_requant_one<Rounding>(n * weight[j] + bias[j], *affine, affine->shift,
-                                                                           lo, hi)
-                                             : std::clamp(n, lo, hi));
+        const RoundingShift npre(norm.pre_shift), npost(std::clamp(norm.shift + norm_extra + k / 2, 0, kMaxShift));
+        if (affine) {
+            const RoundingShift apre(affine->pre_shift), apost(affine->shift);
+            for (int64_t j = 0; j < N; ++j) {
+                const int64_t n = wide_requant_one<Rounding>((N * xr[j] - A) * R, npre, norm.multiplier, npost, norm_lo,
+                                                             norm_hi);
+                yr[j] = static_cast<TOut>(
+                    wide_requant_one<Rounding>(n * weight[j] + bias[j], apre, affine->multiplier, apost, lo, hi));
+            }
+        } else {
+            for (int64_t j = 0; j < N; ++j)
+                yr[j] = static_cast<TOut>(std::clamp(
+                    wide_requant_one<Rounding>((N * xr[j] - A) * R, npre, norm.multiplier, npost, norm_lo, norm_hi), lo,
+                    hi));
         }
     }
 }

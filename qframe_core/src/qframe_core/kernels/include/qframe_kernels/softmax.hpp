@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "cpu_features.hpp"
+#include "layernorm.hpp"  // wide_requant_one
 #include "requant.hpp"
 
 namespace qframe_kernels {
@@ -45,12 +46,10 @@ void softmax_rows(const TIn* x, int64_t rows, int64_t n, const int32_t* exp_tabl
             k += 1;
         }
         const int64_t R = reciprocal_table[M];
-        const int s = std::clamp(shift + k, 0, kMaxShift);
-        for (int64_t j = 0; j < n; ++j) {
-            int64_t v = static_cast<int64_t>(et[xr[j]]) * R;
-            if (pre_shift) v = Rounding::template round_shift<int64_t>(v, pre_shift);
-            yr[j] = static_cast<TOut>(requant_one<Rounding>(v, multiplier, 0, 0, s, lo, hi));
-        }
+        const RoundingShift pre(pre_shift), post(std::clamp(shift + k, 0, kMaxShift));
+        for (int64_t j = 0; j < n; ++j)
+            yr[j] = static_cast<TOut>(
+                wide_requant_one<Rounding>(static_cast<int64_t>(et[xr[j]]) * R, pre, multiplier, post, lo, hi));
     }
 }
 
