@@ -257,7 +257,6 @@ def _torch_ao_int8(float_model: nn.Module, calib_batches, float_names=()) -> nn.
 
 
 def bench_models(march: str, repeat: int, verbose: bool, quick: bool) -> list[tuple]:
-    from qframe_core.quantization import DeQuantStub, QuantStub
     from qframe_core.quickstart import DigitsNet, digits_loaders
 
     rows = []
@@ -277,31 +276,30 @@ def bench_models(march: str, repeat: int, verbose: bool, quick: bool) -> list[tu
     rows.append(_model_row("digits CNN (batch 256, 1x8x8)", xb.shape[0], digits, q_digits, t_digits, xb, repeat,
                            verbose))
 
-    # ResNet-18 shaped, 1x3x224x224
-    torch.manual_seed(0)
-    net = ResNet18Shaped(QuantStub(), DeQuantStub()).eval()
-    _randomize_bn(net)
-    calib = [torch.randn(1, 3, 224, 224) for _ in range(2 if quick else 4)]
-    q_net = _qframe_convert(net, calib, march)
-    ao_net = ResNet18Shaped(nn.Identity(), nn.Identity()).eval()
-    ao_net.load_state_dict(net.state_dict(), strict=False)
-    t_net = _torch_ao_int8(ao_net, calib, float_names=("avgpool", "fc"))
-    x = torch.randn(1, 3, 224, 224)
-    rows.append(_model_row("ResNet-18 shaped (1x3x224x224)", 1, net, q_net, t_net, x, repeat, verbose))
-
-    # MobileNetV2 shaped (the QAT benchmark's CIFAR-style net), batch of 8 3x32x32: depthwise convs and 1x1
-    # convs with short reductions (16-320 input channels), where the exact requantization weighs most
-    torch.manual_seed(0)
-    mnet = MobileNetV2Shaped(QuantStub(), DeQuantStub()).eval()
-    _randomize_bn(mnet)
-    calib = [torch.randn(8, 3, 32, 32) for _ in range(2 if quick else 4)]
-    q_mnet = _qframe_convert(mnet, calib, march)
-    ao_mnet = MobileNetV2Shaped(nn.Identity(), nn.Identity()).eval()
-    ao_mnet.load_state_dict(mnet.state_dict(), strict=False)
-    t_mnet = _torch_ao_int8(ao_mnet, calib)
-    x = torch.randn(8, 3, 32, 32)
-    rows.append(_model_row("MobileNetV2 shaped (8x3x32x32)", 8, mnet, q_mnet, t_mnet, x, repeat, verbose))
+    # ResNet-18 shaped, 1x3x224x224 (avgpool and fc in float); MobileNetV2 shaped (the QAT benchmark's
+    # CIFAR-style net), batch of 8 3x32x32: depthwise convs and 1x1 convs with short reductions (16-320 input
+    # channels), where the exact requantization weighs most
+    rows.append(_net_row("ResNet-18 shaped (1x3x224x224)", ResNet18Shaped, (1, 3, 224, 224), march, repeat, verbose,
+                         quick, float_names=("avgpool", "fc")))
+    rows.append(_net_row("MobileNetV2 shaped (8x3x32x32)", MobileNetV2Shaped, (8, 3, 32, 32), march, repeat, verbose,
+                         quick))
     return rows
+
+
+def _net_row(name, net_cls, shape, march, repeat, verbose, quick, float_names=()):
+    """The model row of a network built as ``net_cls(quant, dequant)``: randomized BN, calibrated on random
+    batches of ``shape``; torch.ao's copy has identity stubs and leaves ``float_names`` in float."""
+    from qframe_core.quantization import DeQuantStub, QuantStub
+
+    torch.manual_seed(0)
+    net = net_cls(QuantStub(), DeQuantStub()).eval()
+    _randomize_bn(net)
+    calib = [torch.randn(*shape) for _ in range(2 if quick else 4)]
+    q_net = _qframe_convert(net, calib, march)
+    ao_net = net_cls(nn.Identity(), nn.Identity()).eval()
+    ao_net.load_state_dict(net.state_dict(), strict=False)
+    t_net = _torch_ao_int8(ao_net, calib, float_names=float_names)
+    return _model_row(name, shape[0], net, q_net, t_net, torch.randn(*shape), repeat, verbose)
 
 
 def _model_row(name, batch, float_model, q_model, t_model, x, repeat, verbose):
