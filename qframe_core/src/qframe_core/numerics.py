@@ -106,10 +106,15 @@ class RequantRule:
         half = torch.where(shift > 0, _pow2(s1), torch.zeros_like(shift))
         if self.rounding is Rounding.HALF_UP:
             return torch.bitwise_right_shift(v + half, shift)
-        q = torch.bitwise_right_shift(v, shift)
-        rem = v - torch.bitwise_left_shift(q, shift)
-        up = (rem > half) | ((rem == half) & (shift > 0) & (torch.bitwise_and(q, 1) == 1))
-        return q + up.to(torch.int64)
+        # half to even without compares (the C++ epilogue's identity): with q = v >> s,
+        # (v + 2**(s-1) - 1 + (q & 1)) >> s is q + 1 above the tie, q below it and q + (q & 1) on it; for
+        # s == 0 both added terms are 0.  |v| + 2**(s-1) stays below 2**63 for every value the rules shift
+        # (products below 2**62).
+        # (no data-dependent Python branch: traced models replay these ops for any shift)
+        positive = shift > 0
+        parity = torch.bitwise_right_shift(v, shift).bitwise_and_(1).mul_(positive)
+        t = v + torch.where(positive, half - 1, torch.zeros_like(half))
+        return t.add_(parity).bitwise_right_shift_(shift)
 
     def requantize(
         self,
