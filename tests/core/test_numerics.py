@@ -92,3 +92,22 @@ def test_quantize_to_int_rounds_half_even_and_handles_nonfinite():
     x = torch.tensor([0.5, 1.5, -0.5, 2.5, 1000.0, float("nan"), float("inf"), float("-inf")])
     q = quantize_to_int(x, torch.tensor([1.0]), qint8)
     assert q.tolist() == [0, 2, 0, 2, 127, 0, 127, -128]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.rounding.value)
+def test_round_shift_full_range_broadcast_and_traced(rule):
+    """Products up to 2**61 with shifts 0..62, a scalar shift broadcast over values, per-row shifts
+    broadcast over columns, and a traced function replayed with other shifts (no data-dependent branch
+    may be baked into the trace: rows whose shift is 0 must stay exact)."""
+    g = torch.Generator().manual_seed(2)
+    v = torch.randint(-(2 ** 61), 2 ** 61, (3000,), generator=g, dtype=torch.int64)
+    s = torch.randint(0, 63, (3000,), generator=g, dtype=torch.int64)
+    assert rule.round_shift(v, s).tolist() == [ref_round_shift(a, b, rule.rounding) for a, b in zip(v.tolist(), s.tolist())]
+    for k in (0, 1, 17, 62):
+        assert rule.round_shift(v, torch.tensor(k)).tolist() == [ref_round_shift(a, k, rule.rounding) for a in v.tolist()]
+    rows = torch.randint(-(2 ** 20), 2 ** 20, (4, 9), generator=g, dtype=torch.int64)
+    per_row = torch.tensor([[0], [3], [1], [9]])
+    want = [[ref_round_shift(a, int(per_row[i, 0]), rule.rounding) for a in rows[i].tolist()] for i in range(4)]
+    assert rule.round_shift(rows, per_row).tolist() == want
+    traced = torch.jit.trace(lambda a, b: rule.round_shift(a, b), (rows, torch.tensor([[5], [3], [1], [9]])))
+    assert traced(rows, per_row).tolist() == want
