@@ -10,7 +10,9 @@ from torch import nn
 from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
 from ..integer_mha import MHAIntParams, int_mha
+from ..integer_softmax import int_softmax
 from ..qat.attention import attention_mask, check_masks
+from .composite import kernel_softmax, kernel_softmax_applies
 
 
 class MultiheadAttention(nn.Module):
@@ -46,9 +48,23 @@ class MultiheadAttention(nn.Module):
                 raise TypeError(f"{self.qframe_name}: expects integer tensors, got {t.dtype}")
         spec = resolve_march(self.march)
         out, weights = int_mha(query, key, value, self.params, spec.requant, spec.lookup, need_weights,
-                               average_attn_weights, mask)
+                               average_attn_weights, mask, softmax=self._softmax)
         return (out.to(self.params.output.dtype.torch_dtype),
                 weights.to(self.params.weights.dtype.torch_dtype) if weights is not None else None)
+
+    def _softmax(self, scores: torch.Tensor) -> torch.Tensor:
+        """The attention softmax of score codes (int64 on the softmax input's grid) on the march kernel."""
+        p = self.params.softmax
+        codes = scores.to(p.input.dtype.torch_dtype)  # the scores are clamped to that dtype
+        if not kernel_softmax_applies(codes, p):
+            spec = resolve_march(self.march)
+            return int_softmax(scores, p, spec.requant, spec.lookup)
+        return kernel_softmax(codes, p, self.march, -1, self.__dict__.setdefault("_dense", {}), self.qframe_name)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_dense", None)
+        return state
 
     def extra_repr(self) -> str:
         return f"num_heads={self.params.num_heads}, batch_first={self.params.batch_first}, march={self.march}"

@@ -45,6 +45,39 @@ class _IntegerComposite(nn.Module):
         return f"out_dtype={self.params.output.dtype}, march={self.march}"
 
 
+def softmax_tables(params: Any, march: str, dtype: torch.dtype, cache: dict) -> tuple:
+    """(exp code of every ``d = q - max`` in ``[-span, 0]``, reciprocal code of every mantissa in
+    ``[0, 2**15)``) by the march's lookup rule, for softmax inputs of ``dtype``; kept in ``cache``."""
+    entry = cache.get(dtype)
+    if entry is None or entry[0] is not params:
+        spec = resolve_march(march)
+        info = torch.iinfo(dtype)
+        d = torch.arange(info.min - info.max, 1, dtype=torch.int64)
+        e = spec.lookup.apply(d, params.exp_table, spec.requant, params.exp)
+        m = torch.arange(0, 1 << MANTISSA_BITS, dtype=torch.int64)
+        r = spec.lookup.apply(m, params.reciprocal_table, spec.requant, params.reciprocal)
+        entry = cache[dtype] = (params, e.to(torch.int32).numpy(), r.to(torch.int32).numpy())
+    return entry[1], entry[2]
+
+
+def kernel_softmax(q: torch.Tensor, params: Any, march: str, dim: int, cache: dict, owner: str) -> torch.Tensor:
+    """:func:`~qframe_core.nn.integer_softmax.int_softmax` of int8/int16 CPU codes along ``dim`` on the march
+    kernel ``softmax`` (the same steps in one pass a row; the same codes), as the output dtype."""
+    rows = q.movedim(dim, -1)
+    exp_table, reciprocal_table = softmax_tables(params, march, q.dtype, cache)
+    req = params.output_requant
+    out = march_kernels(march).softmax(as_array(rows.reshape(-1, rows.shape[-1]), "input", owner), exp_table,
+                                       reciprocal_table, req.pre_shift, req.multiplier, req.shift,
+                                       f"int{params.output.dtype.bits}")
+    return torch.from_numpy(out).reshape(rows.shape).movedim(-1, dim)
+
+
+def kernel_softmax_applies(q: torch.Tensor, params: Any) -> bool:
+    """int8/int16 CPU codes with an int8/int16 output, outside tracing (traced models record the torch steps)."""
+    return (q.dtype in (torch.int8, torch.int16) and q.is_cpu and q.dim() > 0 and params.output.dtype.bits <= 16
+            and not torch.jit.is_tracing())
+
+
 class Softmax(_IntegerComposite):
     """Integer softmax: ``exp_table(q - max) * reciprocal_table(mantissa(sum))``, requantized by the exponent.
 
@@ -53,36 +86,12 @@ class Softmax(_IntegerComposite):
     """
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
-        spec = resolve_march(self.march)
         q = self._codes(q)
-        out_dtype = self.params.output.dtype
-        if q.dtype not in (torch.int8, torch.int16) or not q.is_cpu or q.dim() == 0 or out_dtype.bits > 16 \
-                or torch.jit.is_tracing():
-            return int_softmax(q, self.params, spec.requant, spec.lookup).to(out_dtype.torch_dtype)
-        dim = softmax_dim(self.params.dim, q.dim())
-        rows = q.movedim(dim, -1)
-        exp_table, reciprocal_table = self.dense_tables(q.dtype)
-        req = self.params.output_requant
-        out = march_kernels(self.march).softmax(
-            as_array(rows.reshape(-1, rows.shape[-1]), "input", self.qframe_name), exp_table, reciprocal_table,
-            req.pre_shift, req.multiplier, req.shift, f"int{out_dtype.bits}")
-        return torch.from_numpy(out).reshape(rows.shape).movedim(-1, dim)
-
-    def dense_tables(self, dtype: torch.dtype) -> tuple:
-        """(exp code of every ``d = q - max`` in ``[-span, 0]``, reciprocal code of every mantissa in
-        ``[0, 2**15)``) by the march's lookup rule, for inputs of ``dtype``; built once (derived data)."""
-        cache = self.__dict__.setdefault("_dense", {})
-        entry = cache.get(dtype)
-        if entry is None or entry[0] is not self.params:
+        if not kernel_softmax_applies(q, self.params):
             spec = resolve_march(self.march)
-            p = self.params
-            info = torch.iinfo(dtype)
-            d = torch.arange(info.min - info.max, 1, dtype=torch.int64)
-            e = spec.lookup.apply(d, p.exp_table, spec.requant, p.exp)
-            m = torch.arange(0, 1 << MANTISSA_BITS, dtype=torch.int64)
-            r = spec.lookup.apply(m, p.reciprocal_table, spec.requant, p.reciprocal)
-            entry = cache[dtype] = (p, e.to(torch.int32).numpy(), r.to(torch.int32).numpy())
-        return entry[1], entry[2]
+            return int_softmax(q, self.params, spec.requant, spec.lookup).to(self.params.output.dtype.torch_dtype)
+        return kernel_softmax(q, self.params, self.march, softmax_dim(self.params.dim, q.dim()),
+                              self.__dict__.setdefault("_dense", {}), self.qframe_name)
 
     def __getstate__(self):
         state = self.__dict__.copy()
