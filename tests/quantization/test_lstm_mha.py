@@ -385,3 +385,16 @@ def test_mha_masks_validation_equals_converted(batch_first, qconfig):
         err = float((o[0] - want[0]).abs().max()) / float(qmodel.mha.params.output.scale)
         assert err <= (3.0 if qconfig is Q8 else 600.0), err  # int16: limited by the int8 weights and logits
         assert float((o[1] - want[1]).abs().max()) <= 5e-3  # the qint8 logits bound it
+
+
+def test_exact_matmul_is_exact_in_both_precisions():
+    """float32 where every partial sum fits its 24-bit mantissa, float64 otherwise: equal to int64 matmul."""
+    from qframe_core.nn.integer_mha import exact_matmul
+
+    g = torch.Generator().manual_seed(3)
+    cases = [(torch.randint(-128, 128, (3, 7, 1024), generator=g), torch.randint(-128, 128, (1024, 5), generator=g)),
+             (torch.full((2, 1024), -128), torch.full((1024, 3), -128)),  # the float32 bound exactly: 2**24
+             (torch.randint(-32768, 32768, (4, 300), generator=g), torch.randint(-128, 128, (300, 6), generator=g)),
+             (torch.randint(-128, 128, (2, 0), generator=g), torch.randint(-128, 128, (0, 4), generator=g))]
+    for a, b in cases:
+        assert torch.equal(exact_matmul(a, b), torch.matmul(a, b))

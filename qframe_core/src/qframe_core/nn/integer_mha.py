@@ -70,7 +70,15 @@ def linear_params(rule: RequantRule, inp: QuantParams, w: torch.Tensor, wp: Quan
 
 
 def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` exactly in int64 (float64 holds every int16 x int16 dot product below 2**53 exactly)."""
+    """``a @ b`` exactly in int64: in float32 when ``max|a| * max|b| * K <= 2**24`` (every partial sum of
+    every summation order is then an integer float32 holds exactly: int8 x int8 up to K = 1024), else in
+    float64 (every int16 x int16 dot product below 2**53).  float32 only at torch's "highest" matmul
+    precision: a lower one may compute float32 products in bfloat16."""
+    k = a.shape[-1]
+    if k and a.numel() and b.numel() and torch.get_float32_matmul_precision() == "highest":
+        bound = int(a.abs().amax()) * int(b.abs().amax()) * k
+        if bound <= 1 << 24:
+            return torch.matmul(a.float(), b.float()).to(torch.int64)
     return torch.round(torch.matmul(a.double(), b.double())).to(torch.int64)
 
 
