@@ -111,3 +111,32 @@ def test_round_shift_full_range_broadcast_and_traced(rule):
     assert rule.round_shift(rows, per_row).tolist() == want
     traced = torch.jit.trace(lambda a, b: rule.round_shift(a, b), (rows, torch.tensor([[5], [3], [1], [9]])))
     assert traced(rows, per_row).tolist() == want
+
+
+def test_exact_integer_op_in_float32_and_float64():
+    """Convolutions/linears of integer codes: the float32 path (bound <= 2**24) equals the float64 path,
+    including at the bound; a lowered float32 matmul precision switches to float64."""
+    import torch.nn.functional as F
+
+    from qframe_core.numerics import FLOAT32_EXACT, exact_integer_op, float32_is_ieee
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(-128, 128, (2, 64, 9, 9), generator=g)
+    x[0, :, 0, 0] = -128
+    w = torch.randint(-128, 128, (64, 64, 4, 4), generator=g)  # ConvTranspose2d weight [I, O, kh, kw]
+    w[:, 0, 0, 0] = -128
+    ops = [(lambda a, b: F.conv_transpose2d(a, b, None, 2, 1), 64 * 16),  # 128 * 128 * 1024 = 2**24 exactly
+           (lambda a, b: F.conv2d(a, b.transpose(0, 1), None, 1, 1), 64 * 16),
+           (lambda a, b: F.linear(a.flatten(1)[:, :64], b[:, :, 0, 0]), 64)]
+    assert 128 * 128 * 1024 == FLOAT32_EXACT and float32_is_ieee(x.device)
+    for op, reduction in ops:
+        want = torch.round(op(x.double(), w.double())).to(torch.int64)
+        assert torch.equal(exact_integer_op(op, x, w, reduction), want)
+        assert torch.equal(exact_integer_op(op, x * 2, w, reduction), torch.round(op(x.double() * 2, w.double())).long())
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert not float32_is_ieee(x.device)
+        assert torch.equal(exact_integer_op(ops[2][0], x, w, 64), torch.round(ops[2][0](x.double(), w.double())).long())
+    finally:
+        torch.set_float32_matmul_precision(old)

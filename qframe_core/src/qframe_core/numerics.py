@@ -18,7 +18,7 @@ scale / output scale) is::
 from __future__ import annotations
 
 import enum
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import attrs
 import torch
@@ -137,6 +137,35 @@ class RequantRule:
         lo = out_dtype.quant_min if clamp_min is None else max(out_dtype.quant_min, clamp_min)
         hi = out_dtype.quant_max if clamp_max is None else min(out_dtype.quant_max, clamp_max)
         return y.clamp(lo, hi)
+
+
+#: integers up to this magnitude, and every sum of them that stays within it, are exact in float32
+FLOAT32_EXACT = 1 << 24
+
+
+def float32_is_ieee(device: torch.device) -> bool:
+    """True when torch computes float32 matmuls and convolutions on ``device`` in IEEE float32 (its default
+    on CPUs): a lower precision setting ("high"/"medium", "tf32"/"bf16") may round products, so integer
+    arithmetic held in float32 is exact only under this one (callers fall back to float64).  CUDA is
+    refused (cuDNN convolutions default to TF32)."""
+    if device.type != "cpu" or torch.get_float32_matmul_precision() != "highest":
+        return False
+    mkldnn = getattr(torch.backends, "mkldnn", None)
+    for part in (torch.backends, mkldnn, getattr(mkldnn, "conv", None), getattr(mkldnn, "matmul", None)):
+        if getattr(part, "fp32_precision", "none") not in ("none", "ieee"):
+            return False
+    return True
+
+
+def exact_integer_op(op: Any, x: torch.Tensor, w: torch.Tensor, reduction: int) -> torch.Tensor:
+    """``op(x, w)`` (a matmul, linear or convolution without bias) of integer tensors, exactly, as int64:
+    in float32 when ``max|x| * max|w| * reduction <= 2**24`` (every partial sum, in any order, is then an
+    integer float32 holds; ``reduction`` bounds the terms of one output) and torch runs float32 in IEEE
+    arithmetic, else in float64 (exact below 2**53)."""
+    if x.numel() and w.numel() and reduction and float32_is_ieee(x.device):
+        if int(x.abs().amax()) * int(w.abs().amax()) * reduction <= FLOAT32_EXACT:
+            return op(x.float(), w.float()).to(torch.int64)
+    return torch.round(op(x.double(), w.double())).to(torch.int64)
 
 
 def quantize_to_int(x: torch.Tensor, scale: torch.Tensor, dtype: QuantDType, ch_axis: Optional[int] = None,

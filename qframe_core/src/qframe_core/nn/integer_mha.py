@@ -35,7 +35,7 @@ import torch
 
 from ..dtype import qint16
 from ..errors import UnsupportedOpError
-from ..numerics import RequantRule
+from ..numerics import RequantRule, exact_integer_op
 from ..quantization.fake_quantize import QuantParams
 from .integer_composite import PRODUCT_BITS, WideRequant, normalize, scale_of, wide_requant, wide_requant_params
 from .integer_softmax import SoftmaxIntParams, int_softmax
@@ -70,16 +70,9 @@ def linear_params(rule: RequantRule, inp: QuantParams, w: torch.Tensor, wp: Quan
 
 
 def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` exactly in int64: in float32 when ``max|a| * max|b| * K <= 2**24`` (every partial sum of
-    every summation order is then an integer float32 holds exactly: int8 x int8 up to K = 1024), else in
-    float64 (every int16 x int16 dot product below 2**53).  float32 only at torch's "highest" matmul
-    precision: a lower one may compute float32 products in bfloat16."""
-    k = a.shape[-1]
-    if k and a.numel() and b.numel() and torch.get_float32_matmul_precision() == "highest":
-        bound = int(a.abs().amax()) * int(b.abs().amax()) * k
-        if bound <= 1 << 24:
-            return torch.matmul(a.float(), b.float()).to(torch.int64)
-    return torch.round(torch.matmul(a.double(), b.double())).to(torch.int64)
+    """``a @ b`` exactly in int64 (:func:`~qframe_core.numerics.exact_integer_op`: float32 where every
+    partial sum fits its mantissa, int8 x int8 up to K = 1024, else float64)."""
+    return exact_integer_op(torch.matmul, a, b, a.shape[-1])
 
 
 def int_linear(q: torch.Tensor, p: LinearIntParams, rule: RequantRule) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from ...dtype import qint32
-from ...numerics import quantize_to_int
+from ...numerics import exact_integer_op, quantize_to_int
 from ...quantization.fake_quantize import QuantParams
 from ..intrinsic import CalledAsAdd, FusedConv2d, FusedLinear, apply_activation, swap_transposed_layout
 from ..requant_params import (
@@ -63,12 +63,17 @@ def integer_weighted(op: Any, qx: torch.Tensor, p: WeightedIntParams, qr: Option
                      channel_axis: int) -> torch.Tensor:
     """The integer result (int64 codes) of a conv/linear: exact accumulation, bias, the march's requantization.
 
-    ``op(input, weight, bias)`` is the float op; it runs in float64, which holds every int8/int16
-    product sum of realistic size exactly (|acc| < 2**53).  Used by QAT simulation and by the
-    integer modules that have no C++ kernel (ConvTranspose2d, Conv3d), so the two cannot drift.
+    ``op(input, weight, bias)`` is the float op, run without bias on the codes exactly
+    (:func:`~qframe_core.numerics.exact_integer_op`: float32 where every partial sum fits its mantissa,
+    float64 otherwise -- every int8/int16 product sum of realistic size, below 2**53); the bias is added
+    in int64.  Used by QAT simulation and by the integer modules that have no C++ kernel
+    (ConvTranspose2d, Conv3d, Linear + add), so the two cannot drift.
     """
     dev = qx.device
-    acc = torch.round(op(qx.double(), p.weight.double().to(dev), p.bias.double().to(dev))).to(torch.int64)
+    w = p.weight.to(dev)
+    reduction = w[0].numel() if w.dim() else 1  # the terms of one output: [O, I/groups, *kernel] or [O, I]
+    acc = exact_integer_op(lambda a, b: op(a, b, None), qx, w, reduction)
+    acc = acc + _channel_view(p.bias.to(dev, torch.int64), acc.dim(), channel_axis)
     if p.multiplier is None:
         lo = qint32.quant_min if p.clamp_min is None else p.clamp_min
         return acc.clamp(lo, qint32.quant_max)
