@@ -4,8 +4,9 @@ They hold the same integer parameters as the kernel-backed Conv2d (per-output-ch
 weight in conv2d's ``[O, I/groups, ...]`` layout, int32 bias, the march's multipliers and
 shifts) and compute with :func:`~qframe_core.nn.qat.weighted.integer_weighted` — the function
 the QAT modules call in VALIDATION state — so deployment and simulation agree bit for bit.
-The accumulation runs in float64, exact for any int8/int16 sum below 2**53; it is slower than
-the GEMM kernels of Conv2d/Linear (these ops are rare in the models the marches target).
+The accumulation is exact (:func:`~qframe_core.numerics.exact_integer_op`: float32 where every
+partial sum fits its mantissa, float64 below 2**53 otherwise); with the requantization in torch it
+is slower than the kernels of Conv2d/Linear (these ops are rare in the models the marches target).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class _ExactWeighted(CalledAsAdd, nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """The float op (conv_transpose2d / conv3d / linear) evaluated on integer codes held in float64."""
+        """The float op (conv_transpose2d / conv3d / linear) evaluated on integer codes held in floats."""
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.is_floating_point():
