@@ -59,21 +59,26 @@ def _channel_view(t: torch.Tensor, ndim: int, channel_axis: int) -> torch.Tensor
     return t.reshape(shape)
 
 
-def integer_weighted(op: Any, qx: torch.Tensor, p: WeightedIntParams, qr: Optional[torch.Tensor], rule: Any,
-                     channel_axis: int) -> torch.Tensor:
-    """The integer result (int64 codes) of a conv/linear: exact accumulation, bias, the march's requantization.
-
-    ``op(input, weight, bias)`` is the float op, run without bias on the codes exactly
-    (:func:`~qframe_core.numerics.exact_integer_op`: float32 where every partial sum fits its mantissa,
-    float64 otherwise -- every int8/int16 product sum of realistic size, below 2**53); the bias is added
-    in int64.  Used by QAT simulation and by the integer modules that have no C++ kernel
-    (ConvTranspose2d, Conv3d, Linear + add), so the two cannot drift.
-    """
+def integer_accumulate(op: Any, qx: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       channel_axis: int) -> torch.Tensor:
+    """The exact int64 accumulators (with bias) of a conv/linear of codes: ``op(input, weight, bias)`` is the
+    float op, run without bias on the codes exactly (:func:`~qframe_core.numerics.exact_integer_op`: float32
+    where every partial sum fits its mantissa, float64 otherwise -- every int8/int16 product sum of realistic
+    size, below 2**53); the bias is added in int64."""
     dev = qx.device
-    w = p.weight.to(dev)
+    w = weight.to(dev)
     reduction = w[0].numel() if w.dim() else 1  # the terms of one output: [O, I/groups, *kernel] or [O, I]
     acc = exact_integer_op(lambda a, b: op(a, b, None), qx, w, reduction)
-    acc = acc + _channel_view(p.bias.to(dev, torch.int64), acc.dim(), channel_axis)
+    return acc + _channel_view(bias.to(dev, torch.int64), acc.dim(), channel_axis)
+
+
+def integer_weighted(op: Any, qx: torch.Tensor, p: WeightedIntParams, qr: Optional[torch.Tensor], rule: Any,
+                     channel_axis: int) -> torch.Tensor:
+    """The integer result (int64 codes) of a conv/linear: exact accumulation (:func:`integer_accumulate`),
+    the march's requantization.  Used by QAT simulation and by the integer modules that have no C++ conv
+    kernel (ConvTranspose2d, Conv3d, Linear + add), so the two cannot drift."""
+    dev = qx.device
+    acc = integer_accumulate(op, qx, p.weight, p.bias, channel_axis)
     if p.multiplier is None:
         lo = qint32.quant_min if p.clamp_min is None else p.clamp_min
         return acc.clamp(lo, qint32.quant_max)

@@ -21,7 +21,8 @@ from torch import nn
 from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
 from ..intrinsic import CalledAsAdd, swap_transposed_layout
-from ..qat.weighted import WeightedIntParams, integer_weighted
+from ..qat.weighted import WeightedIntParams, integer_accumulate, integer_weighted
+from .kernels import dtype_name, march_kernels
 
 
 class _ExactWeighted(CalledAsAdd, nn.Module, abc.ABC):
@@ -68,12 +69,25 @@ class _ExactWeighted(CalledAsAdd, nn.Module, abc.ABC):
                             f"{x.dtype}: is a QuantStub missing before it?")
         if (other is None) != (self.residual_multiplier is None):
             raise ValueError(f"{self.qframe_name}: {'a' if other is None else 'no'} residual input expected")
+        if other is None and self.multiplier is not None and x.is_cpu and not torch.jit.is_tracing():
+            # the march kernel requantizes the exact accumulators (the rule of integer_weighted, in C++)
+            acc = integer_accumulate(self._op, x.to(torch.int64), self.weight, self.bias, self.channel_axis)
+            lo, hi = self._clamp_bounds()
+            out = march_kernels(self.march).requantize(
+                acc.numpy(), self.multiplier.to(torch.int32).numpy(), self.shift.to(torch.int32).numpy(),
+                self.channel_axis, dtype_name(self.out_dtype.bits), lo, hi)
+            return torch.from_numpy(out)
         p = WeightedIntParams(self.in_params, self.weight, self.bias, self.output_params(), self.multiplier,
                               self.shift, self.residual_params, self.residual_multiplier, self.clamp_min,
                               self.clamp_max)
         q = integer_weighted(self._op, x.to(torch.int64), p, None if other is None else other.to(torch.int64),
                              resolve_march(self.march).requant, self.channel_axis)
         return q.to(self.out_dtype.torch_dtype)
+
+    def _clamp_bounds(self) -> tuple[int, int]:
+        lo = self.out_dtype.quant_min if self.clamp_min is None else max(self.out_dtype.quant_min, self.clamp_min)
+        hi = self.out_dtype.quant_max if self.clamp_max is None else min(self.out_dtype.quant_max, self.clamp_max)
+        return lo, hi
 
     def extra_repr(self) -> str:
         attrs = ", ".join(f"{a}={getattr(self, a, None)}" for a in self.op_attrs)
