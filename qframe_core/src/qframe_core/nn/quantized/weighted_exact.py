@@ -5,8 +5,9 @@ weight in conv2d's ``[O, I/groups, ...]`` layout, int32 bias, the march's multip
 shifts) and compute with :func:`~qframe_core.nn.qat.weighted.integer_weighted` — the function
 the QAT modules call in VALIDATION state — so deployment and simulation agree bit for bit.
 The accumulation is exact (:func:`~qframe_core.numerics.exact_integer_op`: float32 where every
-partial sum fits its mantissa, float64 below 2**53 otherwise); with the requantization in torch it
-is slower than the kernels of Conv2d/Linear (these ops are rare in the models the marches target).
+partial sum fits its mantissa, float64 below 2**53 otherwise); without a residual the march kernel
+``requantize`` applies the same rule to it.  Slower than the kernels of Conv2d/Linear (these ops are
+rare in the models the marches target).
 """
 
 from __future__ import annotations
