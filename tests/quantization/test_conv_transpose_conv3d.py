@@ -125,6 +125,10 @@ def test_conv_transpose2d_fused_exact(march, groups, add):
                  None if r is None else r.numpy(),
                  None if r is None else integer.residual_multiplier.numpy())
     np.testing.assert_array_equal(out.numpy(), ref)
+    if not add:  # the kernel-requantized path takes channels-last codes too
+        with torch.no_grad():
+            cl = integer(q.contiguous(memory_format=torch.channels_last))
+        np.testing.assert_array_equal(cl.contiguous().numpy(), ref)
 
 
 def test_conv3d_bn_relu6_and_standalone_bn3d_exact_on_bayes():

@@ -75,7 +75,7 @@ class _ExactWeighted(CalledAsAdd, nn.Module, abc.ABC):
             acc = integer_accumulate(self._op, x.to(torch.int64), self.weight, self.bias, self.channel_axis)
             lo, hi = self._clamp_bounds()
             out = march_kernels(self.march).requantize(
-                acc.numpy(), self.multiplier.to(torch.int32).numpy(), self.shift.to(torch.int32).numpy(),
+                acc.contiguous().numpy(), self.multiplier.to(torch.int32).numpy(), self.shift.to(torch.int32).numpy(),
                 self.channel_axis, dtype_name(self.out_dtype.bits), lo, hi)
             return torch.from_numpy(out)
         p = WeightedIntParams(self.in_params, self.weight, self.bias, self.output_params(), self.multiplier,
