@@ -63,20 +63,21 @@ def _source(g: torch.Tensor, n: int, grid_scale: float, align: bool, border: boo
     return src
 
 
-def _gather(q: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
-    """``q[n, c, iy, ix]`` for indices ``[N, Ho, Wo]``; 0 where the index is outside the input."""
-    n, c, h, w = q.shape
-    valid = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-    flat = (iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)).reshape(n, 1, -1).expand(n, c, -1)
-    vals = torch.gather(q.reshape(n, c, h * w), 2, flat).reshape(n, c, *iy.shape[1:])
-    return vals * valid.unsqueeze(1).to(vals.dtype)
+def _axis_taps(i: torch.Tensor, weights: Sequence[torch.Tensor], n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Positions ``i, i+1, ...`` of one axis with their weights: clamped into ``[0, n)``, weight 0 outside."""
+    taps = []
+    for d, wt in enumerate(weights):
+        j = i + d
+        taps.append((j.clamp(0, n - 1), wt * ((j >= 0) & (j < n))))
+    return taps
 
 
-def int_grid_sample(q: torch.Tensor, g: torch.Tensor, grid_scale: float, mode: str, padding_mode: str,
-                    align_corners: bool, fmt: BilinearFormat, rule: RequantRule, qmin: int, qmax: int) -> torch.Tensor:
-    """Sample integer codes ``q`` ``[N, C, H, W]`` at grid codes ``g`` ``[N, Ho, Wo, 2]`` (int64 result, ``q``'s scale)."""
-    q = q.to(torch.int64)
-    h, w = q.shape[-2:]
+def grid_sample_taps(g: torch.Tensor, h: int, w: int, grid_scale: float, mode: str, padding_mode: str,
+                     align_corners: bool, fmt: BilinearFormat, rule: RequantRule
+                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The rule above as taps: ``(index, weight, shift)``, int64 ``[N, K, Ho*Wo]`` (``K`` = 4 bilinear, 1 nearest):
+    a sample is ``round_shift(sum_k weight[n, k, p] * q[n, c].flatten()[index[n, k, p]], shift)``; a neighbour
+    outside the input has weight 0 (and some position inside)."""
     border = padding_mode == "border"
     sx = _source(g[..., 0], w, grid_scale, bool(align_corners), border, fmt, rule)
     sy = _source(g[..., 1], h, grid_scale, bool(align_corners), border, fmt, rule)
@@ -84,23 +85,48 @@ def int_grid_sample(q: torch.Tensor, g: torch.Tensor, grid_scale: float, mode: s
     if mode == "nearest":
         ix = rule.round_shift(sx, torch.tensor(f, dtype=torch.int64))
         iy = rule.round_shift(sy, torch.tensor(f, dtype=torch.int64))
-        return _gather(q, iy, ix).clamp(qmin, qmax)
+        ones = torch.ones_like(ix)
+        xs, ys, shift = _axis_taps(ix, [ones], w), _axis_taps(iy, [ones], h), 0
+    else:
+        def split(src: torch.Tensor, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            i0 = torch.bitwise_right_shift(src, f)
+            frac = torch.bitwise_and(src, (1 << f) - 1)
+            lam = torch.bitwise_right_shift(frac + ((1 << (f - wb)) >> 1), f - wb) if f > wb else frac
+            return _axis_taps(i0, [(1 << wb) - lam, lam], n)
 
-    def split(src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        i0 = torch.bitwise_right_shift(src, f)
-        frac = torch.bitwise_and(src, (1 << f) - 1)
-        lam = torch.bitwise_right_shift(frac + ((1 << (f - wb)) >> 1), f - wb) if f > wb else frac
-        return i0, lam
+        xs, ys, shift = split(sx, w), split(sy, h), 2 * wb
+    n = g.shape[0]
+    index = torch.stack([(iy * w + ix).reshape(n, -1) for iy, _ in ys for ix, _ in xs], 1)
+    weight = torch.stack([(wy * wx).reshape(n, -1) for _, wy in ys for _, wx in xs], 1)
+    return index, weight, shift
 
-    x0, lx = split(sx)
-    y0, ly = split(sy)
-    one = 1 << wb
-    acc = (_gather(q, y0, x0) * ((one - ly) * (one - lx)).unsqueeze(1)
-           + _gather(q, y0, x0 + 1) * ((one - ly) * lx).unsqueeze(1)
-           + _gather(q, y0 + 1, x0) * (ly * (one - lx)).unsqueeze(1)
-           + _gather(q, y0 + 1, x0 + 1) * (ly * lx).unsqueeze(1))
-    out = rule.round_shift(acc, torch.tensor(2 * wb, dtype=torch.int64))
-    return out.clamp(qmin, qmax)
+
+def apply_taps(q: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, shift: int, rule: RequantRule,
+               qmin: int, qmax: int) -> torch.Tensor:
+    """``clamp(round_shift(sum_k weight * q[..., index], shift))`` of codes ``q`` ``[N, C, H, W]`` (int64
+    ``[N, C, P]``): the taps of :func:`grid_sample_taps` in torch."""
+    n, c = q.shape[:2]
+    flat = q.reshape(n, c, -1).to(torch.int64)
+    acc = torch.zeros(n, c, index.shape[-1], dtype=torch.int64, device=q.device)
+    for k in range(index.shape[1]):
+        acc += torch.gather(flat, 2, index[:, k].unsqueeze(1).expand(n, c, -1)) * weight[:, k].unsqueeze(1)
+    return rule.round_shift(acc, torch.tensor(shift, dtype=torch.int64)).clamp(qmin, qmax)
+
+
+def int_grid_sample(q: torch.Tensor, g: torch.Tensor, grid_scale: float, mode: str, padding_mode: str,
+                    align_corners: bool, fmt: BilinearFormat, rule: RequantRule, qmin: int, qmax: int,
+                    apply: Any = None) -> torch.Tensor:
+    """Sample integer codes ``q`` ``[N, C, H, W]`` at grid codes ``g`` ``[N, Ho, Wo, 2]`` (``q``'s scale).
+
+    ``apply(q, index, weight, shift, qmin, qmax)`` accumulates the taps (a march's compiled kernel); by default
+    :func:`apply_taps` in torch (int64 result)."""
+    n, c, h, w = q.shape
+    index, weight, shift = grid_sample_taps(g, h, w, grid_scale, mode, padding_mode, align_corners, fmt, rule)
+    if apply is None:
+        out = apply_taps(q, index, weight, shift, rule, qmin, qmax)
+    else:
+        out = apply(q, index, weight, shift, qmin, qmax)
+    return out.reshape(n, c, *g.shape[1:3])
 
 
 @attrs.frozen

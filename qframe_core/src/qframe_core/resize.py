@@ -108,6 +108,19 @@ def _axis(in_size: int, out_size: int, step_real: float, align: bool, fmt: Bilin
     return i0, i1, (1 << w) - lam, lam
 
 
+def bilinear_axis_weights(in_size: int, out_size: int, step_real: float, align_corners: bool,
+                          fmt: BilinearFormat) -> torch.Tensor:
+    """The rule of one axis as a matrix: ``[out_size, in_size]`` int64, row ``d`` holding ``w0`` at ``i0`` and
+    ``w1`` at ``i1`` (their sum where ``i0 == i1``), so that a resize is ``Wy @ q @ Wx.T`` before rounding (the
+    form the march kernel ``separable_sum`` takes)."""
+    i0, i1, w0, w1 = _axis(in_size, out_size, step_real, align_corners, fmt, torch.device("cpu"))
+    m = torch.zeros(out_size, in_size, dtype=torch.int64)
+    rows = torch.arange(out_size)
+    m.index_put_((rows, i0), w0, accumulate=True)
+    m.index_put_((rows, i1), w1, accumulate=True)
+    return m
+
+
 def int_bilinear(q: torch.Tensor, out_hw: Sequence[int], steps: Sequence[float], align_corners: bool,
                  fmt: BilinearFormat, rule: RequantRule, qmin: int, qmax: int) -> torch.Tensor:
     """Bilinear resize of integer codes ``q`` ``[..., H, W]`` to ``out_hw`` (int64 result, same scale).

@@ -109,57 +109,96 @@ def box_multiplier(box_scale: float, spatial_scale: float, fmt: BilinearFormat) 
                       + Fraction(1, 2))
 
 
-def _int_axis_weights(c1: int, roi: int, bins: int, n: int, ratio: int, fmt: BilinearFormat) -> tuple[torch.Tensor, int]:
+def _int_axis_weights(c1: torch.Tensor, roi: torch.Tensor, bins: int, n: int, ratio: int,
+                      fmt: BilinearFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """One axis of every box (``c1``, ``roi``: int64 ``[K]``, Q(F)): ``[K, bins, n]`` summed Q(W) weights of each
+    bin's samples, and the samples per bin ``g`` ``[K]`` (``<= 0``: none; the count keeps torchvision's value)."""
     f, wb = fmt.coord_frac_bits, fmt.weight_frac_bits
     one, unit = 1 << wb, 1 << f
-    bin_size = roi // bins
-    g = ratio if ratio > 0 else -(-roi // (bins * unit))
-    w = torch.zeros(bins, n, dtype=torch.int64)
-    for p in range(bins):
-        for i in range(g):
-            y = c1 + p * bin_size + ((2 * i + 1) * bin_size) // (2 * g)
-            if y < -unit or y > n * unit:
-                continue
-            y = max(y, 0)
-            lo = y >> f
-            if lo >= n - 1:
-                w[p, n - 1] += one
-                continue
-            frac = y & (unit - 1)
-            lam = (frac + ((1 << (f - wb)) >> 1)) >> (f - wb) if f > wb else frac
-            w[p, lo] += one - lam
-            w[p, lo + 1] += lam
-    return w, g
+    bin_size = torch.div(roi, bins, rounding_mode="floor")
+    g = torch.full_like(roi, ratio) if ratio > 0 else -torch.div(-roi, bins * unit, rounding_mode="floor")
+    k = roi.shape[0]
+    w = torch.zeros(k, bins * n, dtype=torch.int64)
+    gmax = int(g.max()) if k else 0
+    if gmax <= 0:
+        return w.reshape(k, bins, n), g
+    p = torch.arange(bins).reshape(1, bins, 1)
+    i = torch.arange(gmax).reshape(1, 1, gmax)
+    bs, gg = bin_size.reshape(k, 1, 1), g.reshape(k, 1, 1)
+    y = c1.reshape(k, 1, 1) + p * bs + torch.div((2 * i + 1) * bs, 2 * gg.clamp(min=1), rounding_mode="floor")
+    valid = (i < gg) & (y >= -unit) & (y <= n * unit)
+    y = y.clamp(min=0)
+    lo = torch.bitwise_right_shift(y, f)
+    frac = torch.bitwise_and(y, unit - 1)
+    lam = torch.bitwise_right_shift(frac + ((1 << (f - wb)) >> 1), f - wb) if f > wb else frac
+    last = lo >= n - 1  # all weight on the last row
+    i0 = torch.where(last, n - 1, lo)
+    w0 = torch.where(last, one, one - lam) * valid
+    w1 = torch.where(last, 0, lam) * valid
+    i1 = torch.where(last, n - 1, lo + 1).clamp(max=n - 1)
+    base = (p * n).expand_as(y)
+    w.scatter_add_(1, (base + i0).reshape(k, -1), w0.reshape(k, -1))
+    w.scatter_add_(1, (base + i1).reshape(k, -1), w1.reshape(k, -1))
+    return w.reshape(k, bins, n), g
+
+
+def roi_align_weights(box_codes: Sequence[torch.Tensor], box_scales: Sequence[float], output_size: Any,
+                      spatial_scale: float, sampling_ratio: int, aligned: bool, hw: Sequence[int], fmt: BilinearFormat,
+                      rule: RequantRule, rescale: Fraction = Fraction(1)
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rule above per box: ``(batch [K], wy [K, PH, H], wx [K, PW, W], R [K])``, int64 — box ``k``'s output
+    is ``clamp(round_shift(R[k] * wy[k] @ q[batch[k]] @ wx[k].T, 2W + 20))`` (:func:`separable_sum`)."""
+    ph, pw = _pair(output_size)
+    h, w = hw
+    f, m = fmt.coord_frac_bits, fmt.grid_mult_frac_bits
+    off = (1 << (f - 1)) if aligned else 0
+    shift = torch.tensor(m - f, dtype=torch.int64)
+    batch, corners = [], []
+    for n, (codes, scale) in enumerate(zip(box_codes, box_scales)):
+        a = box_multiplier(scale, spatial_scale, fmt)
+        c = rule.round_shift(codes.reshape(-1, 4).to(torch.int64).cpu() * a, shift) - off
+        corners.append(c)
+        batch.append(torch.full((c.shape[0],), n, dtype=torch.int64))
+    c = torch.cat(corners) if corners else torch.zeros(0, 4, dtype=torch.int64)
+    x1, y1, x2, y2 = c.unbind(1)
+    rw, rh = x2 - x1, y2 - y1
+    if not aligned:
+        rw, rh = rw.clamp(min=1 << f), rh.clamp(min=1 << f)
+    wy, gy = _int_axis_weights(y1, rh, ph, h, sampling_ratio, fmt)
+    wx, gx = _int_axis_weights(x1, rw, pw, w, sampling_ratio, fmt)
+    # R = floor(2**20 * rescale / count + 1/2) in exact fractions, once per distinct count
+    counts, where = torch.unique((gy * gx).clamp(min=1), return_inverse=True)
+    recips = torch.tensor([math.floor(Fraction(1 << COUNT_RECIPROCAL_BITS) * rescale / n + Fraction(1, 2))
+                           for n in counts.tolist()], dtype=torch.int64)[where]
+    return torch.cat(batch) if batch else torch.zeros(0, dtype=torch.int64), wy, wx, recips
+
+
+def separable_sum(q: torch.Tensor, batch: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor, multiplier: torch.Tensor,
+                  shift: int, rule: RequantRule, qmin: int, qmax: int) -> torch.Tensor:
+    """``clamp(round_shift(multiplier[k] * wy[k] @ q[batch[k]] @ wx[k].T, shift))`` in torch, exact int64
+    (``[K, C, PH, PW]``); the march kernel ``separable_sum`` computes the same."""
+    q = q.to(torch.int64)
+    outs = [wy[k].to(q.device) @ q[int(batch[k])] @ wx[k].to(q.device).t() * int(multiplier[k])
+            for k in range(batch.shape[0])]
+    if not outs:
+        return q.new_zeros(0, q.shape[1], wy.shape[1], wx.shape[1])
+    return rule.round_shift(torch.stack(outs), torch.tensor(shift, dtype=torch.int64)).clamp(qmin, qmax)
 
 
 def int_roi_align(q: torch.Tensor, box_codes: Sequence[torch.Tensor], box_scales: Sequence[float], output_size: Any,
                   spatial_scale: float, sampling_ratio: int, aligned: bool, fmt: BilinearFormat, rule: RequantRule,
-                  qmin: int, qmax: int, rescale: Fraction = Fraction(1)) -> torch.Tensor:
-    """Integer RoIAlign of codes ``q`` ``[N, C, H, W]`` over per-image box codes (int64 ``[K, C, PH, PW]``).
+                  qmin: int, qmax: int, rescale: Fraction = Fraction(1), accumulate: Any = None) -> torch.Tensor:
+    """Integer RoIAlign of codes ``q`` ``[N, C, H, W]`` over per-image box codes (``[K, C, PH, PW]``).
 
     ``rescale`` (input scale / output scale, MultiScaleRoIAlign's levels) is folded into the Q20 reciprocal:
-    ``R = floor(2**20 * rescale / count + 1/2)``; 1 keeps the input's scale."""
-    ph, pw = _pair(output_size)
-    h, w = q.shape[-2:]
-    f, m = fmt.coord_frac_bits, fmt.grid_mult_frac_bits
-    q = q.to(torch.int64)
-    off = (1 << (f - 1)) if aligned else 0
-    shift = torch.tensor(m - f, dtype=torch.int64)
-    outs = []
-    for n, (codes, scale) in enumerate(zip(box_codes, box_scales)):
-        a = box_multiplier(scale, spatial_scale, fmt)
-        corners = (rule.round_shift(codes.reshape(-1, 4).to(torch.int64) * a, shift) - off).tolist()
-        for x1, y1, x2, y2 in corners:
-            rw, rh = x2 - x1, y2 - y1
-            if not aligned:
-                rw, rh = max(rw, 1 << f), max(rh, 1 << f)
-            wy, gy = _int_axis_weights(y1, rh, ph, h, sampling_ratio, fmt)
-            wx, gx = _int_axis_weights(x1, rw, pw, w, sampling_ratio, fmt)
-            acc = wy @ q[n] @ wx.t()  # exact int64, Q(2W)
-            recip = math.floor(Fraction(1 << COUNT_RECIPROCAL_BITS) * rescale / max(gy * gx, 1) + Fraction(1, 2))
-            out = rule.round_shift(acc * recip, torch.tensor(2 * fmt.weight_frac_bits + COUNT_RECIPROCAL_BITS))
-            outs.append(out.clamp(qmin, qmax))
-    return torch.stack(outs) if outs else q.new_zeros(0, q.shape[1], ph, pw)
+    ``R = floor(2**20 * rescale / count + 1/2)``; 1 keeps the input's scale.  ``accumulate(q, batch, wy, wx, R,
+    shift, qmin, qmax)`` does the sums (a march's compiled kernel); by default :func:`separable_sum` in torch."""
+    batch, wy, wx, recips = roi_align_weights(box_codes, box_scales, output_size, spatial_scale, sampling_ratio,
+                                              aligned, q.shape[-2:], fmt, rule, rescale)
+    shift = 2 * fmt.weight_frac_bits + COUNT_RECIPROCAL_BITS
+    if accumulate is None:
+        return separable_sum(q, batch, wy, wx, recips, shift, rule, qmin, qmax)
+    return accumulate(q, batch, wy, wx, recips, shift, qmin, qmax)
 
 
 @attrs.frozen
@@ -250,7 +289,7 @@ def int_multi_scale_roi_align(qs: Sequence[torch.Tensor], feature_scales: Sequen
                               image_shapes: Sequence[Sequence[int]], output_size: Any, sampling_ratio: int,
                               fmt: BilinearFormat, rule: RequantRule, qmin: int, qmax: int,
                               canonical_scale: int = CANONICAL_SCALE,
-                              canonical_level: int = CANONICAL_LEVEL) -> torch.Tensor:
+                              canonical_level: int = CANONICAL_LEVEL, accumulate: Any = None) -> torch.Tensor:
     """Integer MultiScaleRoIAlign: each box's level from its exact code area (:func:`level_thresholds`), the
     integer RoIAlign on that level with the level's ``rescale = s_level / s_out`` folded into the Q20 reciprocal,
     ``s_out = max(feature scales)`` (int64 ``[K, C, PH, PW]`` in box order)."""
@@ -260,21 +299,21 @@ def int_multi_scale_roi_align(qs: Sequence[torch.Tensor], feature_scales: Sequen
     rescales = [Fraction(float(s)) / s_out for s in feature_scales]
     if len(qs) == 1:
         return int_roi_align(qs[0], box_codes, box_scales, output_size, scales[0], sampling_ratio, False, fmt, rule,
-                             qmin, qmax, rescales[0])
+                             qmin, qmax, rescales[0], accumulate)
     k_min, k_max = level_range(scales)
     levels = [int_levels(c, level_thresholds(s, k_min, k_max, canonical_scale, canonical_level))
               for c, s in zip(box_codes, box_scales)]
     ph, pw = _pair(output_size)
     counts = [c.reshape(-1, 4).shape[0] for c in box_codes]
-    out = torch.zeros(sum(counts), qs[0].shape[1], ph, pw, dtype=torch.int64)
+    out = torch.zeros(sum(counts), qs[0].shape[1], ph, pw, dtype=torch.int64 if accumulate is None else qs[0].dtype)
     starts = [sum(counts[:i]) for i in range(len(counts))]
     for lvl, (q, sc) in enumerate(zip(qs, scales)):
         picks = [torch.nonzero(lv == lvl).reshape(-1) for lv in levels]
         if not any(p.numel() for p in picks):
             continue
         part = int_roi_align(q, [c.reshape(-1, 4)[p] for c, p in zip(box_codes, picks)], box_scales, output_size,
-                             sc, sampling_ratio, False, fmt, rule, qmin, qmax, rescales[lvl])
-        out[torch.cat([p + s for p, s in zip(picks, starts)])] = part
+                             sc, sampling_ratio, False, fmt, rule, qmin, qmax, rescales[lvl], accumulate)
+        out[torch.cat([p + s for p, s in zip(picks, starts)])] = part.to(out.dtype)
     return out
 
 

@@ -32,12 +32,13 @@ def check_boxes(limits: Sequence[Any], module: nn.Module, boxes: Any, name: str,
 
 
 def roi_align_codes(module: nn.Module, q: torch.Tensor, boxes: Sequence[torch.Tensor], inp: QuantParams,
-                    box_params: Sequence[QuantParams], march: str, name: str) -> torch.Tensor:
-    """The integer RoIAlign on ``march`` (int64 codes at the input's scale): QAT simulation and the integer model."""
+                    box_params: Sequence[QuantParams], march: str, name: str, accumulate: Any = None) -> torch.Tensor:
+    """The integer RoIAlign on ``march`` (codes at the input's scale): QAT simulation and the integer model (which
+    passes the march kernel as ``accumulate``, see :func:`qframe_core.roi_align.int_roi_align`)."""
     return int_roi_align(q, boxes, [float(p.scale.reshape(-1)[0]) for p in box_params], module.output_size,
                          float(module.spatial_scale), int(module.sampling_ratio), bool(module.aligned),
                          bilinear_format(march, name), resolve_march(march).requant,
-                         inp.dtype.quant_min, inp.dtype.quant_max)
+                         inp.dtype.quant_min, inp.dtype.quant_max, accumulate=accumulate)
 
 
 class RoIAlign(QATModule):
@@ -91,14 +92,14 @@ def multi_scale_output_params(feature_params: Sequence[QuantParams]) -> QuantPar
 
 def multi_scale_codes(module: nn.Module, qs: Sequence[torch.Tensor], feature_params: Sequence[QuantParams],
                       boxes: Sequence[torch.Tensor], box_params: Sequence[QuantParams], image_shapes: Any,
-                      march: str, name: str) -> torch.Tensor:
-    """The integer MultiScaleRoIAlign on ``march`` (int64 codes on :func:`multi_scale_output_params`'s grid)."""
+                      march: str, name: str, accumulate: Any = None) -> torch.Tensor:
+    """The integer MultiScaleRoIAlign on ``march`` (codes on :func:`multi_scale_output_params`'s grid)."""
     dt = feature_params[0].dtype
     return int_multi_scale_roi_align(
         qs, [float(p.scale.reshape(-1)[0]) for p in feature_params], boxes,
         [float(p.scale.reshape(-1)[0]) for p in box_params], image_shapes, module.output_size,
         int(module.sampling_ratio), bilinear_format(march, name), resolve_march(march).requant, dt.quant_min,
-        dt.quant_max, module.canonical_scale, module.canonical_level)
+        dt.quant_max, module.canonical_scale, module.canonical_level, accumulate)
 
 
 class MultiScaleRoIAlign(QATModule):

@@ -3,6 +3,7 @@ with the tables and multipliers fixed at convert from the QAT module's calibrate
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -11,10 +12,10 @@ from torch import nn
 from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
 from ..integer_composite import MANTISSA_BITS, check_shape
-from ..integer_glu import int_glu
+from ..integer_glu import glu_halves, int_glu
 from ..integer_layernorm import RSQRT_FRAC_BITS, RSQRT_SHIFT, int_layernorm
 from ..integer_softmax import int_softmax, softmax_dim
-from .kernels import as_array, march_kernels
+from .kernels import as_array, march_kernels, runs_on_kernels
 
 
 class _IntegerComposite(nn.Module):
@@ -155,12 +156,47 @@ class LayerNorm(_IntegerComposite):
 
 
 class GLU(_IntegerComposite):
-    """Integer GLU: ``requant(a * sigmoid_table(b))``."""
+    """Integer GLU: ``requant(a * sigmoid_table(b))``.
+
+    int8/int16 CPU inputs run the march kernel ``glu`` (the sigmoid table evaluated once on every input code:
+    the same numbers); other inputs and traced models run the steps in torch.
+    """
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
-        spec = resolve_march(self.march)
-        out = int_glu(self._codes(q), self.params, spec.requant, spec.lookup, self.qframe_name)
-        return out.to(self.params.output.dtype.torch_dtype)
+        p = self.params
+        q = self._codes(q)
+        if not runs_on_kernels(q) or q.dim() == 0 or p.output.dtype.bits > 16:
+            spec = resolve_march(self.march)
+            return int_glu(q, p, spec.requant, spec.lookup, self.qframe_name).to(p.output.dtype.torch_dtype)
+        dim = p.dim % q.dim()
+        size = q.shape[dim]
+        if size % 2:
+            glu_halves(q, dim, self.qframe_name)  # torch's error for an odd dimension
+        outer = math.prod(q.shape[:dim])
+        inner = size // 2 * math.prod(q.shape[dim + 1:])
+        req = p.output_requant
+        out = march_kernels(self.march).glu(as_array(q, "input", self.qframe_name).reshape(outer, 2, inner),
+                                            self.dense_sigmoid_table(q.dtype),
+                                            (req.pre_shift, req.multiplier, req.shift), f"int{p.output.dtype.bits}")
+        return torch.from_numpy(out).reshape(*q.shape[:dim], size // 2, *q.shape[dim + 1:])
+
+    def dense_sigmoid_table(self, dtype: torch.dtype):
+        """The sigmoid code of every code of ``dtype``, by the march's lookup rule (built once per dtype)."""
+        cache = self.__dict__.setdefault("_dense", {})
+        entry = cache.get(dtype)
+        if entry is None or entry[0] is not self.params:
+            spec = resolve_march(self.march)
+            info = torch.iinfo(dtype)
+            codes = torch.arange(info.min, info.max + 1, dtype=torch.int64)
+            g = spec.lookup.apply(codes, self.params.sigmoid_table, spec.requant, self.params.sigmoid)
+            narrow = torch.int16 if self.params.sigmoid.dtype.bits <= 16 else torch.int32  # int16: the vector path
+            entry = cache[dtype] = (self.params, g.to(narrow).numpy())
+        return entry[1]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_dense", None)
+        return state
 
     def extra_repr(self) -> str:
         return f"dim={self.params.dim}, " + super().extra_repr()

@@ -9,10 +9,15 @@ from torch import nn
 
 from ...quantization.fake_quantize import QuantParams
 from ..qat.grid_sample import check_grid_sample_at_run, grid_sample_codes
+from .kernels import march_kernels, runs_on_kernels
 
 
 class GridSample(nn.Module):
-    """Samples integer input codes at integer grid codes; the output keeps the input's scale and dtype."""
+    """Samples integer input codes at integer grid codes; the output keeps the input's scale and dtype.
+
+    int8/int16 CPU codes accumulate the taps on the march kernel ``gather_taps`` (the taps themselves, one
+    set per output position, come from the rule in torch); other inputs and traced models run it all in torch.
+    """
 
     _qframe_leaf = True
 
@@ -38,5 +43,15 @@ class GridSample(nn.Module):
             raise TypeError(f"{self.qframe_name}: expects integer input and grid tensors, got {q.dtype}, {g.dtype}")
         check_grid_sample_at_run(self.limits, self.float_module, q.shape, [self.params.dtype, self.grid_params.dtype],
                                  self.qframe_name, self.march)
-        out = grid_sample_codes(self.float_module, q, g, self.params, self.grid_params, self.march, self.qframe_name)
+        apply = self._kernel_taps if runs_on_kernels(q) else None
+        out = grid_sample_codes(self.float_module, q, g, self.params, self.grid_params, self.march, self.qframe_name,
+                                apply)
         return out.to(q.dtype)
+
+    def _kernel_taps(self, q: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, shift: int, qmin: int,
+                     qmax: int) -> torch.Tensor:
+        n, c = q.shape[:2]
+        out = march_kernels(self.march).gather_taps(q.contiguous().reshape(n, c, -1).numpy(),
+                                                    index.to(torch.int32).numpy(), weight.to(torch.int32).numpy(),
+                                                    shift, qmin, qmax)
+        return torch.from_numpy(out)

@@ -40,6 +40,12 @@ def as_array(t: Optional[torch.Tensor], what: str, owner: str) -> Optional[np.nd
     return t.detach().contiguous().numpy()
 
 
+def runs_on_kernels(*codes: torch.Tensor) -> bool:
+    """True for int8/int16 CPU code tensors outside tracing: what the march kernels take (traced models record
+    the torch steps of the same rule instead)."""
+    return all(t.dtype in (torch.int8, torch.int16) and t.is_cpu for t in codes) and not torch.jit.is_tracing()
+
+
 def is_channels_last(t: torch.Tensor) -> bool:
     """True for a 4-D tensor stored NHWC (torch's ``channels_last``) and not also NCHW-contiguous."""
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)

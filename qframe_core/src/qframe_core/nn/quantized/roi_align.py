@@ -16,10 +16,25 @@ from ..qat.roi_align import (
     roi_align_codes,
 )
 from ..roi_align import select_features
+from .kernels import march_kernels, runs_on_kernels
+
+
+def kernel_accumulate(march: str) -> Any:
+    """The sums of :func:`qframe_core.roi_align.int_roi_align` on the march kernel ``separable_sum``."""
+    def accumulate(q: torch.Tensor, batch: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor, multiplier: torch.Tensor,
+                   shift: int, qmin: int, qmax: int) -> torch.Tensor:
+        out = march_kernels(march).separable_sum(q.contiguous().numpy(), batch.numpy(), wy.to(torch.int32).numpy(),
+                                                 wx.to(torch.int32).numpy(), multiplier.numpy(), shift, qmin, qmax)
+        return torch.from_numpy(out)
+    return accumulate
 
 
 class RoIAlign(nn.Module):
-    """Integer RoIAlign over integer box codes; the output keeps the feature map's scale and dtype."""
+    """Integer RoIAlign over integer box codes; the output keeps the feature map's scale and dtype.
+
+    int8/int16 CPU features sum on the march kernel ``separable_sum`` (the per-box weights come from the rule in
+    torch); other inputs and traced models run it all in torch.
+    """
 
     _qframe_leaf = True
 
@@ -47,7 +62,9 @@ class RoIAlign(nn.Module):
             raise TypeError(f"{self.qframe_name}: expects integer feature and box tensors")
         if len(boxes) != len(self.box_params):
             raise ValueError(f"{self.qframe_name}: {len(boxes)} box tensors, converted for {len(self.box_params)}")
-        out = roi_align_codes(self.float_module, q, boxes, self.params, self.box_params, self.march, self.qframe_name)
+        accumulate = kernel_accumulate(self.march) if runs_on_kernels(q) else None
+        out = roi_align_codes(self.float_module, q, boxes, self.params, self.box_params, self.march, self.qframe_name,
+                              accumulate)
         return out.to(q.dtype)
 
 
@@ -90,6 +107,7 @@ class MultiScaleRoIAlign(nn.Module):
             raise TypeError(f"{self.qframe_name}: expects integer feature and box tensors")
         if len(boxes) != len(self.box_params):
             raise ValueError(f"{self.qframe_name}: {len(boxes)} box tensors, converted for {len(self.box_params)}")
+        accumulate = kernel_accumulate(self.march) if runs_on_kernels(*features) else None
         out = multi_scale_codes(self.float_module, features, self.feature_params, boxes, self.box_params,
-                                image_shapes, self.march, self.qframe_name)
+                                image_shapes, self.march, self.qframe_name, accumulate)
         return out.to(features[0].dtype)

@@ -27,6 +27,8 @@
 #include "lookup.hpp"
 #include "softmax.hpp"
 #include "layernorm.hpp"
+#include "sample.hpp"
+#include "glu.hpp"
 #include "conv2d.hpp"
 #include "conv2d_nhwc.hpp"
 #include "cpu_features.hpp"
@@ -898,6 +900,173 @@ py::array layernorm_py(const py::object& input, const py::object& eps_o, const p
     return out;
 }
 
+// glu(input, table, requant, out_dtype): see glu.hpp.
+template <class Policy>
+py::array glu_py(const py::object& input, const py::object& table, const py::object& requant,
+                 const py::object& out_dtype) {
+    const char* fn = "glu";
+    Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, 3, "[outer, 2, inner] (the halves a, b)");
+    if (x.shape[1] != 2) value_err(fn, "argument 'input' must be [outer, 2, inner], got shape " + shape_str(x.shape));
+    Arr t = get_array(fn, "table", table, {DType::Int16, DType::Int32}, 1);
+    const int64_t need = x.dt == DType::Int8 ? 256 : 65536;
+    if (t.shape[0] != need)
+        value_err(fn, "argument 'table' must hold the sigmoid code of every " + std::string(dtype_name(x.dt)) +
+                          " code (" + std::to_string(need) + " entries), got " + std::to_string(t.shape[0]));
+    const WideRequantArgs req = get_wide_requant<Policy>(fn, "requant", requant);
+    const DType od = get_out_dtype(fn, out_dtype);
+    if (od != DType::Int8 && od != DType::Int16)
+        value_err(fn, "argument 'out_dtype' must be 'int8' or 'int16', got '" + std::string(dtype_name(od)) + "'");
+    const int64_t outer = x.shape[0], inner = x.shape[2];
+    py::array out = make_out(od, {outer, inner});
+    void* op = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        using R = typename Policy::Rounding;
+        dispatch_in8_16(x.dt, [&](auto tin) {
+            using TIn = decltype(tin);
+            const TIn* xp = static_cast<const TIn*>(x.data());
+            auto run = [&](auto* tp) {
+                if (od == DType::Int8)
+                    glu_rows<R>(xp, outer, inner, tp, req, -128, 127, static_cast<int8_t*>(op));
+                else
+                    glu_rows<R>(xp, outer, inner, tp, req, -32768, 32767, static_cast<int16_t*>(op));
+            };
+            if (t.dt == DType::Int16) run(static_cast<const int16_t*>(t.data()));
+            else run(static_cast<const int32_t*>(t.data()));
+        });
+    }
+    return out;
+}
+
+// The largest sum of |w| over a row of a rows x n int32 array.
+inline int64_t max_abs_row_sum(const Arr& w, int64_t rows, int64_t n) {
+    const int32_t* p = static_cast<const int32_t*>(w.data());
+    int64_t best = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+        int64_t s = 0;
+        for (int64_t i = 0; i < n; ++i) s += p[r * n + i] < 0 ? -static_cast<int64_t>(p[r * n + i]) : p[r * n + i];
+        best = std::max(best, s);
+    }
+    return best;
+}
+
+// separable_sum(input, batch, wy, wx, multiplier, shift, clamp_min, clamp_max): see sample.hpp.
+template <class Policy>
+py::array separable_sum_py(const py::object& input, const py::object& batch_o, const py::object& wy_o,
+                           const py::object& wx_o, const py::object& multiplier_o, const py::object& shift_o,
+                           const py::object& clamp_min, const py::object& clamp_max) {
+    const char* fn = "separable_sum";
+    Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, 4, "[N, C, H, W]");
+    const int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3];
+    Arr wy = get_array(fn, "wy", wy_o, {DType::Int32}, 3, "[B, PH, H] (row weights of each output row)");
+    const int64_t B = wy.shape[0], PH = wy.shape[1];
+    Arr wx = get_array(fn, "wx", wx_o, {DType::Int32}, 3, "[B, PW, W] (column weights of each output column)");
+    const int64_t PW = wx.shape[1];
+    if (wy.shape[2] != H || wx.shape[2] != W || wx.shape[0] != B)
+        value_err(fn, "wy " + shape_str(wy.shape) + " and wx " + shape_str(wx.shape) + " must be [B, PH, H] and "
+                      "[B, PW, W] for input " + shape_str(x.shape));
+    Arr bt = get_array(fn, "batch", batch_o, {DType::Int64}, 1, "[B] (the image of each output)");
+    Arr mt = get_array(fn, "multiplier", multiplier_o, {DType::Int64}, 1, "[B]");
+    if (bt.shape[0] != B || mt.shape[0] != B)
+        value_err(fn, "batch " + shape_str(bt.shape) + " and multiplier " + shape_str(mt.shape) +
+                          " must have one entry per output (B = " + std::to_string(B) + ")");
+    const int64_t* bp = static_cast<const int64_t*>(bt.data());
+    const int64_t* mp = static_cast<const int64_t*>(mt.data());
+    for (int64_t b = 0; b < B; ++b) {
+        if (bp[b] < 0 || bp[b] >= N)
+            value_err(fn, "batch[" + std::to_string(b) + "] = " + std::to_string(bp[b]) + " is not an image of the input "
+                          "(0 <= batch < N = " + std::to_string(N) + ")");
+        if (mp[b] < 0 || mp[b] > (int64_t(1) << 40))
+            value_err(fn, "multiplier[" + std::to_string(b) + "] = " + std::to_string(mp[b]) +
+                              " is out of range [0, 2**40]");
+    }
+    const int64_t shift = get_int(fn, "shift", shift_o);
+    check_shift_value(fn, "'shift'", shift);
+    const ClampRange cr = get_clamp(fn, x.dt, clamp_min, clamp_max);
+    // |each partial sum| <= (max row sum of |wy|) * (max row sum of |wx|) * max|x|
+    const double bound = static_cast<double>(max_abs_row_sum(wy, B * PH, H)) *
+                         static_cast<double>(max_abs_row_sum(wx, B * PW, W)) * (x.dt == DType::Int8 ? 128.0 : 32768.0);
+    if (bound >= 0x1p62)
+        value_err(fn, "the weights can make a sum of " + std::to_string(bound) + " >= 2**62, which int64 cannot hold "
+                      "exactly; use smaller weights (fewer fraction bits)");
+    int64_t max_multiplier = 0;
+    for (int64_t b = 0; b < B; ++b) max_multiplier = std::max(max_multiplier, mp[b]);
+    const bool narrow = bound * static_cast<double>(max_multiplier) < 0x1p62;
+    py::array out = make_out(x.dt, {B, C, PH, PW});
+    void* op = out.mutable_data();
+    if (out.size() == 0) return out;
+    {
+        py::gil_scoped_release nogil;
+        using R = typename Policy::Rounding;
+        const int32_t* yp = static_cast<const int32_t*>(wy.data());
+        const int32_t* xp = static_cast<const int32_t*>(wx.data());
+        dispatch_in8_16(x.dt, [&](auto tin) {
+            using T = decltype(tin);
+            const T* in = static_cast<const T*>(x.data());
+            auto run = [&](auto acc, auto narrow) {
+                separable_sum<R, decltype(acc), decltype(narrow)::value>(in, N, C, H, W, bp, B, yp, PH, xp, PW, mp,
+                                                                         static_cast<int>(shift), cr.lo, cr.hi,
+                                                                         static_cast<T*>(op));
+            };
+            if (bound < 0x1p53 && narrow) run(double{}, std::true_type{});
+            else if (bound < 0x1p53) run(double{}, std::false_type{});
+            else if (narrow) run(int64_t{}, std::true_type{});
+            else run(int64_t{}, std::false_type{});
+        });
+    }
+    return out;
+}
+
+// gather_taps(input, index, weight, shift, clamp_min, clamp_max): see sample.hpp.
+template <class Policy>
+py::array gather_taps_py(const py::object& input, const py::object& index_o, const py::object& weight_o,
+                         const py::object& shift_o, const py::object& clamp_min, const py::object& clamp_max) {
+    const char* fn = "gather_taps";
+    Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, 3, "[N, C, S] (S = H * W positions)");
+    const int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2];
+    Arr ix = get_array(fn, "index", index_o, {DType::Int32}, 3, "[G, K, P] (K taps of each of P outputs)");
+    Arr wt = get_array(fn, "weight", weight_o, {DType::Int32}, 3, "[G, K, P]");
+    const int64_t G = ix.shape[0], K = ix.shape[1], P = ix.shape[2];
+    if (wt.shape != ix.shape)
+        value_err(fn, "weight " + shape_str(wt.shape) + " must have index's shape " + shape_str(ix.shape));
+    if (G != 1 && G != N)
+        value_err(fn, "index " + shape_str(ix.shape) + " must hold one grid (G = 1) or one per image (G = N = " +
+                          std::to_string(N) + ")");
+    if (K > 65536) value_err(fn, "at most 65536 taps an output, got K = " + std::to_string(K));
+    const int32_t* ip = static_cast<const int32_t*>(ix.data());
+    for (int64_t i = 0, n = ix.size(); i < n; ++i)
+        if (ip[i] < 0 || ip[i] >= S)
+            value_err(fn, "index value " + std::to_string(ip[i]) + " is outside the " + std::to_string(S) +
+                              " positions of the input (give a tap outside the input index 0 and weight 0)");
+    const int64_t shift = get_int(fn, "shift", shift_o);
+    check_shift_value(fn, "'shift'", shift);
+    const ClampRange cr = get_clamp(fn, x.dt, clamp_min, clamp_max);
+    // the double path is exact when every sum is below 2**52: max over outputs of sum_k |w| times max |x|
+    const int32_t* wp = static_cast<const int32_t*>(wt.data());
+    int64_t wsum = 0;
+    for (int64_t g = 0; g < G; ++g)
+        for (int64_t p = 0; p < P; ++p) {
+            int64_t s = 0;
+            for (int64_t k = 0; k < K; ++k) s += std::abs(static_cast<int64_t>(wp[(g * K + k) * P + p]));
+            wsum = std::max(wsum, s);
+        }
+    const bool vector = static_cast<double>(wsum) * (x.dt == DType::Int8 ? 128.0 : 32768.0) < 0x1p52 && shift <= 52;
+    py::array out = make_out(x.dt, {N, C, P});
+    void* op = out.mutable_data();
+    if (out.size() == 0) return out;
+    if (S == 0) value_err(fn, "the input has no positions (S = 0) to sample");
+    {
+        py::gil_scoped_release nogil;
+        using R = typename Policy::Rounding;
+        dispatch_in8_16(x.dt, [&](auto tin) {
+            using T = decltype(tin);
+            gather_taps<R>(static_cast<const T*>(x.data()), N, C, S, ip, wp, G, K, P, static_cast<int>(shift), cr.lo,
+                           cr.hi, vector, static_cast<T*>(op));
+        });
+    }
+    return out;
+}
+
 template <class Policy>
 py::array linear_py(const py::object& input, const py::object& weight, const py::object& bias,
                     const py::object& multiplier, const py::object& shift, const py::object& out_dtype,
@@ -1118,6 +1287,19 @@ void bind_kernels(pybind11::module_& m) {
           py::arg("norm"), py::arg("norm_extra"), py::arg("norm_dtype"), py::arg("weight") = py::none(),
           py::arg("bias") = py::none(), py::arg("affine") = py::none(), py::arg("out_dtype") = "int8",
           "Integer layer normalization over the last axis of an int8/int16 [rows, N] array (see layernorm.hpp).");
+    m.def("glu", &bind::glu_py<Policy>, py::arg("input"), py::arg("table"), py::arg("requant"),
+          py::arg("out_dtype"),
+          "Integer GLU of an int8/int16 [outer, 2, inner] array (see glu.hpp): wide_requant(a * table[b]) with the "
+          "sigmoid table dense over the input codes and requant = (pre_shift, multiplier, shift).");
+    m.def("separable_sum", &bind::separable_sum_py<Policy>, py::arg("input"), py::arg("batch"), py::arg("wy"),
+          py::arg("wx"), py::arg("multiplier"), py::arg("shift"), py::arg("clamp_min") = py::none(),
+          py::arg("clamp_max") = py::none(),
+          "out[b, c, i, j] = clamp(round_shift(multiplier[b] * sum_{h,w} wy[b,i,h] * wx[b,j,w] * "
+          "input[batch[b], c, h, w], shift)), exact (see sample.hpp): bilinear resize and RoIAlign.");
+    m.def("gather_taps", &bind::gather_taps_py<Policy>, py::arg("input"), py::arg("index"), py::arg("weight"),
+          py::arg("shift"), py::arg("clamp_min") = py::none(), py::arg("clamp_max") = py::none(),
+          "out[n, c, p] = clamp(round_shift(sum_k weight[g,k,p] * input[n, c, index[g,k,p]], shift)), exact, g = n "
+          "or 0 (see sample.hpp): grid_sample.");
     m.def("requantize", &bind::requantize_py<Policy>, py::arg("x"), py::arg("multiplier"), py::arg("shift"),
           py::arg("axis") = py::none(), py::arg("out_dtype") = "int8", py::arg("clamp_min") = py::none(),
           py::arg("clamp_max") = py::none(),
