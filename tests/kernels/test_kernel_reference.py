@@ -200,7 +200,8 @@ def test_conv2d_native_layout(march):
 
 @pytest.mark.parametrize("kernel", ["scalar", "avx2", "avx512bw", "avx512vnni"])
 def test_every_gemm_path_is_exact(kernel):
-    """Each runtime-dispatched GEMM path (forced by QFRAME_KERNEL) matches the reference."""
+    """Each runtime-dispatched GEMM path (forced by QFRAME_KERNEL) matches the reference; so do the sampling and
+    GLU kernels, whose vector paths follow the same selection."""
     feats = bayes_kernels.cpu_features()
     if kernel != "scalar" and not feats[kernel]:
         pytest.skip(f"CPU lacks {kernel}")
@@ -212,7 +213,8 @@ def test_every_gemm_path_is_exact(kernel):
         f"assert k.cpu_features()['kernel'] == {kernel!r}, k.cpu_features();"
         "t.check_all_conv_cases(1, packed=False); t.check_linear_cases(1, packed=False);"
         "t.check_packed_weights(); t.check_overflow_lanes('bayes'); t.check_overflow_lanes('bernoulli2');"
-        "t.check_all_conv_cases(1); t.check_linear_cases(1)"
+        "t.check_all_conv_cases(1); t.check_linear_cases(1);"
+        "import tests.kernels.test_sampling_kernels as s; s.check_all('bayes'); s.check_all('bernoulli2')"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -14,7 +14,6 @@ from ..qat.resize import bilinear_codes, bilinear_format, check_resize_at_run
 from .kernels import march_kernels, runs_on_kernels
 from .pooling import ScalePreserving
 
-
 _ZERO, _ONE = np.zeros(1, dtype=np.int64), np.ones(1, dtype=np.int64)
 
 

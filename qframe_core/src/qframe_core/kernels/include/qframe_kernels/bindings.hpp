@@ -16,6 +16,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -987,8 +988,8 @@ py::array separable_sum_py(const py::object& input, const py::object& batch_o, c
     const double bound = static_cast<double>(max_abs_row_sum(wy, B * PH, H)) *
                          static_cast<double>(max_abs_row_sum(wx, B * PW, W)) * (x.dt == DType::Int8 ? 128.0 : 32768.0);
     if (bound >= 0x1p62)
-        value_err(fn, "the weights can make a sum of " + std::to_string(bound) + " >= 2**62, which int64 cannot hold "
-                      "exactly; use smaller weights (fewer fraction bits)");
+        value_err(fn, "the weights can make a sum of about 2**" + std::to_string(static_cast<int>(std::log2(bound))) +
+                          " (>= 2**62), which int64 cannot hold exactly; use smaller weights (fewer fraction bits)");
     int64_t max_multiplier = 0;
     for (int64_t b = 0; b < B; ++b) max_multiplier = std::max(max_multiplier, mp[b]);
     const bool narrow = bound * static_cast<double>(max_multiplier) < 0x1p62;

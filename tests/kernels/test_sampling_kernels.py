@@ -1,0 +1,233 @@
+"""The sampling kernels (separable_sum, gather_taps) and the GLU kernel against Python-int references.
+
+The modules that use them (bilinear resize, RoIAlign, MultiScaleRoIAlign, grid_sample, GLU) are checked bit for
+bit against references of the march rules in tests/quantization; here each kernel alone, on random arguments that
+reach every path: the double and the int64 sums, the narrow and the 128-bit products, the AVX-512 gathers and the
+scalar loop (tails of 16 outputs, ties of the march's rounding), and their argument checks.  The GEMM-path test in
+test_kernel_reference.py runs ``check_all`` again under each forced ISA.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import qframe_march_bayes._kernels as bayes_kernels
+import qframe_march_bernoulli2._kernels as bernoulli2_kernels
+
+from . import reference as ref
+
+MODULES = {"bernoulli2": bernoulli2_kernels, "bayes": bayes_kernels}
+MARCHES = list(MODULES)
+
+
+def _rounding(march):
+    return ref.MARCH_RULES[march][1]
+
+
+def _ints(rng, dtype, shape, lo=None, hi=None):
+    info = np.iinfo(dtype)
+    return rng.integers(info.min if lo is None else lo, info.max if hi is None else hi, size=shape,
+                        endpoint=True).astype(dtype)
+
+
+# -- references -------------------------------------------------------------------------------------------------
+def separable_sum_ref(x, batch, wy, wx, mult, shift, rounding, lo, hi):
+    B, PH, _ = wy.shape
+    PW = wx.shape[1]
+    C = x.shape[1]
+    out = np.zeros((B, C, PH, PW), dtype=np.int64)
+    xo = x.astype(object)
+    for b in range(B):
+        for c in range(C):
+            acc = wy[b].astype(object) @ xo[batch[b], c] @ wx[b].astype(object).T
+            for i in range(PH):
+                for j in range(PW):
+                    out[b, c, i, j] = min(max(ref.round_shift(int(acc[i, j]) * int(mult[b]), shift, rounding), lo), hi)
+    return out
+
+
+def gather_taps_ref(x, idx, w, shift, rounding, lo, hi):
+    N, C, _ = x.shape
+    G, K, P = idx.shape
+    out = np.zeros((N, C, P), dtype=np.int64)
+    for n in range(N):
+        g = 0 if G == 1 else n
+        for c in range(C):
+            acc = (w[g].astype(np.int64) * x[n, c][idx[g]].astype(np.int64)).sum(0)
+            out[n, c] = [min(max(ref.round_shift(int(a), shift, rounding), lo), hi) for a in acc]
+    return out
+
+
+def glu_ref(x, table, req, out_dtype, rounding):
+    pre, m, s = req
+    lo, hi = ref.INT_RANGES[out_dtype]
+    a = x[:, 0].astype(np.int64)
+    g = table[x[:, 1].astype(np.int64) - np.iinfo(x.dtype).min].astype(np.int64)
+    v = (a * g).reshape(-1)
+    y = [min(max(ref.round_shift(ref.round_shift(int(t), pre, rounding) * m, s, rounding), lo), hi) for t in v]
+    return np.array(y, dtype=np.int64).reshape(a.shape)
+
+
+# -- cases ------------------------------------------------------------------------------------------------------
+def _sparse_rows(rng, rows, n, wmax, density=0.4):
+    """Rows with zero runs at both ends (the kernel skips them), some all-zero rows, a few negative weights."""
+    w = np.zeros((rows, n), dtype=np.int32)
+    for r in range(rows):
+        if rng.random() < 0.1:
+            continue
+        a = int(rng.integers(0, n))
+        e = int(rng.integers(a + 1, n + 1))
+        vals = rng.integers(-wmax // 8, wmax, size=e - a, endpoint=True)
+        vals[rng.random(e - a) > density + 0.3] = 0
+        w[r, a:e] = vals
+    return w
+
+
+def check_separable_sum(march, seed=0):
+    mod, rounding = MODULES[march], _rounding(march)
+    rng = np.random.default_rng(seed)
+    # (dtype, N, C, H, W, B, PH, PW, weight max, multiplier max, shift): double + narrow, double + wide,
+    # int64 + narrow, int64 + wide
+    for dt, N, C, H, W, B, PH, PW, wmax, mmax, shift in (
+            (np.int8, 2, 3, 7, 9, 4, 3, 5, 1 << 12, 1 << 20, 44),
+            (np.int16, 1, 2, 6, 5, 3, 4, 2, 1 << 12, 1 << 40, 60),
+            (np.int16, 2, 2, 5, 6, 2, 2, 3, 1 << 17, 1, 13),
+            (np.int8, 1, 3, 9, 4, 2, 5, 4, 1 << 21, 1 << 20, 62),
+            (np.int8, 1, 1, 1, 1, 1, 1, 1, 1 << 8, 1, 0)):
+        x = _ints(rng, dt, (N, C, H, W))
+        batch = rng.integers(0, N, size=B).astype(np.int64)
+        wy, wx = _sparse_rows(rng, B * PH, H, wmax).reshape(B, PH, H), _sparse_rows(rng, B * PW, W, wmax).reshape(B, PW, W)
+        mult = rng.integers(0, mmax, size=B, endpoint=True).astype(np.int64)
+        lo, hi = np.iinfo(dt).min, np.iinfo(dt).max
+        for clamp in ((None, None), (lo // 3, hi // 5)):
+            got = mod.separable_sum(x, batch, wy, wx, mult, shift, *clamp)
+            want = separable_sum_ref(x, batch, wy, wx, mult, shift, rounding, clamp[0] if clamp[0] is not None else lo,
+                                     clamp[1] if clamp[1] is not None else hi)
+            assert got.dtype == dt and got.shape == (B, C, PH, PW)
+            np.testing.assert_array_equal(got.astype(np.int64), want)
+
+
+def check_gather_taps(march, seed=0):
+    mod, rounding = MODULES[march], _rounding(march)
+    rng = np.random.default_rng(seed)
+    # (dtype, N, C, S, G, K, P, weight range, shift): bilinear-like (vector path), negative weights, ties at
+    # small shifts, huge weights (the int64 path), a shift above 52 (the int64 path), tails of 16 outputs
+    for dt, N, C, S, G, K, P, (wlo, whi), shift in (
+            (np.int8, 2, 3, 50, 2, 4, 37, (0, 1 << 24), 24),
+            (np.int16, 2, 2, 30, 1, 4, 16, (0, 1 << 24), 24),
+            (np.int8, 1, 5, 7, 1, 3, 33, (-9, 9), 1),
+            (np.int16, 3, 1, 64, 3, 1, 15, (-1, 1), 0),
+            (np.int16, 1, 2, 12, 1, 7, 21, (-(1 << 31), (1 << 31) - 1), 40),
+            (np.int8, 1, 2, 12, 1, 2, 18, (0, 1 << 10), 56),
+            (np.int8, 1, 1, 1, 1, 1, 1, (0, 4), 2)):
+        x = _ints(rng, dt, (N, C, S))
+        idx = rng.integers(0, S, size=(G, K, P)).astype(np.int32)
+        idx[..., 0] = S - 1  # the last code of the last plane: the padded copy
+        w = rng.integers(wlo, whi, size=(G, K, P), endpoint=True).astype(np.int32)
+        lo, hi = np.iinfo(dt).min, np.iinfo(dt).max
+        for clamp in ((None, None), (lo // 2, hi // 3)):
+            got = mod.gather_taps(x, idx, w, shift, *clamp)
+            want = gather_taps_ref(x, idx, w, shift, rounding, clamp[0] if clamp[0] is not None else lo,
+                                   clamp[1] if clamp[1] is not None else hi)
+            assert got.dtype == dt and got.shape == (N, C, P)
+            np.testing.assert_array_equal(got.astype(np.int64), want)
+
+
+def check_glu(march, seed=0):
+    mod, rounding = MODULES[march], _rounding(march)
+    rng = np.random.default_rng(seed)
+    mmax = 2 ** (ref.MARCH_RULES[march][0] - 1) - 1
+    for dt, tdt, outer, inner, req, out_dtype in (
+            (np.int8, np.int16, 3, 37, (0, int(rng.integers(1, mmax)), 21), "int8"),  # vector epilogue
+            (np.int16, np.int16, 2, 70000, (0, int(rng.integers(1, mmax)), 30), "int16"),  # several blocks
+            (np.int8, np.int32, 2, 19, (3, int(rng.integers(1, mmax)), 20), "int16"),  # the scalar wide path
+            (np.int16, np.int16, 1, 5, (2, 1, 0), "int8")):
+        x = _ints(rng, dt, (outer, 2, inner))
+        table = _ints(rng, tdt, (256 if dt == np.int8 else 65536,), 0 if tdt == np.int16 else -(1 << 20),
+                      32767 if tdt == np.int16 else 1 << 20)
+        got = mod.glu(x, table, req, out_dtype)
+        assert got.dtype == np.dtype(out_dtype) and got.shape == (outer, inner)
+        np.testing.assert_array_equal(got.astype(np.int64), glu_ref(x, table, req, out_dtype, rounding))
+
+
+def check_all(march):
+    check_separable_sum(march)
+    check_gather_taps(march)
+    check_glu(march)
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_separable_sum_matches_reference(march):
+    check_separable_sum(march, 1)
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_gather_taps_matches_reference(march):
+    check_gather_taps(march, 2)
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_glu_matches_reference(march):
+    check_glu(march, 3)
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_sampling_kernels_reject_bad_arguments(march):
+    mod = MODULES[march]
+    x = np.zeros((1, 2, 4, 5), np.int8)
+    b, m = np.zeros(1, np.int64), np.ones(1, np.int64)
+    wy, wx = np.ones((1, 3, 4), np.int32), np.ones((1, 2, 5), np.int32)
+    assert mod.separable_sum(x, b, wy, wx, m, 4).shape == (1, 2, 3, 2)
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        mod.separable_sum(x[0], b, wy, wx, m, 4)
+    with pytest.raises(ValueError, match=r"must be \[B, PH, H\] and \[B, PW, W\]"):
+        mod.separable_sum(x, b, wy[:, :, :3].copy(), wx, m, 4)
+    with pytest.raises(TypeError, match="wx"):
+        mod.separable_sum(x, b, wy, wx.astype(np.int64), m, 4)
+    with pytest.raises(ValueError, match=r"batch\[0\] = 1 is not an image"):
+        mod.separable_sum(x, b + 1, wy, wx, m, 4)
+    with pytest.raises(ValueError, match="one entry per output"):
+        mod.separable_sum(x, np.zeros(2, np.int64), wy, wx, m, 4)
+    with pytest.raises(ValueError, match=r"multiplier\[0\] = -1"):
+        mod.separable_sum(x, b, wy, wx, -m, 4)
+    with pytest.raises(ValueError, match="shift"):
+        mod.separable_sum(x, b, wy, wx, m, 63)
+    with pytest.raises(ValueError, match="2\\*\\*62"):
+        mod.separable_sum(x.astype(np.int16), b, np.full((1, 3, 4), 1 << 30, np.int32),
+                          np.full((1, 2, 5), 1 << 30, np.int32), m, 4)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        mod.separable_sum(np.zeros((1, 2, 4, 10), np.int8)[..., ::2], b, wy, wx, m, 4)
+
+    xs = np.zeros((2, 3, 6), np.int16)
+    idx, w = np.zeros((1, 4, 5), np.int32), np.ones((1, 4, 5), np.int32)
+    assert mod.gather_taps(xs, idx, w, 2).shape == (2, 3, 5)
+    assert mod.gather_taps(np.zeros((0, 3, 6), np.int16), idx, w, 2).shape == (0, 3, 5)
+    with pytest.raises(ValueError, match=r"index value 6 is outside the 6 positions"):
+        mod.gather_taps(xs, idx + 6, w, 2)
+    with pytest.raises(ValueError, match=r"index value -1"):
+        mod.gather_taps(xs, idx - 1, w, 2)
+    with pytest.raises(ValueError, match="must have index's shape"):
+        mod.gather_taps(xs, idx, w[:, :3].copy(), 2)
+    with pytest.raises(ValueError, match=r"one grid \(G = 1\) or one per image"):
+        mod.gather_taps(xs, np.zeros((3, 4, 5), np.int32), np.ones((3, 4, 5), np.int32), 2)
+    with pytest.raises(TypeError, match="input"):
+        mod.gather_taps(xs.astype(np.float32), idx, w, 2)
+    with pytest.raises(ValueError, match="shift"):
+        mod.gather_taps(xs, idx, w, -1)
+    with pytest.raises(ValueError, match="clamp range"):
+        mod.gather_taps(xs, idx, w, 2, 5, 4)
+
+    xg = np.zeros((2, 2, 3), np.int8)
+    t16 = np.zeros(256, np.int16)
+    assert mod.glu(xg, t16, (0, 1, 0), "int8").shape == (2, 3)
+    with pytest.raises(ValueError, match=r"\[outer, 2, inner\]"):
+        mod.glu(np.zeros((2, 3, 3), np.int8), t16, (0, 1, 0), "int8")
+    with pytest.raises(ValueError, match="every int8 code.*256"):
+        mod.glu(xg, np.zeros(255, np.int16), (0, 1, 0), "int8")
+    with pytest.raises(TypeError, match="table"):
+        mod.glu(xg, np.zeros(256, np.int8), (0, 1, 0), "int8")
+    with pytest.raises(TypeError, match="requant.*tuple"):
+        mod.glu(xg, t16, [0, 1, 0], "int8")
+    with pytest.raises(ValueError, match="out_dtype"):
+        mod.glu(xg, t16, (0, 1, 0), "int32")
