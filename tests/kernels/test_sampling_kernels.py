@@ -87,9 +87,11 @@ def _sparse_rows(rng, rows, n, wmax, density=0.4):
 def check_separable_sum(march, seed=0):
     mod, rounding = MODULES[march], _rounding(march)
     rng = np.random.default_rng(seed)
-    # (dtype, N, C, H, W, B, PH, PW, weight max, multiplier max, shift): double + narrow, double + wide,
-    # int64 + narrow, int64 + wide
+    # (dtype, N, C, H, W, B, PH, PW, weight max, multiplier max, shift): double in vectors (AVX-512: sums times
+    # the multiplier below 2**52; tails of 8 columns), double + narrow, double + wide, int64 + narrow, int64 + wide
     for dt, N, C, H, W, B, PH, PW, wmax, mmax, shift in (
+            (np.int8, 2, 3, 11, 21, 3, 4, 19, 1 << 12, 1 << 8, 20),
+            (np.int16, 1, 2, 7, 10, 2, 3, 9, 1 << 8, 1 << 10, 17),
             (np.int8, 2, 3, 7, 9, 4, 3, 5, 1 << 12, 1 << 20, 44),
             (np.int16, 1, 2, 6, 5, 3, 4, 2, 1 << 12, 1 << 40, 60),
             (np.int16, 2, 2, 5, 6, 2, 2, 3, 1 << 17, 1, 13),

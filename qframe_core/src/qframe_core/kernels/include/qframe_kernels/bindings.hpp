@@ -993,6 +993,7 @@ py::array separable_sum_py(const py::object& input, const py::object& batch_o, c
     int64_t max_multiplier = 0;
     for (int64_t b = 0; b < B; ++b) max_multiplier = std::max(max_multiplier, mp[b]);
     const bool narrow = bound * static_cast<double>(max_multiplier) < 0x1p62;
+    const bool vector = bound * static_cast<double>(max_multiplier) < 0x1p52 && shift <= 52;  // exact in double
     py::array out = make_out(x.dt, {B, C, PH, PW});
     void* op = out.mutable_data();
     if (out.size() == 0) return out;
@@ -1007,7 +1008,7 @@ py::array separable_sum_py(const py::object& input, const py::object& batch_o, c
             auto run = [&](auto acc, auto narrow) {
                 separable_sum<R, decltype(acc), decltype(narrow)::value>(in, N, C, H, W, bp, B, yp, PH, xp, PW, mp,
                                                                          static_cast<int>(shift), cr.lo, cr.hi,
-                                                                         static_cast<T*>(op));
+                                                                         vector, static_cast<T*>(op));
             };
             if (bound < 0x1p53 && narrow) run(double{}, std::true_type{});
             else if (bound < 0x1p53) run(double{}, std::false_type{});

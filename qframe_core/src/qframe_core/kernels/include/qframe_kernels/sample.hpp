@@ -74,11 +74,88 @@ void separable_plane(const T* plane, int64_t W, const int32_t* wy, const int64_t
     }
 }
 
+// The column taps of one box for the vector path: for each of L taps, PWp (PW rounded up to 8) positions relative
+// to the box's first column and their weights (0 beyond a column's span).
+struct ColumnTaps {
+    int64_t L = 0, PWp = 0;
+    std::vector<int32_t> index;
+    std::vector<double> weight;
+};
+
+#ifdef QFRAME_KERNELS_X86
+namespace detail {
+// v / 2**s rounded to an integer by the march's rule, for exact integer doubles |v| < 2**52 and s <= 52 (scaling
+// by a power of two is exact; so is adding 1/2 then).
+template <class Rounding> struct RoundShiftPd;
+template <> struct RoundShiftPd<RoundHalfEven> {
+    __attribute__((target("avx512f"))) static inline __m512d apply(__m512d v, __m512d scale) {
+        return _mm512_roundscale_pd(_mm512_mul_pd(v, scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+};
+template <> struct RoundShiftPd<RoundHalfUp> {
+    __attribute__((target("avx512f"))) static inline __m512d apply(__m512d v, __m512d scale) {
+        return _mm512_roundscale_pd(_mm512_add_pd(_mm512_mul_pd(v, scale), _mm512_set1_pd(0.5)),
+                                    _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    }
+};
+
+
+// separable_plane for double sums on AVX-512: rows 8 columns a step, columns 8 outputs a step by gathers from the
+// row sums; the caller checked that every sum times the multiplier is below 2**52 and shift <= 52.
+template <class Rounding, class T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void separable_plane_avx512(
+    const T* plane, int64_t W, const int32_t* wy, const int64_t* ry0, const int64_t* ry1, int64_t PH, int64_t H,
+    const ColumnTaps& taps, int64_t PW, int64_t c0, int64_t c1, int64_t multiplier, int shift, int64_t lo, int64_t hi,
+    double* t, T* out) {
+    const int64_t span = c1 - c0;
+    const __m512d scale = _mm512_set1_pd(1.0 / static_cast<double>(int64_t(1) << shift));
+    const __m512d vm = _mm512_set1_pd(static_cast<double>(multiplier));
+    const __m512d vlo = _mm512_set1_pd(static_cast<double>(lo)), vhi = _mm512_set1_pd(static_cast<double>(hi));
+    for (int64_t i = 0; i < PH; ++i) {
+        for (int64_t w = 0; w < span; w += 8) _mm512_storeu_pd(t + w, _mm512_setzero_pd());
+        const int32_t* wyi = wy + i * H;
+        for (int64_t h = ry0[i]; h < ry1[i]; ++h) {
+            if (wyi[h] == 0) continue;
+            const __m512d a = _mm512_set1_pd(static_cast<double>(wyi[h]));
+            const T* xr = plane + h * W + c0;
+            for (int64_t w = 0; w < span; w += 8) {
+                const __mmask8 m = span - w >= 8 ? __mmask8(0xFF) : static_cast<__mmask8>((1u << (span - w)) - 1);
+                __m256i x32;
+                if constexpr (sizeof(T) == 1) x32 = _mm256_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, xr + w));
+                else x32 = _mm256_cvtepi16_epi32(_mm_maskz_loadu_epi16(m, xr + w));
+                _mm512_storeu_pd(t + w, _mm512_fmadd_pd(a, _mm512_cvtepi32_pd(x32), _mm512_loadu_pd(t + w)));
+            }
+        }
+        T* o = out + i * PW;
+        for (int64_t j = 0; j < PW; j += 8) {
+            __m512d acc = _mm512_setzero_pd();
+            for (int64_t k = 0; k < taps.L; ++k) {
+                const __m256i iv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(taps.index.data() + k * taps.PWp + j));
+                acc = _mm512_fmadd_pd(_mm512_i32gather_pd(iv, t, 8), _mm512_loadu_pd(taps.weight.data() + k * taps.PWp + j),
+                                      acc);
+            }
+            const __m512d r = _mm512_min_pd(_mm512_max_pd(RoundShiftPd<Rounding>::apply(_mm512_mul_pd(acc, vm), scale),
+                                                          vlo), vhi);
+            const __m256i r32 = _mm512_cvtpd_epi32(r);
+            const __mmask8 m = PW - j >= 8 ? __mmask8(0xFF) : static_cast<__mmask8>((1u << (PW - j)) - 1);
+            if constexpr (sizeof(T) == 1) _mm_mask_storeu_epi8(o + j, m, _mm256_cvtepi32_epi8(r32));
+            else _mm_mask_storeu_epi16(o + j, m, _mm256_cvtepi32_epi16(r32));
+        }
+    }
+}
+}  // namespace detail
+#endif
+
 template <class Rounding, class Acc, bool Narrow, class T>
 void separable_sum(const T* x, int64_t N, int64_t C, int64_t H, int64_t W, const int64_t* batch, int64_t B,
                    const int32_t* wy, int64_t PH, const int32_t* wx, int64_t PW, const int64_t* multiplier, int shift,
-                   int64_t lo, int64_t hi, T* out) {
+                   int64_t lo, int64_t hi, bool vector, T* out) {
     (void)N;
+#ifdef QFRAME_KERNELS_X86
+    vector = vector && std::is_same_v<Acc, double> && gemm_kernel_for<int8_t>().isa == Isa::Avx512;
+#else
+    vector = false;
+#endif
     std::vector<int64_t> ry0, ry1, rx0, rx1;
     nonzero_spans(wy, B * PH, H, ry0, ry1);
     nonzero_spans(wx, B * PW, W, rx0, rx1);
@@ -94,15 +171,39 @@ void separable_sum(const T* x, int64_t N, int64_t C, int64_t H, int64_t W, const
         col0[b] = a < e ? a : 0;
         col1[b] = a < e ? e : 0;
     }
+    std::vector<ColumnTaps> taps(vector ? B : 0);
+    for (int64_t b = 0; b < static_cast<int64_t>(taps.size()); ++b) {
+        ColumnTaps& ct = taps[b];
+        for (int64_t j = 0; j < PW; ++j) ct.L = std::max(ct.L, rx1[b * PW + j] - rx0[b * PW + j]);
+        ct.PWp = (PW + 7) / 8 * 8;
+        ct.index.assign(ct.L * ct.PWp, 0);
+        ct.weight.assign(ct.L * ct.PWp, 0.0);
+        for (int64_t j = 0; j < PW; ++j)
+            for (int64_t w = rx0[b * PW + j]; w < rx1[b * PW + j]; ++w) {
+                const int64_t k = w - rx0[b * PW + j];
+                ct.index[k * ct.PWp + j] = static_cast<int32_t>(w - col0[b]);
+                ct.weight[k * ct.PWp + j] = static_cast<double>(wx[(b * PW + j) * W + w]);
+            }
+    }
     const int64_t tasks = B * C;
     const int64_t work = tasks * PH * std::max<int64_t>(W, PW);
 #pragma omp parallel num_threads(max_threads()) if (work > 32768)
     {
-        std::vector<Acc> rows(static_cast<size_t>(std::max<int64_t>(W, 1)));
+        std::vector<Acc> rows(static_cast<size_t>(std::max<int64_t>(W, 1) + 8));
 #pragma omp for schedule(dynamic, std::max<int64_t>(1, tasks / (8 * max_threads())))
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t b = t / C, c = t % C;
             const T* plane = x + (batch[b] * C + c) * H * W;
+#ifdef QFRAME_KERNELS_X86
+            if constexpr (std::is_same_v<Acc, double>) {
+                if (vector) {
+                    detail::separable_plane_avx512<Rounding>(plane, W, wy + b * PH * H, ry0.data() + b * PH,
+                                                             ry1.data() + b * PH, PH, H, taps[b], PW, col0[b], col1[b],
+                                                             multiplier[b], shift, lo, hi, rows.data(), out + t * PH * PW);
+                    continue;
+                }
+            }
+#endif
             separable_plane<Rounding, Acc, Narrow>(plane, W, wy + b * PH * H, ry0.data() + b * PH, ry1.data() + b * PH, PH, H,
                                       wx + b * PW * W, rx0.data() + b * PW, rx1.data() + b * PW, PW, col0[b], col1[b],
                                       multiplier[b], shift, lo, hi, rows.data(), out + t * PH * PW);
@@ -124,21 +225,6 @@ inline void gather_taps_plane(const T* plane, const int32_t* ig, const int32_t* 
 }
 
 #ifdef QFRAME_KERNELS_X86
-// v / 2**s rounded to an integer by the march's rule, for exact integer doubles |v| < 2**52 and s <= 52 (scaling
-// by a power of two is exact; so is adding 1/2 then).
-template <class Rounding> struct RoundShiftPd;
-template <> struct RoundShiftPd<RoundHalfEven> {
-    __attribute__((target("avx512f"))) static inline __m512d apply(__m512d v, __m512d scale) {
-        return _mm512_roundscale_pd(_mm512_mul_pd(v, scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    }
-};
-template <> struct RoundShiftPd<RoundHalfUp> {
-    __attribute__((target("avx512f"))) static inline __m512d apply(__m512d v, __m512d scale) {
-        return _mm512_roundscale_pd(_mm512_add_pd(_mm512_mul_pd(v, scale), _mm512_set1_pd(0.5)),
-                                    _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    }
-};
-
 // 16 outputs a step: per tap one 16-lane gather of 32-bit words at the codes' addresses (the code in the low
 // bytes, sign-extended by a shift pair), products and sums in double, exact below 2**53.  Reads up to 3 bytes past
 // a code: the caller keeps the plane that far inside its buffer.
