@@ -421,9 +421,18 @@ def test_a_march_without_a_bilinear_format_refuses_to_compute_it(monkeypatch):
                         "up", "bayes")(torch.zeros(1, 1, 2, 2, dtype=torch.int8))
 
 
-def test_nearest_still_copies_codes():
-    up = nn.Upsample(scale_factor=2)
-    q = torch.randint(-128, 128, (1, 2, 3, 3), dtype=torch.int8)
-    got = _integer_module("bayes", up)(q)
-    assert torch.equal(got, F.interpolate(q.float(), scale_factor=2).to(torch.int8))
-    assert qnn.ScalePreserving in type(_integer_module("bayes", up)).__mro__
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16])
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact"])
+def test_nearest_still_copies_codes(dtype, mode):
+    # int8 runs torch's op on the same bits read as uint8, int16 on exact float32 values: every code, both
+    # memory formats, non-integer factors
+    info = torch.iinfo(dtype)
+    for size, factor in (((1, 2, 3, 3), 2), ((2, 3, 5, 7), 1.5), ((1, 4, 4, 6), (0.5, 3))):
+        up = nn.Upsample(scale_factor=factor, mode=mode)
+        q = torch.randint(info.min, info.max + 1, size, dtype=dtype)
+        q.view(-1)[:2] = torch.tensor([info.min, info.max], dtype=dtype)
+        for x in (q, q.contiguous(memory_format=torch.channels_last)):
+            got = _integer_module("bayes", up)(x)
+            assert got.dtype == dtype
+            assert torch.equal(got, F.interpolate(q.double(), scale_factor=factor, mode=mode).to(dtype))
+    assert qnn.ScalePreserving in type(_integer_module("bayes", nn.Upsample(scale_factor=2))).__mro__

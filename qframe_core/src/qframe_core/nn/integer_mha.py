@@ -174,10 +174,11 @@ def int_masked_softmax(q: torch.Tensor, mask: Optional[torch.Tensor], p: Softmax
 def int_mha(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, p: MHAIntParams, rule: RequantRule,
             lookup: Any, need_weights: bool = True, average_attn_weights: bool = True,
             mask: Optional[torch.Tensor] = None,
-            softmax: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+            softmax: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]] = None
+            ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Integer attention on codes: ``(output codes, attention-weight codes or None)`` in int64.  ``softmax``
-    (scores -> probability codes, for unmasked attention) replaces :func:`int_masked_softmax` with an
-    implementation of the same steps (the integer module's march kernel)."""
+    (``(scores, mask) -> probability codes``) replaces :func:`int_masked_softmax` with an implementation of the
+    same steps (the integer module's march kernel)."""
     unbatched = query.dim() == 2
     if unbatched:
         query, key, value = (t.unsqueeze(1) for t in (query, key, value))
@@ -187,8 +188,8 @@ def int_mha(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, p: MHAI
     k = _heads(int_linear(key, p.k_proj, rule), p.num_heads)
     v = _heads(int_linear(value, p.v_proj, rule), p.num_heads)
     scores = wide_requant(exact_matmul(q, k.transpose(-2, -1)), p.scores_requant, rule, p.softmax.input.dtype)
-    if softmax is not None and mask is None:
-        probs = softmax(scores).to(torch.int64)
+    if softmax is not None:
+        probs = softmax(scores, mask).to(torch.int64)
     else:
         probs = int_masked_softmax(scores, mask, p.softmax, rule, lookup)
     ctx = wide_requant(exact_matmul(probs, v), p.context_requant, rule, p.context.dtype)

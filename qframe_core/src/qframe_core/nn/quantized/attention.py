@@ -9,8 +9,7 @@ from torch import nn
 
 from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
-from ..integer_mha import MHAIntParams, int_mha
-from ..integer_softmax import int_softmax
+from ..integer_mha import MHAIntParams, int_masked_softmax, int_mha
 from ..qat.attention import attention_mask, check_masks
 from .composite import kernel_softmax, kernel_softmax_applies
 
@@ -52,14 +51,16 @@ class MultiheadAttention(nn.Module):
         return (out.to(self.params.output.dtype.torch_dtype),
                 weights.to(self.params.weights.dtype.torch_dtype) if weights is not None else None)
 
-    def _softmax(self, scores: torch.Tensor) -> torch.Tensor:
-        """The attention softmax of score codes (int64 on the softmax input's grid) on the march kernel."""
+    def _softmax(self, scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The attention softmax of score codes (int64 on the softmax input's grid) on the march kernel, masked
+        entries (True) left out."""
         p = self.params.softmax
         codes = scores.to(p.input.dtype.torch_dtype)  # the scores are clamped to that dtype
-        if not kernel_softmax_applies(codes, p):
+        if not kernel_softmax_applies(codes, p) or (mask is not None and not mask.is_cpu):
             spec = resolve_march(self.march)
-            return int_softmax(scores, p, spec.requant, spec.lookup)
-        return kernel_softmax(codes, p, self.march, -1, self.__dict__.setdefault("_dense", {}), self.qframe_name)
+            return int_masked_softmax(scores, mask, p, spec.requant, spec.lookup)
+        return kernel_softmax(codes, p, self.march, -1, self.__dict__.setdefault("_dense", {}), self.qframe_name,
+                              mask)
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -4,7 +4,7 @@ with the tables and multipliers fixed at convert from the QAT module's calibrate
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -61,15 +61,21 @@ def softmax_tables(params: Any, march: str, dtype: torch.dtype, cache: dict) -> 
     return entry[1], entry[2]
 
 
-def kernel_softmax(q: torch.Tensor, params: Any, march: str, dim: int, cache: dict, owner: str) -> torch.Tensor:
+def kernel_softmax(q: torch.Tensor, params: Any, march: str, dim: int, cache: dict, owner: str,
+                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`~qframe_core.nn.integer_softmax.int_softmax` of int8/int16 CPU codes along ``dim`` on the march
-    kernel ``softmax`` (the same steps in one pass a row; the same codes), as the output dtype."""
+    kernel ``softmax`` (the same steps in one pass a row; the same codes), as the output dtype.  ``mask``
+    (boolean, broadcastable to ``q``, True = masked; ``dim`` = -1 only) gives
+    :func:`~qframe_core.nn.integer_mha.int_masked_softmax`."""
     rows = q.movedim(dim, -1)
     exp_table, reciprocal_table = softmax_tables(params, march, q.dtype, cache)
     req = params.output_requant
-    out = march_kernels(march).softmax(as_array(rows.reshape(-1, rows.shape[-1]), "input", owner), exp_table,
+    flat = rows.reshape(-1, rows.shape[-1])
+    if mask is not None:
+        mask = mask.expand(q.shape).to(torch.int8).reshape(flat.shape).numpy()
+    out = march_kernels(march).softmax(as_array(flat, "input", owner), exp_table,
                                        reciprocal_table, req.pre_shift, req.multiplier, req.shift,
-                                       f"int{params.output.dtype.bits}")
+                                       f"int{params.output.dtype.bits}", mask)
     return torch.from_numpy(out).reshape(rows.shape).movedim(-1, dim)
 
 

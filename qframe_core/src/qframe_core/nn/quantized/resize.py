@@ -40,6 +40,11 @@ class Upsample(ScalePreserving):
         m = self.float_module
         out_hw, steps = output_size_and_steps(m, q.shape[-2:])
         check_resize_at_run(self.limits, m, q.shape, out_hw, self.qframe_name, self.march)
+        if m.mode in ("nearest", "nearest-exact") and q.dtype in (torch.int8, torch.int16):
+            # a copy of input codes: torch's op on the same bits (int8 read as uint8) or exact float32 values
+            if q.dtype == torch.int8:
+                return m(q.view(torch.uint8)).view(torch.int8)
+            return m(q.to(torch.float32)).to(torch.int16)
         if m.mode != "bilinear":
             return super().forward(q)
         d = self.params.dtype

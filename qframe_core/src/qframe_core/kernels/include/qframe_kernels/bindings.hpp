@@ -772,9 +772,13 @@ inline py::array lookup_py(const py::object& input, const py::object& table) {
 template <class Policy>
 py::array softmax_py(const py::object& input, const py::object& exp_table, const py::object& reciprocal_table,
                      const py::object& pre_shift_o, const py::object& multiplier_o, const py::object& shift_o,
-                     const py::object& out_dtype) {
+                     const py::object& out_dtype, const py::object& mask_o) {
     const char* fn = "softmax";
     Arr x = get_array(fn, "input", input, {DType::Int8, DType::Int16}, 2, "[rows, n] (softmax along the last axis)");
+    const std::optional<Arr> mask = get_optional_array(fn, "mask", mask_o, {DType::Int8}, 2, "[rows, n] (non-zero = masked)");
+    if (mask && mask->shape != x.shape)
+        value_err(fn, "mask " + shape_str(mask->shape) + " must have the input's shape " + shape_str(x.shape));
+    const int8_t* mp = mask ? static_cast<const int8_t*>(mask->data()) : nullptr;
     const int64_t span = x.dt == DType::Int8 ? 255 : 65535;
     Arr et = get_array(fn, "exp_table", exp_table, {DType::Int32}, 1);
     if (et.shape[0] != span + 1)
@@ -808,10 +812,10 @@ py::array softmax_py(const py::object& input, const py::object& exp_table, const
             const TIn* xp = static_cast<const TIn*>(x.data());
             if (od == DType::Int8)
                 softmax_rows<R>(xp, rows, n, e, span, r, static_cast<int>(pre_shift), multiplier, static_cast<int>(shift),
-                                -128, 127, static_cast<int8_t*>(op));
+                                -128, 127, mp, static_cast<int8_t*>(op));
             else
                 softmax_rows<R>(xp, rows, n, e, span, r, static_cast<int>(pre_shift), multiplier, static_cast<int>(shift),
-                                -32768, 32767, static_cast<int16_t*>(op));
+                                -32768, 32767, mp, static_cast<int16_t*>(op));
         });
     }
     return out;
@@ -1282,9 +1286,11 @@ void bind_kernels(pybind11::module_& m) {
           "(entry i for code i + min; int8/int16/int32 entries), any shape.");
     m.def("softmax", &bind::softmax_py<Policy>, py::arg("input"), py::arg("exp_table"), py::arg("reciprocal_table"),
           py::arg("pre_shift"), py::arg("multiplier"), py::arg("shift"), py::arg("out_dtype"),
+          py::arg("mask") = py::none(),
           "Integer softmax along the last axis of an int8/int16 [rows, n] array (see softmax.hpp): exp and "
           "reciprocal tables dense over their indices, the output requantization (pre_shift, multiplier, "
-          "shift) shifted further by each row's normalization exponent.");
+          "shift) shifted further by each row's normalization exponent; an int8 mask of the input's shape "
+          "(non-zero = masked) leaves codes out (output 0).");
     m.def("layernorm", &bind::layernorm_py<Policy>, py::arg("input"), py::arg("eps"), py::arg("rsqrt_table"),
           py::arg("norm"), py::arg("norm_extra"), py::arg("norm_dtype"), py::arg("weight") = py::none(),
           py::arg("bias") = py::none(), py::arg("affine") = py::none(), py::arg("out_dtype") = "int8",
