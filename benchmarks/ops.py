@@ -161,9 +161,14 @@ def bench(march: str, repeat: int, only=None, verbose: bool = False) -> list[tup
         qmodel = _convert(model, inputs, qconfig, march)
         op, args, kwargs = _op_and_codes(qmodel, inputs)
         float_fn, baseline = _float_op(model, name)
+        def run_integer(op=op, args=args, kwargs=kwargs):
+            return op(*args, **kwargs)
+
+        def run_float(fn=float_fn, inputs=inputs):
+            return fn(*inputs)
+
         with torch.no_grad():
-            res = _time_interleaved({"integer": lambda: op(*args, **kwargs), "float": lambda: float_fn(*inputs)},
-                                    repeat)
+            res = _time_interleaved({"integer": run_integer, "float": run_float}, repeat)
         if verbose:
             for key, (med, mn) in res.items():
                 print(f"  {name:40s} {key:8s} median {med * 1e3:8.3f} ms  min {mn * 1e3:8.3f} ms", file=sys.stderr)
