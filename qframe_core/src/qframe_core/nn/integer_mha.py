@@ -174,19 +174,20 @@ def int_masked_softmax(q: torch.Tensor, mask: Optional[torch.Tensor], p: Softmax
 def int_mha(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, p: MHAIntParams, rule: RequantRule,
             lookup: Any, need_weights: bool = True, average_attn_weights: bool = True,
             mask: Optional[torch.Tensor] = None,
-            softmax: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]] = None
+            softmax: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]] = None,
+            linear: Callable[[torch.Tensor, LinearIntParams, RequantRule], torch.Tensor] = int_linear,
             ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Integer attention on codes: ``(output codes, attention-weight codes or None)`` in int64.  ``softmax``
-    (``(scores, mask) -> probability codes``) replaces :func:`int_masked_softmax` with an implementation of the
-    same steps (the integer module's march kernel)."""
+    """Integer attention on codes: ``(output codes, attention-weight codes or None)``.  ``softmax``
+    (``(scores, mask) -> probability codes``) and ``linear`` replace :func:`int_masked_softmax` and
+    :func:`int_linear` with implementations of the same steps (the integer module's march kernels)."""
     unbatched = query.dim() == 2
     if unbatched:
         query, key, value = (t.unsqueeze(1) for t in (query, key, value))
     if not p.batch_first or unbatched:
         query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-    q = _heads(int_linear(query, p.q_proj, rule), p.num_heads)
-    k = _heads(int_linear(key, p.k_proj, rule), p.num_heads)
-    v = _heads(int_linear(value, p.v_proj, rule), p.num_heads)
+    q = _heads(linear(query, p.q_proj, rule), p.num_heads)
+    k = _heads(linear(key, p.k_proj, rule), p.num_heads)
+    v = _heads(linear(value, p.v_proj, rule), p.num_heads)
     scores = wide_requant(exact_matmul(q, k.transpose(-2, -1)), p.scores_requant, rule, p.softmax.input.dtype)
     if softmax is not None:
         probs = softmax(scores, mask).to(torch.int64)
@@ -194,7 +195,7 @@ def int_mha(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, p: MHAI
         probs = int_masked_softmax(scores, mask, p.softmax, rule, lookup)
     ctx = wide_requant(exact_matmul(probs, v), p.context_requant, rule, p.context.dtype)
     n, h, length, d = ctx.shape
-    out = int_linear(ctx.transpose(1, 2).reshape(n, length, h * d), p.out_proj, rule)
+    out = linear(ctx.transpose(1, 2).reshape(n, length, h * d).to(p.context.dtype.torch_dtype), p.out_proj, rule)
     if not p.batch_first or unbatched:
         out = out.transpose(0, 1)
     if unbatched:

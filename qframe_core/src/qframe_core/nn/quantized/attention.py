@@ -9,9 +9,11 @@ from torch import nn
 
 from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
-from ..integer_mha import MHAIntParams, int_masked_softmax, int_mha
+from ..integer_mha import LinearIntParams, MHAIntParams, int_linear, int_masked_softmax, int_mha
 from ..qat.attention import attention_mask, check_masks
+from . import ops
 from .composite import kernel_softmax, kernel_softmax_applies
+from .kernels import runs_on_kernels
 
 
 class MultiheadAttention(nn.Module):
@@ -47,7 +49,7 @@ class MultiheadAttention(nn.Module):
                 raise TypeError(f"{self.qframe_name}: expects integer tensors, got {t.dtype}")
         spec = resolve_march(self.march)
         out, weights = int_mha(query, key, value, self.params, spec.requant, spec.lookup, need_weights,
-                               average_attn_weights, mask, softmax=self._softmax)
+                               average_attn_weights, mask, softmax=self._softmax, linear=self._linear)
         return (out.to(self.params.output.dtype.torch_dtype),
                 weights.to(self.params.weights.dtype.torch_dtype) if weights is not None else None)
 
@@ -62,9 +64,35 @@ class MultiheadAttention(nn.Module):
         return kernel_softmax(codes, p, self.march, -1, self.__dict__.setdefault("_dense", {}), self.qframe_name,
                               mask)
 
+    def _linear(self, q: torch.Tensor, p: LinearIntParams, rule: Any) -> torch.Tensor:
+        """A projection (:func:`~qframe_core.nn.integer_mha.int_linear`) on the march kernel ``linear``: exact
+        int32 accumulation with the per-channel requantization in the kernel, or, with a pre-shift (a second
+        rounding the kernel's epilogue does not have), the raw int32 sums requantized in torch."""
+        cache = self.__dict__.setdefault("_linears", {})
+        entry = cache.get(id(p))
+        if entry is None or entry[0] is not p:
+            bias_max = int(p.bias.abs().max()) if p.bias.numel() else 0
+            entry = cache[id(p)] = (p, p.weight.to(torch.int8), p.bias.to(torch.int32) if bias_max < 2 ** 31 else None,
+                                    p.multipliers.to(torch.int32), p.shift.to(torch.int32), bias_max)
+        _, w, b, m, s, bias_max = entry
+        if b is None or not runs_on_kernels(q) or p.output.dtype.bits > 16:
+            return int_linear(q, p, rule)
+        x = q.reshape(-1, q.shape[-1])
+        if p.pre_shift == 0:
+            d = p.output.dtype
+            out = ops.linear(self.march, x, w, b, m, s, f"int{d.bits}", d.quant_min, d.quant_max, self.qframe_name)
+            return out.reshape(*q.shape[:-1], out.shape[-1])
+        if (torch.iinfo(q.dtype).max + 1) * 128 * q.shape[-1] + bias_max >= 2 ** 31:
+            return int_linear(q, p, rule)  # the raw sums could saturate int32
+        acc = ops.linear(self.march, x, w, b, None, None, "int32", -2 ** 31, 2 ** 31 - 1, self.qframe_name)
+        acc = rule.round_shift(acc.to(torch.int64), torch.tensor(p.pre_shift))
+        out = rule.requantize([(acc, p.multipliers)], p.shift, p.output.dtype)
+        return out.reshape(*q.shape[:-1], out.shape[-1])
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_dense", None)
+        state.pop("_linears", None)
         return state
 
     def extra_repr(self) -> str:
