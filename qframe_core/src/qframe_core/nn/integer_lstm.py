@@ -106,14 +106,16 @@ def exact_linear(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def int_lstm_cell(x: torch.Tensor, h: Optional[torch.Tensor], c: Optional[torch.Tensor], p: LSTMCellIntParams,
-                  rule: RequantRule, lookup: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """One integer LSTM step on codes; ``(h', c')`` as int64 codes on the output and cell grids."""
+                  rule: RequantRule, lookup: Any, linear: Any = exact_linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """One integer LSTM step on codes; ``(h', c')`` as int64 codes on the output and cell grids.  ``lookup``
+    applies the tables (``MarchSpec.lookup`` or an implementation of it) and ``linear(codes, weight)`` the
+    exact products (:func:`exact_linear` or an implementation of it: the integer module's march kernels)."""
+    acc_i = linear(x, p.weight_ih) + p.bias.to(x.device)
     x = x.to(torch.int64)
-    acc_i = exact_linear(x, p.weight_ih) + p.bias.to(x.device)
     pre = _t(p.gate_pre_shift, x)
     terms = [(rule.round_shift(acc_i, pre), p.gate_multipliers[:, 0].to(x.device))]
     if h is not None:
-        acc_h = exact_linear(h.to(torch.int64), p.weight_hh)
+        acc_h = linear(h, p.weight_hh)
         terms.append((rule.round_shift(acc_h, pre), p.gate_multipliers[:, 1].to(x.device)))
     gates = rule.requantize(terms, p.gate_shift.to(x.device), p.gates.dtype)
     gi, gf, gg, go = gates.chunk(4, dim=-1)

@@ -15,6 +15,33 @@ from .kernels import as_array, from_layout_array, march_kernels, nhwc_view
 _CODE_DTYPES = (torch.int8, torch.int16)
 
 
+class KernelLookup:
+    """The march's lookup rule (``.apply(codes, table, rule, out)``, as ``MarchSpec.lookup``) through the march
+    kernel ``lookup``: each table is evaluated once on every int16 code (the same numbers as the rule), then
+    looked up; codes outside int16, other devices and traced models use the rule itself.  For composite ops
+    (LSTMCell) that apply several tables to int64 codes: the result is int64, as the rule's."""
+
+    def __init__(self, march: str) -> None:
+        self.march = march
+        self.rule_lookup = resolve_march(march).lookup
+        self._dense: dict = {}
+
+    def apply(self, codes: torch.Tensor, table: Any, rule: Any, out: QuantParams) -> torch.Tensor:
+        if not codes.is_cpu or torch.jit.is_tracing() or codes.numel() == 0 or out.dtype.bits > 16:
+            return self.rule_lookup.apply(codes, table, rule, out)
+        lo, hi = codes.aminmax()
+        if int(lo) < -32768 or int(hi) > 32767:
+            return self.rule_lookup.apply(codes, table, rule, out)
+        entry = self._dense.get(id(table))
+        if entry is None or entry[0] is not table or entry[1] is not out:
+            every = torch.arange(-32768, 32768, dtype=torch.int64)
+            dense = self.rule_lookup.apply(every, table, rule, out).to(torch.int16 if out.dtype.bits <= 16 else
+                                                                       torch.int32)
+            entry = self._dense[id(table)] = (table, out, dense.numpy())
+        k = march_kernels(self.march)
+        return torch.from_numpy(k.lookup(codes.to(torch.int16).contiguous().numpy(), entry[2])).to(torch.int64)
+
+
 class LookupTable(nn.Module):
     """``out = table(q)`` with the march's lookup rule (direct or segment table)."""
 
