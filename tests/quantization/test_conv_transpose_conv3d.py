@@ -195,3 +195,72 @@ def test_limits_and_unsupported():
 
     with pytest.raises(UnsupportedOpError, match=r"groups=2 breaks group: 暂不支持"):
         prepare_qat_fx(Grouped3d(), {"": QCONFIG}, march="bayes")
+
+
+def _integer_tconv(rng, march, cin, cout, k, stride, padding, output_padding, groups, dilation, out_dtype, residual,
+                   raw=False):
+    """An integer ConvTranspose2d with random parameters (weight stored in conv2d's [O, I/g, kh, kw] layout)."""
+    from qframe_core.dtype import qint8, qint16, qint32
+    from qframe_core.nn.qat.weighted import WeightedIntParams
+    from qframe_core.quantization.fake_quantize import QuantParams
+
+    mbits = MARCH_RULES[march][0]
+    w = torch.from_numpy(rng.integers(-128, 128, (cout, cin // groups, *k)))
+    out_q = {"int8": qint8, "int16": qint16, "int32": qint32}[out_dtype]
+    p = WeightedIntParams(
+        QuantParams(torch.tensor([0.1]), qint8), w, torch.from_numpy(rng.integers(-5000, 5000, cout)),
+        QuantParams(torch.tensor([0.1]), out_q),
+        None if raw else torch.from_numpy(rng.integers(1, 2 ** (mbits - 1), cout)),
+        None if raw else torch.from_numpy(rng.integers(12, 26, cout)),
+        QuantParams(torch.tensor([0.1]), qint8) if residual else None,
+        torch.from_numpy(rng.integers(1, 2 ** (mbits - 1), cout)) if residual else None, None, None)
+    mod = qnn.ConvTranspose2d(p, march, "tconv")
+    mod.stride, mod.padding, mod.output_padding, mod.groups, mod.dilation = \
+        stride, padding, output_padding, groups, dilation
+    return mod
+
+
+@pytest.mark.parametrize("march", ["bernoulli2", "bayes"])
+def test_conv_transpose2d_phases_match_the_reference(march):
+    """The kernel path (one stride-1 conv per output phase) against the numpy scatter reference on random
+    geometries: unequal strides up to 4, kernels smaller than the stride (phases with no tap: bias only),
+    paddings and output paddings, groups, int16 inputs, residuals, raw int32 outputs, channels-last inputs; a
+    dilated one takes the torch path."""
+    rng = np.random.default_rng(5)
+    cases = 0
+    for i in range(40):
+        groups = int(rng.choice([1, 1, 2, 3]))
+        cin, cout = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 4))
+        k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+        stride = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+        padding = (int(rng.integers(0, k[0])), int(rng.integers(0, k[1])))
+        output_padding = (int(rng.integers(0, stride[0])), int(rng.integers(0, stride[1])))
+        dilation = (2, 1) if i % 13 == 12 else (1, 1)
+        if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
+            continue  # torch's rule: output_padding < max(stride, dilation)
+        h, w = int(rng.integers(1, 8)), int(rng.integers(1, 8))
+        oh = (h - 1) * stride[0] - 2 * padding[0] + dilation[0] * (k[0] - 1) + output_padding[0] + 1
+        ow = (w - 1) * stride[1] - 2 * padding[1] + dilation[1] * (k[1] - 1) + output_padding[1] + 1
+        if oh < 1 or ow < 1:
+            continue
+        in_dtype = np.int16 if i % 4 == 3 else np.int8
+        residual, raw = i % 3 == 1, i % 7 == 5 and i % 3 != 1
+        out_dtype = "int32" if raw else ("int16" if i % 5 == 2 else "int8")
+        mod = _integer_tconv(rng, march, cin, cout, k, stride, padding, output_padding, groups, dilation, out_dtype,
+                             residual, raw)
+        info = np.iinfo(in_dtype)
+        q = torch.from_numpy(rng.integers(info.min, info.max, (2, cin, h, w), endpoint=True).astype(in_dtype))
+        r = torch.from_numpy(rng.integers(-128, 128, (2, cout, oh, ow)).astype(np.int8)) if residual else None
+        w_t = mod.weight.numpy().reshape(groups, cout // groups, cin // groups, *k).transpose(0, 2, 1, 3, 4) \
+            .reshape(cin, cout // groups, *k)
+        acc = conv_transpose2d_acc(q.numpy(), w_t, stride, padding, output_padding, groups, dilation)
+        ref = finish(acc, mod.bias.numpy(), None if raw else mod.multiplier.numpy(),
+                     None if raw else mod.shift.numpy(), out_dtype, None, None, MARCH_RULES[march][1], 1,
+                     None if r is None else r.numpy(), None if r is None else mod.residual_multiplier.numpy())
+        for x in (q, q.contiguous(memory_format=torch.channels_last)):
+            with torch.no_grad():
+                out = mod(x, r) if residual else mod(x)
+            assert out.shape == (2, cout, oh, ow)
+            np.testing.assert_array_equal(out.contiguous().numpy(), ref, err_msg=f"case {i}")
+        cases += 1
+    assert cases >= 25

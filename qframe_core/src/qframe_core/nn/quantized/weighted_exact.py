@@ -23,7 +23,8 @@ from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
 from ..intrinsic import CalledAsAdd, swap_transposed_layout
 from ..qat.weighted import WeightedIntParams, integer_accumulate, integer_weighted
-from .kernels import dtype_name, march_kernels
+from . import ops
+from .kernels import dtype_name, march_kernels, runs_on_kernels
 
 
 class _ExactWeighted(CalledAsAdd, nn.Module, abc.ABC):
@@ -95,8 +96,31 @@ class _ExactWeighted(CalledAsAdd, nn.Module, abc.ABC):
         return f"weight={tuple(self.weight.shape)}, {attrs}, out_dtype={self.out_dtype}, march={self.march}"
 
 
+def transposed_phase(n_in: int, k: int, s: int, p: int, n_out: int, r: int) -> Optional[tuple]:
+    """One axis of a transposed convolution's phase ``r`` (the outputs ``o`` with ``(o + p) % s == r``) as a
+    stride-1 convolution: ``(taps, pad, first, count, start, kernel_index)``.
+
+    Output ``o = q*s + r - p`` receives ``x[q - j] * w[r + j*s]``, so the phase is a correlation of the input
+    with the kernel taps ``r + (taps-1-t)*s`` (indices ``>= k`` are zero taps; a phase without taps keeps one
+    zero tap: bias only), padded by ``pad`` on both sides; its outputs ``first .. first+count-1`` are the
+    transposed conv's outputs ``start, start+s, ...``.  None when the phase has no output."""
+    taps = max(len(range(r, k, s)), 1)
+    q_min, q_max = -((r - p) // s), (n_out - 1 + p - r) // s
+    if q_max < q_min:
+        return None
+    pad = max(0, taps - 1 - q_min, q_max - n_in + 1)
+    return (taps, pad, q_min - taps + 1 + pad, q_max - q_min + 1, q_min * s + r - p,
+            [r + (taps - 1 - t) * s for t in range(taps)])
+
+
 class ConvTranspose2d(_ExactWeighted):
-    """Integer ConvTranspose2d (+ fused residual add and ReLU/ReLU6 bounds)."""
+    """Integer ConvTranspose2d (+ fused residual add and ReLU/ReLU6 bounds).
+
+    int8/int16 CPU inputs (dilation 1) run as ``stride[0] * stride[1]`` stride-1 convolutions on the march's
+    conv2d kernel, one per output phase (:func:`transposed_phase`): the same exact sums and the same
+    requantization of each output, without the zeros a dilated input would multiply.  Other inputs and traced
+    models take the exact torch arithmetic of the QAT module.
+    """
 
     op_attrs = ("stride", "padding", "output_padding", "groups", "dilation")
 
@@ -104,6 +128,58 @@ class ConvTranspose2d(_ExactWeighted):
         w = swap_transposed_layout(w, self.groups)  # stored output channels first: back to [I, O/groups, kh, kw]
         return F.conv_transpose2d(x, w, b, self.stride, self.padding, self.output_padding, self.groups,
                                   self.dilation)
+
+    def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if (x.dim() != 4 or not runs_on_kernels(x) or tuple(self.dilation) != (1, 1)
+                or (other is not None and (other.dim() != 4 or not runs_on_kernels(other)))
+                or (other is None) != (self.residual_multiplier is None)):
+            return super().forward(x, other)
+        n, _, h, w = x.shape
+        kh, kw = self.weight.shape[2:]
+        sh, sw = self.stride
+        oh = (h - 1) * sh - 2 * self.padding[0] + kh + self.output_padding[0]
+        ow = (w - 1) * sw - 2 * self.padding[1] + kw + self.output_padding[1]
+        out = torch.empty(n, self.weight.shape[0], oh, ow, dtype=self.out_dtype.torch_dtype)
+        lo, hi = self._clamp_bounds()
+        m = None if self.multiplier is None else self.multiplier.to(torch.int32)
+        s = None if self.shift is None else self.shift.to(torch.int32)
+        rm = None if self.residual_multiplier is None else self.residual_multiplier.to(torch.int32)
+        for ry in range(sh):
+            ay = transposed_phase(h, kh, sh, self.padding[0], oh, ry)
+            for rx in range(sw):
+                ax = transposed_phase(w, kw, sw, self.padding[1], ow, rx)
+                if ay is None or ax is None:
+                    continue
+                res = None
+                if other is not None:  # the residual of this phase where the conv's outputs land
+                    res = other.new_zeros(n, other.shape[1], h + 2 * ay[1] - ay[0] + 1, w + 2 * ax[1] - ax[0] + 1)
+                    res[:, :, ay[2]:ay[2] + ay[3], ax[2]:ax[2] + ax[3]] = other[:, :, ay[4]::sh, ax[4]::sw]
+                y = ops.conv2d(self.march, x, self._phase_weight(ay, ax), self.bias, [1, 1], [ay[1], ax[1]], [1, 1],
+                               self.groups, m, s, dtype_name(self.out_dtype.bits), lo, hi, res, rm, self.qframe_name,
+                               False)
+                out[:, :, ay[4]::sh, ax[4]::sw] = y[:, :, ay[2]:ay[2] + ay[3], ax[2]:ax[2] + ax[3]]
+        return out
+
+    def _phase_weight(self, ay: tuple, ax: tuple) -> torch.Tensor:
+        """The int8 conv weight of a phase: the kernel taps of :func:`transposed_phase`, zero beyond the kernel
+        (kept per phase for the packed-weight cache; rebuilt when the weight changes)."""
+        cache = self.__dict__.setdefault("_phases", {})
+        key = (tuple(ay[5]), tuple(ax[5]))
+        entry = cache.get(key)
+        if entry is None or entry[0] != self.weight._version or entry[1] is not self.weight:
+            kh, kw = self.weight.shape[2:]
+            wp = self.weight.new_zeros(*self.weight.shape[:2], len(ay[5]), len(ax[5]))
+            for t, ky in enumerate(ay[5]):
+                for u, kx in enumerate(ax[5]):
+                    if ky < kh and kx < kw:
+                        wp[:, :, t, u] = self.weight[:, :, ky, kx]
+            entry = cache[key] = (self.weight._version, self.weight, wp)
+        return entry[2]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_phases", None)
+        return state
 
 
 class Conv3d(_ExactWeighted):
