@@ -264,3 +264,69 @@ def test_conv_transpose2d_phases_match_the_reference(march):
             np.testing.assert_array_equal(out.contiguous().numpy(), ref, err_msg=f"case {i}")
         cases += 1
     assert cases >= 25
+
+
+def conv3d_acc_general(x, w, stride, padding, dilation, groups):
+    """Exact conv3d accumulator with dilation and groups: a sum over kernel offsets of strided slices."""
+    x, w = np.asarray(x, np.int64), np.asarray(w, np.int64)
+    n, c, *size = x.shape
+    o, cg, *k = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), *((p, p) for p in padding)))
+    out = [(s + 2 * p - d * (kk - 1) - 1) // st + 1 for s, p, d, kk, st in zip(size, padding, dilation, k, stride)]
+    acc = np.zeros((n, o, *out), np.int64)
+    og = o // groups
+    for g in range(groups):
+        for a in range(k[0]):
+            for i in range(k[1]):
+                for j in range(k[2]):
+                    sl = [slice(off * d, off * d + st * (m - 1) + 1, st)
+                          for off, d, st, m in zip((a, i, j), dilation, stride, out)]
+                    patch = xp[:, g * cg:(g + 1) * cg][(slice(None), slice(None), *sl)]
+                    acc[:, g * og:(g + 1) * og] += np.einsum("ncdhw,oc->nodhw", patch,
+                                                             w[g * og:(g + 1) * og, :, a, i, j])
+    return acc
+
+
+@pytest.mark.parametrize("march", ["bernoulli2", "bayes"])
+def test_conv3d_depth_taps_match_the_reference(march):
+    """The kernel path (a raw-int32 conv2d per kernel depth tap, summed, requantized) against the numpy
+    reference on random geometries: strides, paddings (beyond the kernel's reach: depth taps that read no
+    input), dilations, groups, int8/int16 inputs, int8/int16 outputs, channels-last-3d inputs."""
+    from qframe_core.dtype import qint8, qint16
+    from qframe_core.nn.qat.weighted import WeightedIntParams
+    from qframe_core.quantization.fake_quantize import QuantParams
+
+    rng = np.random.default_rng(9)
+    mbits = MARCH_RULES[march][0]
+    cases = 0
+    for i in range(24):
+        groups = int(rng.choice([1, 1, 2]))
+        cin, cout = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 4))
+        k = tuple(int(v) for v in rng.integers(1, 4, 3))
+        stride = tuple(int(v) for v in rng.integers(1, 3, 3))
+        dilation = tuple(int(v) for v in rng.integers(1, 3, 3))
+        padding = tuple(int(v) for v in rng.integers(0, 3, 3))
+        size = tuple(int(v) for v in rng.integers(1, 7, 3))
+        out = [(s + 2 * p - d * (kk - 1) - 1) // st + 1 for s, p, d, kk, st in zip(size, padding, dilation, k, stride)]
+        if min(out) < 1:
+            continue
+        in_dtype, out_dtype = (np.int16 if i % 3 == 2 else np.int8), ("int16" if i % 4 == 1 else "int8")
+        w = torch.from_numpy(rng.integers(-128, 128, (cout, cin // groups, *k)))
+        p = WeightedIntParams(QuantParams(torch.tensor([0.1]), qint8), w,
+                              torch.from_numpy(rng.integers(-5000, 5000, cout)),
+                              QuantParams(torch.tensor([0.1]), qint16 if out_dtype == "int16" else qint8),
+                              torch.from_numpy(rng.integers(1, 2 ** (mbits - 1), cout)),
+                              torch.from_numpy(rng.integers(14, 30, cout)), None, None, None, None)
+        mod = qnn.Conv3d(p, march, "conv3d")
+        mod.stride, mod.padding, mod.dilation, mod.groups = stride, padding, dilation, groups
+        info = np.iinfo(in_dtype)
+        q = torch.from_numpy(rng.integers(info.min, info.max, (2, cin, *size), endpoint=True).astype(in_dtype))
+        acc = conv3d_acc_general(q.numpy(), mod.weight.numpy(), stride, padding, dilation, groups)
+        ref = finish(acc, mod.bias.numpy(), mod.multiplier.numpy(), mod.shift.numpy(), out_dtype, None, None,
+                     MARCH_RULES[march][1], 1)
+        for x in (q, q.contiguous(memory_format=torch.channels_last_3d)):
+            with torch.no_grad():
+                got = mod(x)
+            np.testing.assert_array_equal(got.numpy(), ref, err_msg=f"case {i}")
+        cases += 1
+    assert cases >= 15

@@ -1,13 +1,15 @@
-"""Integer ConvTranspose2d, Conv3d and Linear+add: exact torch arithmetic instead of a C++ kernel.
+"""Integer ConvTranspose2d, Conv3d and Linear+add: built from the conv2d/requantize kernels, or exact torch.
 
 They hold the same integer parameters as the kernel-backed Conv2d (per-output-channel int8
 weight in conv2d's ``[O, I/groups, ...]`` layout, int32 bias, the march's multipliers and
-shifts) and compute with :func:`~qframe_core.nn.qat.weighted.integer_weighted` — the function
-the QAT modules call in VALIDATION state — so deployment and simulation agree bit for bit.
-The accumulation is exact (:func:`~qframe_core.numerics.exact_integer_op`: float32 where every
-partial sum fits its mantissa, float64 below 2**53 otherwise); without a residual the march kernel
-``requantize`` applies the same rule to it.  Slower than the kernels of Conv2d/Linear (these ops are
-rare in the models the marches target).
+shifts).  On int8/int16 CPU inputs ConvTranspose2d runs one stride-1 conv2d kernel call per
+output phase, and Conv3d (without a residual) one raw-int32 conv2d call per kernel depth tap,
+requantized by the march kernel ``requantize``.  Otherwise (other devices, traced models, a
+dilated ConvTranspose2d, Linear+add) they compute with
+:func:`~qframe_core.nn.qat.weighted.integer_weighted` -- the function the QAT modules call in
+VALIDATION state -- with exact accumulation (:func:`~qframe_core.numerics.exact_integer_op`:
+float32 where every partial sum fits its mantissa, float64 below 2**53 otherwise).  Every path
+gives the same numbers.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class _ExactWeighted(CalledAsAdd, nn.Module, abc.ABC):
             raise ValueError(f"{self.qframe_name}: {'a' if other is None else 'no'} residual input expected")
         if other is None and self.multiplier is not None and x.is_cpu and not torch.jit.is_tracing():
             # the march kernel requantizes the exact accumulators (the rule of integer_weighted, in C++)
-            acc = integer_accumulate(self._op, x.to(torch.int64), self.weight, self.bias, self.channel_axis)
+            acc = self._accumulators(x)
             lo, hi = self._clamp_bounds()
             out = march_kernels(self.march).requantize(
                 acc.contiguous().numpy(), self.multiplier.to(torch.int32).numpy(), self.shift.to(torch.int32).numpy(),
@@ -85,6 +87,10 @@ class _ExactWeighted(CalledAsAdd, nn.Module, abc.ABC):
         q = integer_weighted(self._op, x.to(torch.int64), p, None if other is None else other.to(torch.int64),
                              resolve_march(self.march).requant, self.channel_axis)
         return q.to(self.out_dtype.torch_dtype)
+
+    def _accumulators(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact accumulators with bias (int64, or int32 where they fit) of a CPU input."""
+        return integer_accumulate(self._op, x.to(torch.int64), self.weight, self.bias, self.channel_axis)
 
     def _clamp_bounds(self) -> tuple[int, int]:
         lo = self.out_dtype.quant_min if self.clamp_min is None else max(self.out_dtype.quant_min, self.clamp_min)
@@ -183,12 +189,62 @@ class ConvTranspose2d(_ExactWeighted):
 
 
 class Conv3d(_ExactWeighted):
-    """Integer Conv3d (+ fused residual add and ReLU/ReLU6 bounds)."""
+    """Integer Conv3d (+ fused residual add and ReLU/ReLU6 bounds).
+
+    Without a residual, int8/int16 CPU inputs accumulate on the march's conv2d kernel: one 2-D convolution per
+    kernel depth tap over every input depth slice that tap reads (raw int32 sums, exact where they cannot
+    saturate), summed over the taps and requantized by the march kernel ``requantize``.
+    """
 
     op_attrs = ("stride", "padding", "dilation", "groups")
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return F.conv3d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def _accumulators(self, x: torch.Tensor) -> torch.Tensor:
+        o, cg, kd = self.weight.shape[:3]
+        taps_2d = cg * self.weight.shape[3] * self.weight.shape[4]
+        bias_max = int(self.bias.abs().max()) if self.bias.numel() else 0
+        if (x.dim() != 5 or not runs_on_kernels(x) or x.shape[2] == 0
+                or (torch.iinfo(x.dtype).max + 1) * 128 * taps_2d * kd + bias_max >= 2 ** 31):
+            return super()._accumulators(x)  # the sums could leave int32
+        n, c, d = x.shape[:3]
+        (sd, sh, sw), (pd, ph, pw), (dd, dh, dw) = self.stride, self.padding, self.dilation
+        do = (d + 2 * pd - dd * (kd - 1) - 1) // sd + 1
+        acc = None
+        zero_bias = self.bias.new_zeros(o)
+        for a in range(kd):
+            # the output depths whose input depth od*sd - pd + a*dd lies inside the input
+            lo = max(0, -((a * dd - pd) // sd))
+            hi = min(do - 1, (d - 1 + pd - a * dd) // sd)
+            if hi < lo:
+                continue
+            first = lo * sd - pd + a * dd
+            xs = x[:, :, first:first + (hi - lo) * sd + 1:sd].transpose(1, 2).reshape(-1, c, *x.shape[3:])
+            y = ops.conv2d(self.march, xs, self._tap_weight(a), zero_bias, [sh, sw], [ph, pw], [dh, dw], self.groups,
+                           None, None, "int32", -2 ** 31, 2 ** 31 - 1, None, None, self.qframe_name, False)
+            y = y.reshape(n, hi - lo + 1, o, *y.shape[2:])
+            if acc is None:
+                acc = torch.zeros(n, do, o, *y.shape[3:], dtype=torch.int32)
+            acc[:, lo:hi + 1] += y
+        if acc is None:  # no tap reads the input: the bias alone
+            oh = (x.shape[3] + 2 * ph - dh * (self.weight.shape[3] - 1) - 1) // sh + 1
+            ow = (x.shape[4] + 2 * pw - dw * (self.weight.shape[4] - 1) - 1) // sw + 1
+            acc = torch.zeros(n, do, o, oh, ow, dtype=torch.int32)
+        return (acc + self.bias.reshape(1, 1, -1, 1, 1)).transpose(1, 2).contiguous()
+
+    def _tap_weight(self, a: int) -> torch.Tensor:
+        """The int8 [O, I/groups, kh, kw] weight of depth tap ``a`` (kept for the packed-weight cache)."""
+        cache = self.__dict__.setdefault("_taps", {})
+        entry = cache.get(a)
+        if entry is None or entry[0] != self.weight._version or entry[1] is not self.weight:
+            entry = cache[a] = (self.weight._version, self.weight, self.weight[:, :, a].contiguous())
+        return entry[2]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_taps", None)
+        return state
 
 
 class LinearAdd(_ExactWeighted):
