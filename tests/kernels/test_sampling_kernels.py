@@ -1,4 +1,5 @@
-"""The sampling kernels (separable_sum, gather_taps) and the GLU kernel against Python-int references.
+"""The sampling kernels (separable_sum, gather_taps), the GLU kernel and attention's matmul_requant against
+Python-int references.
 
 The modules that use them (bilinear resize, RoIAlign, MultiScaleRoIAlign, grid_sample, GLU) are checked bit for
 bit against references of the march rules in tests/quantization; here each kernel alone, on random arguments that
@@ -153,10 +154,40 @@ def check_glu(march, seed=0):
         np.testing.assert_array_equal(got.astype(np.int64), glu_ref(x, table, req, out_dtype, rounding))
 
 
+def matmul_requant_ref(a, bt, req, out_dtype, rounding):
+    pre, m, s = req
+    lo, hi = ref.INT_RANGES[out_dtype]
+    acc = np.einsum("bmk,bnk->bmn", a.astype(object), bt.astype(object))
+    y = [min(max(ref.round_shift(ref.round_shift(int(v), pre, rounding) * m, s, rounding), lo), hi)
+         for v in acc.reshape(-1)]
+    return np.array(y, dtype=np.int64).reshape(acc.shape)
+
+
+def check_matmul_requant(march, seed=0):
+    mod, rounding = MODULES[march], _rounding(march)
+    rng = np.random.default_rng(seed)
+    mmax = 2 ** (ref.MARCH_RULES[march][0] - 1) - 1
+    # full-range int16 x int16 (the (-32768)**2 products too), int8 x int16, K not a multiple of 8, N not a
+    # multiple of 4, a one-element case
+    for adt, bdt, B, M, N, K, req, out_dtype in (
+            (np.int16, np.int16, 3, 5, 7, 32, (4, int(rng.integers(1, mmax)), 30), "int8"),
+            (np.int16, np.int16, 2, 3, 9, 13, (0, int(rng.integers(1, mmax)), 40), "int16"),
+            (np.int8, np.int16, 2, 4, 4, 129, (2, int(rng.integers(1, mmax)), 28), "int16"),
+            (np.int8, np.int8, 1, 1, 1, 1, (0, 1, 0), "int8")):
+        a = _ints(rng, adt, (B, M, K))
+        bt = _ints(rng, bdt, (B, N, K))
+        a[0, 0, :] = np.iinfo(adt).min
+        bt[0, 0, :] = np.iinfo(bdt).min
+        got = mod.matmul_requant(a, bt, req, out_dtype)
+        assert got.dtype == np.dtype(out_dtype) and got.shape == (B, M, N)
+        np.testing.assert_array_equal(got.astype(np.int64), matmul_requant_ref(a, bt, req, out_dtype, rounding))
+
+
 def check_all(march):
     check_separable_sum(march)
     check_gather_taps(march)
     check_glu(march)
+    check_matmul_requant(march)
 
 
 @pytest.mark.parametrize("march", MARCHES)
@@ -172,6 +203,11 @@ def test_gather_taps_matches_reference(march):
 @pytest.mark.parametrize("march", MARCHES)
 def test_glu_matches_reference(march):
     check_glu(march, 3)
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_matmul_requant_matches_reference(march):
+    check_matmul_requant(march, 4)
 
 
 @pytest.mark.parametrize("march", MARCHES)
@@ -233,3 +269,17 @@ def test_sampling_kernels_reject_bad_arguments(march):
         mod.glu(xg, t16, [0, 1, 0], "int8")
     with pytest.raises(ValueError, match="out_dtype"):
         mod.glu(xg, t16, (0, 1, 0), "int32")
+
+    a, bt = np.zeros((2, 3, 4), np.int16), np.zeros((2, 5, 4), np.int8)
+    assert mod.matmul_requant(a, bt, (0, 1, 0), "int16").shape == (2, 3, 5)
+    assert mod.matmul_requant(a[:, :0], bt, (0, 1, 0), "int8").shape == (2, 0, 5)
+    with pytest.raises(ValueError, match=r"same B and K"):
+        mod.matmul_requant(a, bt[:, :, :3].copy(), (0, 1, 0), "int8")
+    with pytest.raises(ValueError, match=r"\[B, M, K\]"):
+        mod.matmul_requant(a[0], bt, (0, 1, 0), "int8")
+    with pytest.raises(TypeError, match="bt"):
+        mod.matmul_requant(a, bt.astype(np.int32), (0, 1, 0), "int8")
+    with pytest.raises(ValueError, match="out_dtype"):
+        mod.matmul_requant(a, bt, (0, 1, 0), "int32")
+    with pytest.raises(ValueError, match="shift"):
+        mod.matmul_requant(a, bt, (0, 1, 63), "int8")

@@ -75,6 +75,12 @@ def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return exact_integer_op(torch.matmul, a, b, a.shape[-1])
 
 
+def matmul_requant(a: torch.Tensor, bt: torch.Tensor, req: WideRequant, rule: RequantRule,
+                   dtype: Any) -> torch.Tensor:
+    """``wide_requant(a @ bt^T)`` of codes ``[..., M, K]`` and ``[..., N, K]``: exact int64 products requantized."""
+    return wide_requant(exact_matmul(a.to(torch.int64), bt.to(torch.int64).transpose(-2, -1)), req, rule, dtype)
+
+
 def int_linear(q: torch.Tensor, p: LinearIntParams, rule: RequantRule) -> torch.Tensor:
     acc = exact_matmul(q.to(torch.int64), p.weight.t()) + p.bias.to(q.device)
     acc = rule.round_shift(acc, torch.tensor(p.pre_shift, device=q.device))
@@ -176,10 +182,12 @@ def int_mha(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, p: MHAI
             mask: Optional[torch.Tensor] = None,
             softmax: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]] = None,
             linear: Callable[[torch.Tensor, LinearIntParams, RequantRule], torch.Tensor] = int_linear,
+            matmul: Callable[..., torch.Tensor] = matmul_requant,
             ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Integer attention on codes: ``(output codes, attention-weight codes or None)``.  ``softmax``
-    (``(scores, mask) -> probability codes``) and ``linear`` replace :func:`int_masked_softmax` and
-    :func:`int_linear` with implementations of the same steps (the integer module's march kernels)."""
+    (``(scores, mask) -> probability codes``), ``linear`` and ``matmul`` replace :func:`int_masked_softmax`,
+    :func:`int_linear` and :func:`matmul_requant` with implementations of the same steps (the integer module's
+    march kernels)."""
     unbatched = query.dim() == 2
     if unbatched:
         query, key, value = (t.unsqueeze(1) for t in (query, key, value))
@@ -188,12 +196,12 @@ def int_mha(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, p: MHAI
     q = _heads(linear(query, p.q_proj, rule), p.num_heads)
     k = _heads(linear(key, p.k_proj, rule), p.num_heads)
     v = _heads(linear(value, p.v_proj, rule), p.num_heads)
-    scores = wide_requant(exact_matmul(q, k.transpose(-2, -1)), p.scores_requant, rule, p.softmax.input.dtype)
+    scores = matmul(q, k, p.scores_requant, rule, p.softmax.input.dtype)
     if softmax is not None:
-        probs = softmax(scores, mask).to(torch.int64)
+        probs = softmax(scores, mask)
     else:
         probs = int_masked_softmax(scores, mask, p.softmax, rule, lookup)
-    ctx = wide_requant(exact_matmul(probs, v), p.context_requant, rule, p.context.dtype)
+    ctx = matmul(probs, v.transpose(-2, -1), p.context_requant, rule, p.context.dtype)
     n, h, length, d = ctx.shape
     out = linear(ctx.transpose(1, 2).reshape(n, length, h * d).to(p.context.dtype.torch_dtype), p.out_proj, rule)
     if not p.batch_first or unbatched:
@@ -205,7 +213,8 @@ def int_mha(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, p: MHAI
         weights = probs
         if average_attn_weights:
             m, s = p.average_requant
-            weights = rule.requantize([(probs.sum(dim=1), torch.tensor(m))], torch.tensor(s), p.weights.dtype)
+            weights = rule.requantize([(probs.sum(dim=1, dtype=torch.int64), torch.tensor(m))], torch.tensor(s),
+                                      p.weights.dtype)
         if unbatched:
             weights = weights.squeeze(0)
     return out, weights

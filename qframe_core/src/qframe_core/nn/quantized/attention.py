@@ -9,11 +9,21 @@ from torch import nn
 
 from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
-from ..integer_mha import LinearIntParams, MHAIntParams, int_linear, int_masked_softmax, int_mha
+from ..integer_mha import LinearIntParams, MHAIntParams, int_linear, int_masked_softmax, int_mha, matmul_requant
 from ..qat.attention import attention_mask, check_masks
 from . import ops
 from .composite import kernel_softmax, kernel_softmax_applies
-from .kernels import runs_on_kernels
+from .kernels import march_kernels, runs_on_kernels
+
+
+def _fits_16_bits(t: torch.Tensor) -> bool:
+    """int8/int16 codes, or int64 codes (a torch step's result) whose values int16 holds."""
+    if t.dtype in (torch.int8, torch.int16):
+        return True
+    if t.dtype != torch.int64 or t.numel() == 0:
+        return False
+    lo, hi = t.aminmax()
+    return -32768 <= int(lo) and int(hi) <= 32767
 
 
 class MultiheadAttention(nn.Module):
@@ -49,7 +59,8 @@ class MultiheadAttention(nn.Module):
                 raise TypeError(f"{self.qframe_name}: expects integer tensors, got {t.dtype}")
         spec = resolve_march(self.march)
         out, weights = int_mha(query, key, value, self.params, spec.requant, spec.lookup, need_weights,
-                               average_attn_weights, mask, softmax=self._softmax, linear=self._linear)
+                               average_attn_weights, mask, softmax=self._softmax, linear=self._linear,
+                               matmul=self._matmul)
         return (out.to(self.params.output.dtype.torch_dtype),
                 weights.to(self.params.weights.dtype.torch_dtype) if weights is not None else None)
 
@@ -88,6 +99,19 @@ class MultiheadAttention(nn.Module):
         acc = rule.round_shift(acc.to(torch.int64), torch.tensor(p.pre_shift))
         out = rule.requantize([(acc, p.multipliers)], p.shift, p.output.dtype)
         return out.reshape(*q.shape[:-1], out.shape[-1])
+
+    def _matmul(self, a: torch.Tensor, bt: torch.Tensor, req: Any, rule: Any, dtype: Any) -> torch.Tensor:
+        """:func:`~qframe_core.nn.integer_mha.matmul_requant` on the march kernel ``matmul_requant`` (codes of
+        at most 16 bits: the scores' and context's operands are)."""
+        if (dtype.bits > 16 or not (a.is_cpu and bt.is_cpu) or torch.jit.is_tracing() or not _fits_16_bits(a)
+                or not _fits_16_bits(bt)):
+            return matmul_requant(a, bt, req, rule, dtype)
+        lead = a.shape[:-2]
+        a3 = (a if a.dtype != torch.int64 else a.to(torch.int16)).reshape(-1, *a.shape[-2:])
+        b3 = (bt if bt.dtype != torch.int64 else bt.to(torch.int16)).reshape(-1, *bt.shape[-2:])
+        out = march_kernels(self.march).matmul_requant(a3.contiguous().numpy(), b3.contiguous().numpy(),
+                                                       (req.pre_shift, req.multiplier, req.shift), f"int{dtype.bits}")
+        return torch.from_numpy(out).reshape(*lead, *out.shape[-2:])
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -30,6 +30,7 @@
 #include "layernorm.hpp"
 #include "sample.hpp"
 #include "glu.hpp"
+#include "matmul.hpp"
 #include "conv2d.hpp"
 #include "conv2d_nhwc.hpp"
 #include "cpu_features.hpp"
@@ -943,6 +944,46 @@ py::array glu_py(const py::object& input, const py::object& table, const py::obj
     return out;
 }
 
+// matmul_requant(a, bt, requant, out_dtype): see matmul.hpp.
+template <class Policy>
+py::array matmul_requant_py(const py::object& a_o, const py::object& bt_o, const py::object& requant,
+                            const py::object& out_dtype) {
+    const char* fn = "matmul_requant";
+    Arr a = get_array(fn, "a", a_o, {DType::Int8, DType::Int16}, 3, "[B, M, K]");
+    Arr bt = get_array(fn, "bt", bt_o, {DType::Int8, DType::Int16}, 3, "[B, N, K] (the right operand transposed)");
+    if (bt.shape[0] != a.shape[0] || bt.shape[2] != a.shape[2])
+        value_err(fn, "a " + shape_str(a.shape) + " and bt " + shape_str(bt.shape) +
+                          " must be [B, M, K] and [B, N, K] with the same B and K");
+    const int64_t B = a.shape[0], M = a.shape[1], K = a.shape[2], N = bt.shape[1];
+    if (K > (int64_t(1) << 22))
+        value_err(fn, "K = " + std::to_string(K) + " is above 2**22: sums of int16 products could leave the exact "
+                      "range of double; split the reduction");
+    const WideRequantArgs req = get_wide_requant<Policy>(fn, "requant", requant);
+    const DType od = get_out_dtype(fn, out_dtype);
+    if (od != DType::Int8 && od != DType::Int16)
+        value_err(fn, "argument 'out_dtype' must be 'int8' or 'int16', got '" + std::string(dtype_name(od)) + "'");
+    py::array out = make_out(od, {B, M, N});
+    void* op = out.mutable_data();
+    if (out.size() == 0) return out;
+    {
+        py::gil_scoped_release nogil;
+        using R = typename Policy::Rounding;
+        dispatch_in8_16(a.dt, [&](auto ta) {
+            using TA = decltype(ta);
+            dispatch_in8_16(bt.dt, [&](auto tb) {
+                using TB = decltype(tb);
+                const TA* ap = static_cast<const TA*>(a.data());
+                const TB* bp = static_cast<const TB*>(bt.data());
+                if (od == DType::Int8)
+                    matmul_requant<R>(ap, bp, B, M, N, K, req, -128, 127, static_cast<int8_t*>(op));
+                else
+                    matmul_requant<R>(ap, bp, B, M, N, K, req, -32768, 32767, static_cast<int16_t*>(op));
+            });
+        });
+    }
+    return out;
+}
+
 // The largest sum of |w| over a row of a rows x n int32 array.
 inline int64_t max_abs_row_sum(const Arr& w, int64_t rows, int64_t n) {
     const int32_t* p = static_cast<const int32_t*>(w.data());
@@ -1299,6 +1340,10 @@ void bind_kernels(pybind11::module_& m) {
           py::arg("out_dtype"),
           "Integer GLU of an int8/int16 [outer, 2, inner] array (see glu.hpp): wide_requant(a * table[b]) with the "
           "sigmoid table dense over the input codes and requant = (pre_shift, multiplier, shift).");
+    m.def("matmul_requant", &bind::matmul_requant_py<Policy>, py::arg("a"), py::arg("bt"), py::arg("requant"),
+          py::arg("out_dtype"),
+          "out[b, m, n] = wide(sum_k a[b, m, k] * bt[b, n, k]) of int8/int16 [B, M, K] and [B, N, K] arrays, exact "
+          "(see matmul.hpp), requant = (pre_shift, multiplier, shift): attention's matmuls.");
     m.def("separable_sum", &bind::separable_sum_py<Policy>, py::arg("input"), py::arg("batch"), py::arg("wy"),
           py::arg("wx"), py::arg("multiplier"), py::arg("shift"), py::arg("clamp_min") = py::none(),
           py::arg("clamp_max") = py::none(),
