@@ -283,3 +283,45 @@ def test_sampling_kernels_reject_bad_arguments(march):
         mod.matmul_requant(a, bt, (0, 1, 0), "int32")
     with pytest.raises(ValueError, match="shift"):
         mod.matmul_requant(a, bt, (0, 1, 63), "int8")
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_grid_taps_equal_the_torch_rule(march):
+    """grid_taps (the C++ taps of grid_sample) equals qframe_core.grid_sample.grid_sample_taps (the rule in torch,
+    which QAT runs) on random and extreme grid codes: both modes and paddings, align_corners, int8/int16 grids,
+    grids far outside [-1, 1], odd sizes."""
+    import torch
+
+    from qframe_core.grid_sample import grid_axis_registers, grid_sample_taps
+    from qframe_core.march import resolve_march
+
+    spec = resolve_march(march)
+    fmt, mod = spec.bilinear, MODULES[march]
+    rng = np.random.default_rng(6)
+    for gdt, scale in ((np.int8, 1 / 127), (np.int16, 1 / 32767), (np.int8, 1 / 40), (np.int16, 1 / 9000)):
+        for h, w in ((1, 1), (5, 9), (17, 4)):
+            g = _ints(rng, gdt, (2, 3 * 7, 2))
+            g[0, :4] = [[np.iinfo(gdt).min] * 2, [np.iinfo(gdt).max] * 2, [0, 0], [np.iinfo(gdt).min, np.iinfo(gdt).max]]
+            for mode in ("bilinear", "nearest"):
+                for padding in ("zeros", "border"):
+                    for align in (False, True):
+                        ti, tw, shift = grid_sample_taps(torch.from_numpy(g).reshape(2, 3, 7, 2), h, w, scale, mode,
+                                                         padding, align, fmt, spec.requant)
+                        ax = grid_axis_registers(w, scale, align, fmt) + (w,)
+                        ay = grid_axis_registers(h, scale, align, fmt) + (h,)
+                        ki, kw = mod.grid_taps(g, ax, ay, fmt.grid_mult_frac_bits - fmt.coord_frac_bits,
+                                               fmt.coord_frac_bits, fmt.weight_frac_bits, mode, padding == "border")
+                        np.testing.assert_array_equal(kw, tw.numpy())
+                        np.testing.assert_array_equal(ki, ti.numpy())
+                        assert shift == (2 * fmt.weight_frac_bits if mode == "bilinear" else 0)
+    g = np.zeros((1, 4, 2), np.int8)
+    with pytest.raises(ValueError, match=r"\[N, P, 2\]"):
+        mod.grid_taps(np.zeros((1, 4, 3), np.int8), (1, 0, 4), (1, 0, 4), 16, 16, 8, "bilinear", False)
+    with pytest.raises(ValueError, match="mode"):
+        mod.grid_taps(g, (1, 0, 4), (1, 0, 4), 16, 16, 8, "bicubic", False)
+    with pytest.raises(ValueError, match="size"):
+        mod.grid_taps(g, (1, 0, 0), (1, 0, 4), 16, 16, 8, "bilinear", False)
+    with pytest.raises(ValueError, match="weight_frac_bits"):
+        mod.grid_taps(g, (1, 0, 4), (1, 0, 4), 16, 8, 12, "bilinear", False)
+    with pytest.raises(TypeError, match="x_axis"):
+        mod.grid_taps(g, [1, 0, 4], (1, 0, 4), 16, 16, 8, "bilinear", False)

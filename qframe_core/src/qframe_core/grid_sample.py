@@ -114,19 +114,13 @@ def apply_taps(q: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, shift
 
 
 def int_grid_sample(q: torch.Tensor, g: torch.Tensor, grid_scale: float, mode: str, padding_mode: str,
-                    align_corners: bool, fmt: BilinearFormat, rule: RequantRule, qmin: int, qmax: int,
-                    apply: Any = None) -> torch.Tensor:
-    """Sample integer codes ``q`` ``[N, C, H, W]`` at grid codes ``g`` ``[N, Ho, Wo, 2]`` (``q``'s scale).
-
-    ``apply(q, index, weight, shift, qmin, qmax)`` accumulates the taps (a march's compiled kernel); by default
-    :func:`apply_taps` in torch (int64 result)."""
+                    align_corners: bool, fmt: BilinearFormat, rule: RequantRule, qmin: int, qmax: int) -> torch.Tensor:
+    """Sample integer codes ``q`` ``[N, C, H, W]`` at grid codes ``g`` ``[N, Ho, Wo, 2]`` (int64, ``q``'s scale):
+    :func:`grid_sample_taps` summed by :func:`apply_taps`.  (The integer module runs the same steps on the march
+    kernels ``grid_taps`` and ``gather_taps``.)"""
     n, c, h, w = q.shape
     index, weight, shift = grid_sample_taps(g, h, w, grid_scale, mode, padding_mode, align_corners, fmt, rule)
-    if apply is None:
-        out = apply_taps(q, index, weight, shift, rule, qmin, qmax)
-    else:
-        out = apply(q, index, weight, shift, qmin, qmax)
-    return out.reshape(n, c, *g.shape[1:3])
+    return apply_taps(q, index, weight, shift, rule, qmin, qmax).reshape(n, c, *g.shape[1:3])
 
 
 @attrs.frozen

@@ -32,12 +32,12 @@ def check_grid_sample_at_run(limits: Sequence[Any], module: nn.Module, in_shape:
 
 
 def grid_sample_codes(module: nn.Module, q: torch.Tensor, g: torch.Tensor, inp: QuantParams, grid: QuantParams,
-                      march: str, name: str, apply: Any = None) -> torch.Tensor:
-    """The integer grid sample on ``march`` (codes at the input's scale): QAT simulation and the integer model
-    (which passes the march kernel as ``apply``, see :func:`qframe_core.grid_sample.int_grid_sample`)."""
+                      march: str, name: str) -> torch.Tensor:
+    """The integer grid sample on ``march`` (int64 codes at the input's scale) in torch: QAT simulation, and the
+    integer model where the march kernels do not apply."""
     return int_grid_sample(q, g, float(grid.scale.reshape(-1)[0]), module.mode, module.padding_mode,
                            bool(module.align_corners), bilinear_format(march, name), resolve_march(march).requant,
-                           inp.dtype.quant_min, inp.dtype.quant_max, apply)
+                           inp.dtype.quant_min, inp.dtype.quant_max)
 
 
 class GridSample(QATModule):

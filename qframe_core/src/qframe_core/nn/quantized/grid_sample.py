@@ -7,16 +7,18 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ...grid_sample import grid_axis_registers
 from ...quantization.fake_quantize import QuantParams
 from ..qat.grid_sample import check_grid_sample_at_run, grid_sample_codes
+from ..qat.resize import bilinear_format
 from .kernels import march_kernels, runs_on_kernels
 
 
 class GridSample(nn.Module):
     """Samples integer input codes at integer grid codes; the output keeps the input's scale and dtype.
 
-    int8/int16 CPU codes accumulate the taps on the march kernel ``gather_taps`` (the taps themselves, one
-    set per output position, come from the rule in torch); other inputs and traced models run it all in torch.
+    int8/int16 CPU codes run on the march kernels ``grid_taps`` (the taps of each output position) and
+    ``gather_taps`` (their sums over the channels); other inputs and traced models run the rule in torch.
     """
 
     _qframe_leaf = True
@@ -43,15 +45,24 @@ class GridSample(nn.Module):
             raise TypeError(f"{self.qframe_name}: expects integer input and grid tensors, got {q.dtype}, {g.dtype}")
         check_grid_sample_at_run(self.limits, self.float_module, q.shape, [self.params.dtype, self.grid_params.dtype],
                                  self.qframe_name, self.march)
-        apply = self._kernel_taps if runs_on_kernels(q) else None
-        out = grid_sample_codes(self.float_module, q, g, self.params, self.grid_params, self.march, self.qframe_name,
-                                apply)
+        if runs_on_kernels(q, g) and g.shape[-1] == 2:
+            return self._kernel_grid_sample(q, g)
+        out = grid_sample_codes(self.float_module, q, g, self.params, self.grid_params, self.march, self.qframe_name)
         return out.to(q.dtype)
 
-    def _kernel_taps(self, q: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, shift: int, qmin: int,
-                     qmax: int) -> torch.Tensor:
-        n, c = q.shape[:2]
-        out = march_kernels(self.march).gather_taps(q.contiguous().reshape(n, c, -1).numpy(),
-                                                    index.to(torch.int32).numpy(), weight.to(torch.int32).numpy(),
-                                                    shift, qmin, qmax)
-        return torch.from_numpy(out)
+    def _kernel_grid_sample(self, q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The rule on the march kernels: ``grid_taps`` (the taps of every output position, from the registers of
+        :func:`~qframe_core.grid_sample.grid_axis_registers`), then ``gather_taps`` over the channels."""
+        m = self.float_module
+        n, c, h, w = q.shape
+        fmt = bilinear_format(self.march, self.qframe_name)
+        scale, align = float(self.grid_params.scale.reshape(-1)[0]), bool(m.align_corners)
+        ax, ay = (grid_axis_registers(size, scale, align, fmt) + (size,) for size in (w, h))
+        k = march_kernels(self.march)
+        index, weight = k.grid_taps(g.contiguous().reshape(n, -1, 2).numpy(), ax, ay,
+                                    fmt.grid_mult_frac_bits - fmt.coord_frac_bits, fmt.coord_frac_bits,
+                                    fmt.weight_frac_bits, m.mode, m.padding_mode == "border")
+        d = self.params.dtype
+        out = k.gather_taps(q.contiguous().reshape(n, c, -1).numpy(), index, weight,
+                            2 * fmt.weight_frac_bits if m.mode == "bilinear" else 0, d.quant_min, d.quant_max)
+        return torch.from_numpy(out).reshape(n, c, *g.shape[1:3])

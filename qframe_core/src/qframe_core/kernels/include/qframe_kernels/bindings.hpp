@@ -1064,6 +1064,54 @@ py::array separable_sum_py(const py::object& input, const py::object& batch_o, c
     return out;
 }
 
+// grid_taps(grid, x_axis, y_axis, mult_shift, coord_frac_bits, weight_frac_bits, mode, border): see sample.hpp.
+template <class Policy>
+py::tuple grid_taps_py(const py::object& grid_o, const py::object& x_axis, const py::object& y_axis,
+                       const py::object& mult_shift_o, const py::object& f_o, const py::object& w_o,
+                       const py::object& mode_o, const py::object& border_o) {
+    const char* fn = "grid_taps";
+    Arr g = get_array(fn, "grid", grid_o, {DType::Int8, DType::Int16}, 3, "[N, P, 2] (x, y) grid codes");
+    if (g.shape[2] != 2) value_err(fn, "argument 'grid' must be [N, P, 2], got shape " + shape_str(g.shape));
+    auto axis = [&](const char* arg, const py::object& o) {
+        if (!py::isinstance<py::tuple>(o) || py::len(o) != 3)
+            type_err(fn, "argument '" + std::string(arg) + "' must be a tuple (A, B, size), got " + type_name(o));
+        const py::tuple t = py::reinterpret_borrow<py::tuple>(o);
+        GridAxis a{get_int(fn, arg, t[0]), get_int(fn, arg, t[1]), get_int(fn, arg, t[2])};
+        if (a.n < 1 || a.n > (int64_t(1) << 20) || a.A < -(int64_t(1) << 47) || a.A > (int64_t(1) << 47) ||
+            a.B < 0 || a.B > (int64_t(1) << 40))
+            value_err(fn, "argument '" + std::string(arg) + "' = (" + std::to_string(a.A) + ", " + std::to_string(a.B) +
+                              ", " + std::to_string(a.n) + ") is out of range (|A| <= 2**47, 0 <= B <= 2**40, "
+                              "1 <= size <= 2**20)");
+        return a;
+    };
+    const GridAxis ax = axis("x_axis", x_axis), ay = axis("y_axis", y_axis);
+    if (ax.n * ay.n > (int64_t(1) << 31) - 1) value_err(fn, "the input has more than 2**31 - 1 positions");
+    const int64_t ms = get_int(fn, "mult_shift", mult_shift_o), F = get_int(fn, "coord_frac_bits", f_o);
+    const int64_t W = get_int(fn, "weight_frac_bits", w_o);
+    check_shift_value(fn, "'mult_shift'", ms);
+    if (F < 0 || F > 30 || W < 0 || W > F || W > 15)
+        value_err(fn, "need 0 <= weight_frac_bits <= coord_frac_bits <= 30 and weight_frac_bits <= 15, got " +
+                          std::to_string(F) + " and " + std::to_string(W));
+    const std::string mode = py::str(mode_o).cast<std::string>();
+    if (mode != "bilinear" && mode != "nearest")
+        value_err(fn, "argument 'mode' must be 'bilinear' or 'nearest', got " + py_repr(mode_o));
+    const bool bilinear = mode == "bilinear", border = py::bool_(border_o);
+    const int64_t N = g.shape[0], P = g.shape[1], K = bilinear ? 4 : 1;
+    py::array_t<int32_t> index({N, K, P}), weight({N, K, P});
+    int32_t* ip = index.mutable_data();
+    int32_t* wp = weight.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        using R = typename Policy::Rounding;
+        dispatch_in8_16(g.dt, [&](auto tg) {
+            using TG = decltype(tg);
+            grid_taps<R>(static_cast<const TG*>(g.data()), N, P, ax, ay, static_cast<int>(ms), static_cast<int>(F),
+                         static_cast<int>(W), bilinear, border, ip, wp);
+        });
+    }
+    return py::make_tuple(index, weight);
+}
+
 // gather_taps(input, index, weight, shift, clamp_min, clamp_max): see sample.hpp.
 template <class Policy>
 py::array gather_taps_py(const py::object& input, const py::object& index_o, const py::object& weight_o,
@@ -1349,6 +1397,11 @@ void bind_kernels(pybind11::module_& m) {
           py::arg("clamp_max") = py::none(),
           "out[b, c, i, j] = clamp(round_shift(multiplier[b] * sum_{h,w} wy[b,i,h] * wx[b,j,w] * "
           "input[batch[b], c, h, w], shift)), exact (see sample.hpp): bilinear resize and RoIAlign.");
+    m.def("grid_taps", &bind::grid_taps_py<Policy>, py::arg("grid"), py::arg("x_axis"), py::arg("y_axis"),
+          py::arg("mult_shift"), py::arg("coord_frac_bits"), py::arg("weight_frac_bits"), py::arg("mode"),
+          py::arg("border"),
+          "(index, weight) int32 [N, K, P] of grid_sample's taps from int8/int16 [N, P, 2] grid codes (see "
+          "sample.hpp); x_axis/y_axis = (A, B, size): the inputs of gather_taps.");
     m.def("gather_taps", &bind::gather_taps_py<Policy>, py::arg("input"), py::arg("index"), py::arg("weight"),
           py::arg("shift"), py::arg("clamp_min") = py::none(), py::arg("clamp_max") = py::none(),
           "out[n, c, p] = clamp(round_shift(sum_k weight[g,k,p] * input[n, c, index[g,k,p]], shift)), exact, g = n "

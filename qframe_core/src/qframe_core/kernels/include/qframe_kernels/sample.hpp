@@ -290,4 +290,55 @@ void gather_taps(const T* x, int64_t N, int64_t C, int64_t S, const int32_t* idx
     }
 }
 
+// grid_sample's taps (qframe_core.grid_sample.grid_sample_taps) from grid codes g [N, P, 2] ((x, y) pairs), per
+// axis of size n with registers (A, B):
+//   src = round_shift(g * A, mult_shift) + B                  (clamped to [0, (n-1) << F] with border padding)
+//   nearest:  i = round_shift(src, F);                         one tap, weight 1
+//   bilinear: i0 = src >> F, lam = ((src & (2**F-1)) + 2**(F-W-1)) >> (F-W); taps i0, i0+1 weighted 2**W - lam, lam
+// taps of the two axes multiply (y outer, x inner); a tap outside the input has weight 0 and index 0.
+struct GridAxis {
+    int64_t A, B, n;
+};
+
+template <class Rounding, class TG>
+void grid_taps(const TG* g, int64_t N, int64_t P, GridAxis ax, GridAxis ay, int mult_shift, int F, int W,
+               bool bilinear, bool border, int32_t* index, int32_t* weight) {
+    const int64_t K = bilinear ? 4 : 1;
+    const int64_t total = N * P;
+#pragma omp parallel for schedule(static) num_threads(max_threads()) if (total > 16384)
+    for (int64_t t = 0; t < total; ++t) {
+        const int64_t nimg = t / P, p = t % P;
+        int64_t pos[2][2], wt[2][2];  // [axis][tap]: axis 0 = x, 1 = y
+        const GridAxis axes[2] = {ax, ay};
+        for (int d = 0; d < 2; ++d) {
+            const GridAxis& a = axes[d];
+            int64_t src = Rounding::template round_shift<int64_t>(static_cast<int64_t>(g[2 * t + d]) * a.A, mult_shift) + a.B;
+            if (border) src = std::clamp<int64_t>(src, 0, (a.n - 1) << F);
+            if (bilinear) {
+                const int64_t i0 = src >> F, frac = src & ((int64_t(1) << F) - 1);
+                const int64_t lam = F > W ? (frac + ((int64_t(1) << (F - W)) >> 1)) >> (F - W) : frac;
+                pos[d][0] = i0;
+                pos[d][1] = i0 + 1;
+                wt[d][0] = (int64_t(1) << W) - lam;
+                wt[d][1] = lam;
+            } else {
+                pos[d][0] = Rounding::template round_shift<int64_t>(src, F);
+                wt[d][0] = 1;
+            }
+            for (int k = 0; k < (bilinear ? 2 : 1); ++k) {
+                const bool inside = pos[d][k] >= 0 && pos[d][k] < a.n;
+                wt[d][k] = inside ? wt[d][k] : 0;
+                pos[d][k] = std::clamp<int64_t>(pos[d][k], 0, a.n - 1);
+            }
+        }
+        int64_t k = 0;
+        for (int ky = 0; ky < (bilinear ? 2 : 1); ++ky)
+            for (int kx = 0; kx < (bilinear ? 2 : 1); ++kx, ++k) {
+                const int64_t o = (nimg * K + k) * P + p;
+                index[o] = static_cast<int32_t>(pos[1][ky] * ax.n + pos[0][kx]);
+                weight[o] = static_cast<int32_t>(wt[1][ky] * wt[0][kx]);
+            }
+    }
+}
+
 }  // namespace qframe_kernels
