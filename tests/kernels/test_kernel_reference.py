@@ -319,15 +319,39 @@ def test_add_matches_reference(march):
     mod = MODULES[march]
     rng = np.random.default_rng(5)
     for shape, ta, tb in (((2, 3, 4, 5), np.int8, np.int8), ((17,), np.int16, np.int8), ((3, 1, 7), np.int16, np.int16),
-                          ((), np.int8, np.int8), ((0, 4), np.int8, np.int8)):
+                          ((), np.int8, np.int8), ((0, 4), np.int8, np.int8), ((70001,), np.int16, np.int16)):
         a = rand_int(rng, ta, shape)
         b = rand_int(rng, tb, shape)
-        for ma, mb, s in ((1, 1, 0), (max_mult(march), max_mult(march), 30), (12345, 0, 13), (3, 7, 1)):
+        # (negative multiplier_b: subtraction)
+        for ma, mb, s in ((1, 1, 0), (max_mult(march), max_mult(march), 30), (12345, 0, 13), (3, 7, 1),
+                          (max_mult(march), -max_mult(march), 29), (5, -3, 2)):
             for odt in ("int8", "int16", "int32"):
                 got = mod.add(a, b, ma, mb, s, odt, None, None)
                 np.testing.assert_array_equal(got, ref.add(march, a, b, ma, mb, s, odt))
                 got = mod.add(a, b, ma, mb, s, odt, 0, 6)
                 np.testing.assert_array_equal(got, ref.add(march, a, b, ma, mb, s, odt, 0, 6))
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_mul_matches_reference(march):
+    """mul(a, b, m, s) = clamp(round_shift(a*b*m, s)): int8/int16 operands, tails and several blocks, ties."""
+    mod = MODULES[march]
+    rng = np.random.default_rng(6)
+    rounding = ref.MARCH_RULES[march][1]
+    for shape, ta, tb in (((2, 3, 4, 5), np.int8, np.int8), ((19,), np.int16, np.int8), ((70001,), np.int16, np.int16),
+                          ((0,), np.int8, np.int8)):
+        a, b = rand_int(rng, ta, shape), rand_int(rng, tb, shape)
+        a.reshape(-1)[:2] = np.iinfo(ta).min
+        b.reshape(-1)[:2] = np.iinfo(tb).min
+        for m, s in ((1, 0), (max_mult(march), 40), (3, 1), (12345, 20)):
+            for odt, clamp in (("int8", (None, None)), ("int16", (None, None)), ("int8", (-5, 9))):
+                lo, hi = ref.clamp_bounds(odt, *clamp)
+                want = ref.requant_values(a.astype(np.int64) * b.astype(np.int64), m, 0, 0, s, rounding, lo, hi)
+                np.testing.assert_array_equal(mod.mul(a, b, m, s, odt, *clamp), want.astype(odt))
+    with pytest.raises(ValueError, match="same shape"):
+        mod.mul(np.zeros(3, np.int8), np.zeros(4, np.int8), 1, 0, "int8")
+    with pytest.raises(ValueError, match="multiplier"):
+        mod.mul(np.zeros(3, np.int8), np.zeros(3, np.int8), -1, 0, "int8")
 
 
 def test_rounding_ties_differ_between_marches():
@@ -359,7 +383,8 @@ def test_requantize_matches_reference(march):
     rng = np.random.default_rng(11)
     x32 = rand_int(rng, np.int32, (3, 4, 5))
     x64 = rng.integers(-(2**62), 2**62, size=(2, 6), dtype=np.int64)
-    for x, axis in ((x32, 1), (x32, -1), (x32, 0), (x64, 1), (x64, 0)):
+    x8, x16 = rand_int(rng, np.int8, (2, 3, 5000)), rand_int(rng, np.int16, (3, 9000))  # several blocks a row
+    for x, axis in ((x32, 1), (x32, -1), (x32, 0), (x64, 1), (x64, 0), (x8, 1), (x8, 2), (x16, 0), (x16, 1)):
         n = x.shape[axis]
         mult = rng.integers(0, max_mult(march), size=n, endpoint=True).astype(np.int32)
         shift = rng.integers(0, 62, size=n, endpoint=True).astype(np.int32)
@@ -469,7 +494,7 @@ def test_other_functions_bad_inputs(march):
         (lambda: mod.add(a, a, 1, 1, -1, "int8", None, None), ValueError, "add"),
         (lambda: mod.add(a, a, 1.5, 1, 0, "int8", None, None), TypeError, "add"),
         (lambda: mod.add(a, a, 1, 1, 0, "uint8", None, None), ValueError, "add"),
-        (lambda: mod.requantize(a, one, one, None, "int8", None, None), TypeError, "requantize"),
+        (lambda: mod.requantize(a.astype(np.float32), one, one, None, "int8", None, None), TypeError, "requantize"),
         (lambda: mod.requantize(a.astype(np.int32), np.ones(2, np.int32), np.ones(2, np.int32), 1, "int8", None, None),
          ValueError, "requantize"),
         (lambda: mod.requantize(a.astype(np.int32), one, one, 5, "int8", None, None), ValueError, "requantize"),

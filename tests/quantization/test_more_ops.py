@@ -97,6 +97,32 @@ def test_avg_pool_against_a_loop_reference(m):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("m", ["bernoulli2", "bayes"])
+def test_integer_avg_pool_kernel_path_equals_the_float64_rule(m):
+    """The integer AvgPool2d (int32 sums: a global pool by an int32 sum, a window pool in float32, requantized on
+    the march kernel per tensor or per output position) equals the rule's float64 sums on full-range codes."""
+    from qframe_core.dtype import qint8, qint16
+    from qframe_core.nn import integer_pooling
+    from qframe_core.nn.quantized.pooling import AvgPool2d as IntegerAvgPool2d
+    from qframe_core.quantization.fake_quantize import QuantParams
+
+    rule = resolve_march(m).requant
+    g = torch.Generator().manual_seed(2)
+    for dt in (qint8, qint16):
+        info = torch.iinfo(dt.torch_dtype)
+        q = torch.randint(info.min, info.max + 1, (2, 3, 9, 11), generator=g).to(dt.torch_dtype)
+        inp, out = QuantParams(torch.tensor([0.05]), dt), QuantParams(torch.tensor([0.031]), dt)
+        for pool in (nn.AdaptiveAvgPool2d(1), nn.AdaptiveAvgPool2d((2, 3)), nn.AvgPool2d(2),
+                     nn.AvgPool2d(3, 2, 1, count_include_pad=False), nn.AvgPool2d(3, 2, 1, ceil_mode=True),
+                     nn.AvgPool2d((5, 4), 1, 2, count_include_pad=False)):
+            wide = q.to(torch.int64)  # int64 codes: the float64 sums and the torch requantization
+            want = integer_pooling.int_avg_pool(wide, pool, inp, out, rule, "t").to(dt.torch_dtype)
+            mod = IntegerAvgPool2d(pool, inp, out, m, "pool")
+            for x in (q, q.contiguous(memory_format=torch.channels_last)):
+                assert torch.equal(mod(x), want), (dt, pool)
+                assert torch.equal(mod(x), want)  # the cached multipliers
+
+
 def test_relu6_snaps_to_the_input_grid():
     from qframe_core.dtype import qint8
     from qframe_core.numerics import relu6_bound
@@ -128,3 +154,51 @@ def test_table_rules_for_pooling():
 
     with march("bernoulli2"), pytest.raises(UnsupportedOpError, match=r"kernel_size=65 breaks 1<=kernel<=64"):
         prepare_qat_fx(BigPool(), {"": Q8})
+
+
+@pytest.mark.parametrize("m", ["bernoulli2", "bayes"])
+def test_functional_kernels_equal_the_torch_rules(m):
+    """The integer FloatFunctional's add, sub, mul (march kernels, broadcast operands, channels-last pairs), cat
+    and sum/mean (the requantize kernel) equal the torch rules of qframe_core.nn.integer_functional (which QAT
+    runs), on full-range int8/int16 codes with random scales."""
+    from qframe_core.dtype import qint8, qint16
+    from qframe_core.nn import integer_functional as intf
+    from qframe_core.nn.quantized.qfunctional import QFunctional
+    from qframe_core.quantization.fake_quantize import QuantParams
+
+    rule = resolve_march(m).requant
+    g = torch.Generator().manual_seed(11)
+
+    def codes(shape, dt):
+        info = torch.iinfo(dt.torch_dtype)
+        return torch.randint(info.min, info.max + 1, shape, generator=g, dtype=torch.int64).to(dt.torch_dtype)
+
+    def qp(dt):
+        return QuantParams(torch.tensor([float(torch.rand(1, generator=g)) * 0.1 + 1e-3]), dt)
+
+    for da, db, do in ((qint8, qint8, qint8), (qint16, qint8, qint16), (qint16, qint16, qint8)):
+        for sa, sb in (((2, 5, 6, 7), (2, 5, 6, 7)), ((2, 5, 6, 7), (2, 5, 1, 1)), ((3, 1, 4), (5, 1))):
+            a, b = codes(sa, da), codes(sb, db)
+            pa, pb, po = qp(da), qp(db), qp(do)
+            for method, params, ref in (("add", intf.sum_params(rule, pa, pb, po, "t"), intf.int_add),
+                                        ("sub", intf.sum_params(rule, pa, pb, po, "t"), intf.int_sub),
+                                        ("mul", intf.mul_params(rule, pa, pb, po, "t"), intf.int_mul)):
+                mod = QFunctional(m, "f", method, params)
+                want = ref(a, b, params, rule).to(do.torch_dtype)
+                assert torch.equal(getattr(mod, method)(a, b), want), (method, sa, sb)
+                if len(sa) == 4 and sa == sb:
+                    cl = getattr(mod, method)(a.contiguous(memory_format=torch.channels_last),
+                                              b.contiguous(memory_format=torch.channels_last))
+                    assert torch.equal(cl, want), (method, "channels_last")
+        parts = [codes((2, 3, 4, 5), da), codes((2, 2, 4, 5), db)]
+        params = intf.cat_params(rule, [qp(da), qp(db)], qp(do), "t")
+        want = intf.int_cat(parts, params, rule, 1).to(do.torch_dtype)
+        assert torch.equal(QFunctional(m, "f", "cat", params).cat(parts, 1), want)
+        for mean in (False, True):
+            for dims, keepdim in (((1,), True), ((2, 3), False), ((), False)):
+                params = intf.reduce_params(qp(da), qp(do), dims, keepdim, mean)
+                x = codes((2, 3, 4, 5), da)
+                want = intf.int_reduce(x.to(torch.int64), params, rule, "t").to(do.torch_dtype)
+                mod = QFunctional(m, "f", "mean" if mean else "sum", params)
+                got = getattr(mod, "mean" if mean else "sum")(x, None if not dims else list(dims), keepdim)
+                assert torch.equal(got, want), (mean, dims)

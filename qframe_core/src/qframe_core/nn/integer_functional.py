@@ -2,9 +2,10 @@
 
 ``*_params`` turn float scales into the integers a march computes with
 (its :class:`~qframe_core.numerics.RequantRule`); ``int_*`` apply them in
-torch.  QAT simulation (VALIDATION state) and the integer model both call
-these, so they cannot drift; ``add`` additionally runs on the march's C++
-kernel in the integer model, tested bit-exact against :func:`int_add`.
+torch.  QAT simulation (VALIDATION state) calls these; the integer model runs
+add, sub, mul, cat and sum/mean on the march's C++ kernels (``add`` with a
+negated second multiplier for sub, ``mul``, ``requantize``), tested bit-exact
+against the ``int_*`` functions here.
 """
 
 from __future__ import annotations
@@ -78,16 +79,23 @@ def reduce_params(a: QuantParams, out: QuantParams, dims: Sequence[int], keepdim
     return ReduceIntParams(a, out, tuple(dims), keepdim, mean)
 
 
-def int_reduce(q: torch.Tensor, p: ReduceIntParams, rule: RequantRule, what: str) -> torch.Tensor:
+def reduce_sums(q: torch.Tensor, p: ReduceIntParams, rule: RequantRule, what: str) -> tuple[torch.Tensor, int, int]:
+    """The exact sums of ``sum``/``mean`` (int32 where every sum fits, else int64) and their ``(multiplier,
+    shift)``."""
     dims = tuple(d % q.dim() for d in p.dims) if p.dims else tuple(range(q.dim()))
-    total = q.to(torch.int64).sum(dim=dims, keepdim=p.keepdim)
     count = 1
-    if p.mean:
-        for d in dims:
-            count *= q.shape[d]
-    ratio = p.a.scale.double().reshape(()) / (count * p.output.scale.double().reshape(()))
+    for d in dims:
+        count *= q.shape[d]
+    narrow = q.dtype in (torch.int8, torch.int16) and count * (torch.iinfo(q.dtype).max + 1) < 2 ** 31
+    total = q.sum(dim=dims, keepdim=p.keepdim, dtype=torch.int32 if narrow else torch.int64)
+    ratio = p.a.scale.double().reshape(()) / ((count if p.mean else 1) * p.output.scale.double().reshape(()))
     m, s = rule.multipliers(ratio.reshape(1, 1), what=what)
-    return rule.requantize([(total, m[0, 0])], s[0], p.output.dtype)
+    return total, int(m[0, 0]), int(s[0])
+
+
+def int_reduce(q: torch.Tensor, p: ReduceIntParams, rule: RequantRule, what: str) -> torch.Tensor:
+    total, m, s = reduce_sums(q, p, rule, what)
+    return rule.requantize([(total.to(torch.int64), _t(m, total))], _t(s, total), p.output.dtype)
 
 
 def int_matmul(qa: torch.Tensor, qb: torch.Tensor, p: BinaryIntParams, rule: RequantRule) -> torch.Tensor:

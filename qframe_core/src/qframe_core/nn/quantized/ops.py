@@ -13,6 +13,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from .kernels import as_array, as_layout_array, from_layout_array, is_channels_last, march_kernels, nhwc_view
@@ -39,6 +40,34 @@ def add(march: str, a: torch.Tensor, b: torch.Tensor, multiplier_a: int, multipl
 def _add_shape(march, a, b, multiplier_a, multiplier_b, shift, out_dtype, clamp_min, clamp_max, name):
     shape = torch.broadcast_shapes(a.shape, b.shape)
     return a.new_empty(shape, dtype=getattr(torch, out_dtype))
+
+
+@torch.library.custom_op("qframe::mul", mutates_args=())
+def mul(march: str, a: torch.Tensor, b: torch.Tensor, multiplier: int, shift: int, out_dtype: str, clamp_min: int,
+        clamp_max: int, name: str) -> torch.Tensor:
+    """``clamp(round_shift(a * b * multiplier, shift))`` on the march's kernel (a, b broadcast)."""
+    x, y = torch.broadcast_tensors(a, b)
+    layout = "nhwc" if is_channels_last(x) and is_channels_last(y) else "nchw"
+    out = march_kernels(march).mul(as_layout_array(x, layout, "input 0", name),
+                                   as_layout_array(y, layout, "input 1", name), multiplier, shift, out_dtype,
+                                   clamp_min, clamp_max)
+    return from_layout_array(out, layout)
+
+
+@mul.register_fake
+def _mul_shape(march, a, b, multiplier, shift, out_dtype, clamp_min, clamp_max, name):
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    return a.new_empty(shape, dtype=getattr(torch, out_dtype))
+
+
+def requantize(march: str, x: torch.Tensor, multiplier: Any, shift: Any, axis: Optional[int], out_dtype: str,
+               clamp_min: int, clamp_max: int, name: str) -> torch.Tensor:
+    """``clamp(round_shift(x * multiplier, shift))`` of an int8/int16/int32/int64 CPU tensor on the march's kernel
+    (``multiplier``/``shift``: ints, or int sequences along ``axis``), in ``x``'s memory order."""
+    m = np.asarray(multiplier, dtype=np.int32).reshape(-1)
+    s = np.asarray(shift, dtype=np.int32).reshape(-1)
+    out = march_kernels(march).requantize(as_array(x, "input", name), m, s, axis, out_dtype, clamp_min, clamp_max)
+    return torch.from_numpy(out)
 
 
 # -- conv2d / linear -------------------------------------------------------------------------------

@@ -9,8 +9,10 @@ from ...march import resolve_march
 from ...numerics import float_bound_to_int
 from ...quantization.fake_quantize import QuantParams
 from ..clamp import Clamp
-from ..integer_pooling import int_avg_pool
+from ..integer_pooling import avg_pool_multipliers, int_avg_pool, window_sums_and_divisors
 from ..pad import Pad
+from . import ops
+from .kernels import dtype_name, runs_on_kernels
 
 
 class ScalePreserving(nn.Module):
@@ -47,9 +49,11 @@ class ScalePreserving(nn.Module):
             d = self.params.dtype
             value = min(max(float_bound_to_int(m.value, self.params.scale), d.quant_min), d.quant_max)
             return torch.nn.functional.pad(q, m.padding if isinstance(m, nn.ConstantPad2d) else m.pad, value=value)
-        # selection ops (max pool, abs, …) are exact on integers held in float64; saturated (abs(-128) = 127)
+        # selection ops (max pool, abs, …) are exact on integers held in floats (float32 holds every int16 code);
+        # saturated (abs(-128) = 127)
         d = self.params.dtype
-        return torch.round(m(q.to(torch.float64))).clamp(d.quant_min, d.quant_max).to(q.dtype)
+        held = q.to(torch.float32 if q.dtype in (torch.int8, torch.int16) else torch.float64)
+        return torch.round(m(held)).clamp(d.quant_min, d.quant_max).to(q.dtype)
 
 
 class AvgPool2d(nn.Module):
@@ -74,6 +78,27 @@ class AvgPool2d(nn.Module):
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         if q.is_floating_point():
             raise TypeError(f"{self.qframe_name}: expects an integer tensor, got {q.dtype}")
-        out = int_avg_pool(q, self.float_module, self.inp, self.out, resolve_march(self.march).requant,
-                           what=f"{self.qframe_name} ({self.march})")
-        return out.to(self.out.dtype.torch_dtype)
+        rule, what = resolve_march(self.march).requant, f"{self.qframe_name} ({self.march})"
+        if not runs_on_kernels(q) or q.dim() != 4:
+            return int_avg_pool(q, self.float_module, self.inp, self.out, rule, what).to(self.out.dtype.torch_dtype)
+        # the exact window sums, requantized per output position on the march kernel (multipliers kept per size)
+        sums, div = window_sums_and_divisors(q, self.float_module)
+        cache = self.__dict__.setdefault("_multipliers", {})
+        key = tuple(q.shape[-2:])
+        if key not in cache:
+            cache[key] = avg_pool_multipliers(div, self.inp, self.out, rule, what)
+        m, s = cache[key]
+        n, c, oh, ow = sums.shape
+        d = self.out.dtype
+        if bool((m == m.reshape(-1)[0]).all()) and bool((s == s.reshape(-1)[0]).all()):
+            m, s, axis = m.reshape(-1)[:1], s.reshape(-1)[:1], None  # one divisor: per tensor
+        else:
+            m, s, axis = m.reshape(-1), s.reshape(-1), 1  # per output position (edges of padded windows)
+        out = ops.requantize(self.march, sums.reshape(n * c, oh * ow), m, s, axis, dtype_name(d.bits), d.quant_min,
+                             d.quant_max, self.qframe_name)
+        return out.reshape(n, c, oh, ow)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_multipliers", None)
+        return state

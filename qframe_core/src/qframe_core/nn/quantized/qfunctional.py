@@ -1,4 +1,5 @@
-"""Integer FloatFunctional (``QFunctional``): add on the march's kernel; sub, mul, cat in exact torch integer ops."""
+"""Integer FloatFunctional (``QFunctional``): add, sub, mul, cat and sum/mean on the march's kernels (their rules
+in :mod:`~qframe_core.nn.integer_functional`); the others in exact torch integer ops."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
 from .. import integer_functional as intf
 from . import ops
-from .kernels import dtype_name
+from .kernels import dtype_name, runs_on_kernels
 
 
 def _traced_in_scope(method: Callable) -> Callable:
@@ -80,11 +81,18 @@ class QFunctional(nn.Module):
 
     @_traced_in_scope
     def sub(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._torch_int("sub", intf.int_sub, x, y)
+        """``add``'s kernel with the second multiplier negated (the rule of ``int_sub``)."""
+        self._check("sub")
+        p = self.params
+        return ops.add(self.march, x, y, p.multiplier_a, -p.multiplier_b, p.shift, dtype_name(p.output.dtype.bits),
+                       p.output.dtype.quant_min, p.output.dtype.quant_max, self.qframe_name)
 
     @_traced_in_scope
     def mul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._torch_int("mul", intf.int_mul, x, y)
+        self._check("mul")
+        p = self.params
+        return ops.mul(self.march, x, y, p.multiplier_a, p.shift, dtype_name(p.output.dtype.bits),
+                       p.output.dtype.quant_min, p.output.dtype.quant_max, self.qframe_name)
 
     @_traced_in_scope
     def matmul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -117,8 +125,15 @@ class QFunctional(nn.Module):
         if dims != self.params.dims or keepdim != self.params.keepdim:
             raise ValueError(f"{self.qframe_name}: converted for {method}(dim={self.params.dims}, "
                              f"keepdim={self.params.keepdim}), called with dim={dims}, keepdim={keepdim}")
-        out = intf.int_reduce(x, self.params, resolve_march(self.march).requant, f"{self.qframe_name} ({self.march})")
-        return out.to(self.params.output.dtype.torch_dtype)
+        what = f"{self.qframe_name} ({self.march})"
+        if not runs_on_kernels(x):
+            out = intf.int_reduce(x, self.params, resolve_march(self.march).requant, what)
+            return out.to(self.params.output.dtype.torch_dtype)
+        # the exact sums (int32 where they fit), requantized on the march kernel
+        total, m, s = intf.reduce_sums(x, self.params, resolve_march(self.march).requant, what)
+        d = self.params.output.dtype
+        return ops.requantize(self.march, total, m, s, None, dtype_name(d.bits), d.quant_min, d.quant_max,
+                              self.qframe_name)
 
     @_traced_in_scope
     def sum(self, x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch.Tensor:
@@ -130,7 +145,14 @@ class QFunctional(nn.Module):
 
     @_traced_in_scope
     def cat(self, xs: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
-        return self._torch_int("cat", intf.int_cat, list(xs), dim=dim)
+        xs = list(xs)
+        if not runs_on_kernels(*xs):
+            return self._torch_int("cat", intf.int_cat, xs, dim=dim)
+        self._check("cat")
+        p, d = self.params, self.params.output.dtype
+        parts = [ops.requantize(self.march, q, m, s, None, dtype_name(d.bits), d.quant_min, d.quant_max,
+                                self.qframe_name).reshape(q.shape) for q, m, s in zip(xs, p.multipliers, p.shifts)]
+        return torch.cat(parts, dim=dim)
 
     def extra_repr(self) -> str:
         return f"method={self.method}, out_dtype={self.params.output.dtype}, march={self.march}"

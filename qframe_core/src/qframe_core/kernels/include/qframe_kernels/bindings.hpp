@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "add.hpp"
+#include "eltwise.hpp"
 #include "lookup.hpp"
 #include "softmax.hpp"
 #include "layernorm.hpp"
@@ -1196,10 +1196,9 @@ py::array linear_py(const py::object& input, const py::object& weight, const py:
 }
 
 template <class Policy>
-py::array add_py(const py::object& a_o, const py::object& b_o, const py::object& ma_o, const py::object& mb_o,
-                 const py::object& s_o, const py::object& out_dtype, const py::object& clamp_min,
-                 const py::object& clamp_max) {
-    const char* fn = "add";
+py::array eltwise_py(const char* fn, EltwiseOp op, const py::object& a_o, const py::object& b_o,
+                     const py::object& ma_o, const py::object& mb_o, const py::object& s_o, const py::object& out_dtype,
+                     const py::object& clamp_min, const py::object& clamp_max) {
     Arr a = get_array(fn, "a", a_o, {DType::Int8, DType::Int16}, -1);
     Arr b = get_array(fn, "b", b_o, {DType::Int8, DType::Int16}, -1);
     if (a.shape != b.shape)
@@ -1209,7 +1208,7 @@ py::array add_py(const py::object& a_o, const py::object& b_o, const py::object&
     const int64_t mb = get_int(fn, "multiplier_b", mb_o);
     const int64_t sh = get_int(fn, "shift", s_o);
     check_multiplier_value<Policy>(fn, "'multiplier_a'", ma);
-    check_multiplier_value<Policy>(fn, "'multiplier_b'", mb);
+    check_multiplier_value<Policy>(fn, "'multiplier_b' (its magnitude: negative subtracts b)", mb < 0 ? -mb : mb);
     check_shift_value(fn, "'shift'", sh);
     const DType od = get_out_dtype(fn, out_dtype);
     const ClampRange cr = get_clamp(fn, od, clamp_min, clamp_max);
@@ -1227,8 +1226,8 @@ py::array add_py(const py::object& a_o, const py::object& b_o, const py::object&
                 dispatch_out(od, [&](auto tout) {
                     using TOut = decltype(tout);
                     if constexpr (!std::is_same_v<TOut, int64_t>)
-                        add<Policy, TA, TB, TOut>(static_cast<const TA*>(ap), static_cast<const TB*>(bp), count, ma, mb,
-                                                  static_cast<int>(sh), cr, static_cast<TOut*>(optr));
+                        eltwise<Policy>(static_cast<const TA*>(ap), static_cast<const TB*>(bp), count, ma, mb,
+                                        static_cast<int>(sh), cr, op, static_cast<TOut*>(optr));
                 });
             });
         });
@@ -1237,11 +1236,24 @@ py::array add_py(const py::object& a_o, const py::object& b_o, const py::object&
 }
 
 template <class Policy>
+py::array add_py(const py::object& a, const py::object& b, const py::object& ma, const py::object& mb,
+                 const py::object& s, const py::object& out_dtype, const py::object& clamp_min,
+                 const py::object& clamp_max) {
+    return eltwise_py<Policy>("add", EltwiseOp::Add, a, b, ma, mb, s, out_dtype, clamp_min, clamp_max);
+}
+
+template <class Policy>
+py::array mul_py(const py::object& a, const py::object& b, const py::object& m, const py::object& s,
+                 const py::object& out_dtype, const py::object& clamp_min, const py::object& clamp_max) {
+    return eltwise_py<Policy>("mul", EltwiseOp::Mul, a, b, m, py::int_(0), s, out_dtype, clamp_min, clamp_max);
+}
+
+template <class Policy>
 py::array requantize_py(const py::object& x_o, const py::object& multiplier, const py::object& shift,
                         const py::object& axis_o, const py::object& out_dtype, const py::object& clamp_min,
                         const py::object& clamp_max) {
     const char* fn = "requantize";
-    Arr x = get_array(fn, "x", x_o, {DType::Int32, DType::Int64}, -1);
+    Arr x = get_array(fn, "x", x_o, {DType::Int8, DType::Int16, DType::Int32, DType::Int64}, -1);
     const int64_t rank = static_cast<int64_t>(x.shape.size());
     if (!py::isinstance<py::array>(multiplier))
         type_err(fn, "argument 'multiplier' must be a C-contiguous numpy.ndarray of dtype int32 with 1 dimensions, got " +
@@ -1290,7 +1302,9 @@ py::array requantize_py(const py::object& x_o, const py::object& multiplier, con
                                                   inner, mp, sp, per_tensor, cr);
             });
         };
-        if (x.dt == DType::Int32) run(int32_t{});
+        if (x.dt == DType::Int8) run(int8_t{});
+        else if (x.dt == DType::Int16) run(int16_t{});
+        else if (x.dt == DType::Int32) run(int32_t{});
         else run(int64_t{});
     }
     return out;
@@ -1362,7 +1376,11 @@ void bind_kernels(pybind11::module_& m) {
           "[N] (or None/None for the raw int32 accumulator).");
     m.def("add", &bind::add_py<Policy>, py::arg("a"), py::arg("b"), py::arg("multiplier_a"), py::arg("multiplier_b"),
           py::arg("shift"), py::arg("out_dtype"), py::arg("clamp_min") = py::none(), py::arg("clamp_max") = py::none(),
-          "out = clamp(round_shift(a*multiplier_a + b*multiplier_b, shift)); a, b int8/int16 of the same shape.");
+          "out = clamp(round_shift(a*multiplier_a + b*multiplier_b, shift)); a, b int8/int16 of the same shape "
+          "(a negative multiplier_b subtracts).");
+    m.def("mul", &bind::mul_py<Policy>, py::arg("a"), py::arg("b"), py::arg("multiplier"), py::arg("shift"),
+          py::arg("out_dtype"), py::arg("clamp_min") = py::none(), py::arg("clamp_max") = py::none(),
+          "out = clamp(round_shift(a*b*multiplier, shift)); a, b int8/int16 of the same shape.");
     m.def("quantize", &bind::quantize_py, py::arg("input"), py::arg("scale"), py::arg("out_dtype"), py::arg("qmin"),
           py::arg("qmax"), py::arg("output_layout") = "nchw",
           "clamp(round_half_even(input / scale), qmin, qmax) of a float32 array (NaN -> 0), as int8/int16; "
@@ -1409,7 +1427,7 @@ void bind_kernels(pybind11::module_& m) {
     m.def("requantize", &bind::requantize_py<Policy>, py::arg("x"), py::arg("multiplier"), py::arg("shift"),
           py::arg("axis") = py::none(), py::arg("out_dtype") = "int8", py::arg("clamp_min") = py::none(),
           py::arg("clamp_max") = py::none(),
-          "out = clamp(round_shift(x*multiplier, shift)); x int32/int64, multiplier/shift int32 of length 1 or "
+          "out = clamp(round_shift(x*multiplier, shift)); x int8/int16/int32/int64, multiplier/shift int32 of length 1 or "
           "x.shape[axis].");
     py::class_<bind::PackedWeight, std::shared_ptr<bind::PackedWeight>>(
         m, "PackedWeight", py::module_local(),

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "cpu_features.hpp"
-#include "gemm_s8.hpp"     // gemm_kernel_for: the selected ISA
+#include "eltwise.hpp"    // EpilogueIsa
 #include "layernorm.hpp"  // WideRequantArgs, RoundingShift, wide_requant_one
 #include "requant.hpp"
 
@@ -30,7 +30,7 @@ void glu_rows(const TIn* x, int64_t outer, int64_t inner, const TTable* table, c
     constexpr int64_t kBlock = 1 << 14;  // outputs a task
     const int64_t blocks = (total + kBlock - 1) / kBlock;
     const bool fast = req.pre_shift == 0 && sizeof(TTable) <= 2;
-    const Isa isa = gemm_kernel_for<int8_t>().isa;
+    const EpilogueIsa isa;
 #pragma omp parallel num_threads(max_threads()) if (blocks > 1)
     {
     std::vector<int32_t> buffer(fast ? kBlock : 0);
@@ -46,17 +46,8 @@ void glu_rows(const TIn* x, int64_t outer, int64_t inner, const TTable* table, c
             if (fast) {
                 for (int64_t j = j0; j < j1; ++j)
                     prod[j - j0] = static_cast<int32_t>(a[j]) * static_cast<int32_t>(table[b[j] + offset]);
-                const int8_t* no_res = nullptr;
-#ifdef QFRAME_KERNELS_X86
-                if (isa == Isa::Avx512)
-                    detail::requant_row_avx512<Rounding>(prod, j1 - j0, 0, req.multiplier, req.shift, no_res, 0, lo, hi,
-                                                         y + j0);
-                else if (isa == Isa::Avx2)
-                    detail::requant_row_avx2<Rounding>(prod, j1 - j0, 0, req.multiplier, req.shift, no_res, 0, lo, hi,
-                                                       y + j0);
-                else
-#endif
-                    requant_row<Rounding>(prod, j1 - j0, 0, req.multiplier, req.shift, no_res, 0, lo, hi, y + j0);
+                requant_row_isa<Rounding>(isa.avx512, isa.avx2, prod, j1 - j0, 0, req.multiplier, req.shift,
+                                          static_cast<const int8_t*>(nullptr), 0, lo, hi, y + j0);
             } else {
                 for (int64_t j = j0; j < j1; ++j) {
                     const int64_t v = static_cast<int64_t>(a[j]) * static_cast<int64_t>(table[b[j] + offset]);

@@ -99,7 +99,7 @@ inline void requant_row(const TAcc* acc, int64_t n, int64_t bias, int64_t m, int
     constexpr int64_t lim = static_cast<int64_t>(1) << 31;
     const int64_t half = (static_cast<int64_t>(1) << s) >> 1;
     const int64_t mask = (static_cast<int64_t>(1) << s) - 1;
-    const bool params_small = m < lim && (res == nullptr || rm < lim);
+    const bool params_small = m < lim && m >= -lim && (res == nullptr || (rm < lim && rm >= -lim));
     for (int64_t j = 0; j < n; ++j) {
         const int64_t v = static_cast<int64_t>(acc[j]) + bias;
         const int64_t r = res ? static_cast<int64_t>(res[j]) : 0;
@@ -169,7 +169,7 @@ __attribute__((target("avx512f,avx512bw"))) void requant_row_avx512(const int32_
                                                                     int64_t lo, int64_t hi, TOut* out) {
     constexpr int64_t lim = static_cast<int64_t>(1) << 31;
     int64_t j = 0;
-    if (m < lim && (res == nullptr || rm < lim)) {
+    if (m < lim && m >= -lim && (res == nullptr || (rm < lim && rm >= -lim))) {
         const __m512i vb = _mm512_set1_epi64(bias), vm = _mm512_set1_epi64(m), vrm = _mm512_set1_epi64(rm);
         const __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
         const __m512i vmin = _mm512_set1_epi64(-lim), vmax = _mm512_set1_epi64(lim - 1);
@@ -330,7 +330,7 @@ __attribute__((target("avx2"))) void requant_row_avx2(const int32_t* acc, int64_
                                                       const TRes* res, int64_t rm, int64_t lo, int64_t hi, TOut* out) {
     constexpr int64_t lim = static_cast<int64_t>(1) << 31;
     int64_t j = 0;
-    if (m < lim && (res == nullptr || rm < lim)) {
+    if (m < lim && m >= -lim && (res == nullptr || (rm < lim && rm >= -lim))) {
         const __m256i vb = _mm256_set1_epi64x(bias), vm = _mm256_set1_epi64x(m), vrm = _mm256_set1_epi64x(rm);
         const __m256i vlo = _mm256_set1_epi64x(lo), vhi = _mm256_set1_epi64x(hi);
         const __m256i vmin = _mm256_set1_epi64x(-lim), vmax = _mm256_set1_epi64x(lim - 1);
@@ -359,32 +359,25 @@ __attribute__((target("avx2"))) void requant_row_avx2(const int32_t* acc, int64_
 }  // namespace detail
 #endif
 
+// requant_row with the vector epilogue of `isa` (AVX-512 / AVX2 for int32 accumulators), else scalar.
+template <class Rounding, class TRes, class TOut>
+inline void requant_row_isa(bool avx512, bool avx2, const int32_t* acc, int64_t n, int64_t bias, int64_t m, int s,
+                            const TRes* res, int64_t rm, int64_t lo, int64_t hi, TOut* out) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    if (avx512) return detail::requant_row_avx512<Rounding>(acc, n, bias, m, s, res, rm, lo, hi, out);
+    if (avx2) return detail::requant_row_avx2<Rounding>(acc, n, bias, m, s, res, rm, lo, hi, out);
+#endif
+    (void)avx512;
+    (void)avx2;
+    requant_row<Rounding>(acc, n, bias, m, s, res, rm, lo, hi, out);
+}
+
 // Raw mode: clamp(saturate_int32(acc + bias), lo, hi).
 template <class TAcc, class TOut>
 inline void raw_row(const TAcc* acc, int64_t n, int64_t bias, int64_t lo, int64_t hi, TOut* out) {
     lo = std::max<int64_t>(lo, std::numeric_limits<int32_t>::min());
     hi = std::min<int64_t>(hi, std::numeric_limits<int32_t>::max());
     for (int64_t j = 0; j < n; ++j) out[j] = static_cast<TOut>(clamp_i64(static_cast<int64_t>(acc[j]) + bias, lo, hi));
-}
-
-// Per-tensor or per-channel requantization of an int32/int64 tensor viewed
-// as [outer, channels, inner]; multiplier/shift have `channels` entries, or
-// one entry when per_tensor is true.
-template <class Policy, class TIn, class TOut>
-void requantize(const TIn* x, TOut* y, int64_t outer, int64_t channels, int64_t inner,
-                const int32_t* multiplier, const int32_t* shift, bool per_tensor, ClampRange cr) {
-    using R = typename Policy::Rounding;
-    const int64_t rows = outer * channels;
-#pragma omp parallel for schedule(static) if (rows * inner > 32768)
-    for (int64_t r = 0; r < rows; ++r) {
-        const int64_t c = per_tensor ? 0 : r % channels;
-        const int64_t m = multiplier[c];
-        const int s = shift[c];
-        const TIn* xr = x + r * inner;
-        TOut* yr = y + r * inner;
-        for (int64_t i = 0; i < inner; ++i)
-            yr[i] = static_cast<TOut>(requant_one<R>(static_cast<int64_t>(xr[i]), m, 0, 0, s, cr.lo, cr.hi));
-    }
 }
 
 }  // namespace qframe_kernels
