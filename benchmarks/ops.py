@@ -89,6 +89,7 @@ def _models():
     xy = torch.rand(100, 2, generator=g) * 300
     boxes = torch.cat([xy, xy + torch.rand(100, 2, generator=g) * 100 + 8], 1)
     causal = torch.ones(128, 128, dtype=torch.bool).triu(1)
+    y, y2 = torch.randn(1, 64, 56, 56, generator=g), torch.randn(1, 64, 56, 56, generator=g)
     return [
         ("bilinear resize 1x64x56x56 x2", One(lambda s, a: F.interpolate(a, scale_factor=2, mode="bilinear")),
          [torch.randn(1, 64, 56, 56, generator=g)], q8),
@@ -104,6 +105,13 @@ def _models():
          [torch.randn(1, 64, 56, 56, generator=g)], q8),
         ("Conv3d 32->32 3x3x3, 1x32x8x28x28", One(lambda s, a: s.mod(a), nn.Conv3d(32, 32, 3, 1, 1)),
          [torch.randn(1, 32, 8, 28, 28, generator=g)], q8),
+        ("add 1x64x56x56 + 1x64x56x56", Two(lambda s, a, b: a + b), [y, y2], q8),
+        ("mul 1x64x56x56 * 1x64x1x1 (SE scale)", Two(lambda s, a, b: a * b),
+         [y, torch.rand(1, 64, 1, 1, generator=g)], q8),
+        ("cat 2 x 1x64x56x56", Two(lambda s, a, b: torch.cat([a, b], 1)), [y, y2], q8),
+        ("AvgPool2d 2x2, 1x64x56x56", One(lambda s, a: s.mod(a), nn.AvgPool2d(2)), [y], q8),
+        ("global avg pool 1x512x7x7", One(lambda s, a: s.mod(a), nn.AdaptiveAvgPool2d(1)),
+         [torch.randn(1, 512, 7, 7, generator=g)], q8),
         ("GLU 1x128x56x56", One(lambda s, a: F.glu(a, 1)), [torch.randn(1, 128, 56, 56, generator=g)], q8),
         ("LSTMCell 64x256", Cell(), [torch.randn(64, 256, generator=g)], q8),
         ("MHA self-attention 8x128x256, 8 heads", Attention(), [torch.randn(8, 128, 256, generator=g), None], q8),
@@ -125,7 +133,7 @@ def _convert(model: nn.Module, inputs, qconfig, march: str) -> nn.Module:
 
 
 def _op_and_codes(qmodel: nn.Module, inputs):
-    """The converted model's op module (not a stub) and the arguments it is called with."""
+    """The converted model's op (a module, or the method a FloatFunctional call site runs) and its arguments."""
     from qframe_core.nn.quantized.stubs import DeQuantize, Quantize
 
     seen = {}
@@ -135,10 +143,23 @@ def _op_and_codes(qmodel: nn.Module, inputs):
 
     hooks = [m.register_forward_pre_hook(grab, with_kwargs=True) for _, m in qmodel.named_children()
              if not isinstance(m, (Quantize, DeQuantize))]
+    methods = []  # FloatFunctional call sites run a method of their module, not forward
+    for node in qmodel.graph.nodes:
+        if node.op == "call_method" and node.args and getattr(node.args[0], "op", "") == "get_attr":
+            mod = qmodel.get_submodule(node.args[0].target)
+            bound = getattr(mod, node.target)
+
+            def spy(*args, bound=bound, **kwargs):
+                seen.setdefault("call", (bound, args, kwargs))
+                return bound(*args, **kwargs)
+            setattr(mod, node.target, spy)
+            methods.append((mod, node.target))
     with torch.no_grad():
         qmodel(*inputs)
     for h in hooks:
         h.remove()
+    for mod, name in methods:
+        delattr(mod, name)
     return seen["call"]
 
 
@@ -183,7 +204,8 @@ def bench(march: str, repeat: int, only=None, verbose: bool = False) -> list[tup
             for key, (med, mn) in res.items():
                 print(f"  {name:40s} {key:8s} median {med * 1e3:8.3f} ms  min {mn * 1e3:8.3f} ms", file=sys.stderr)
         (qm, qb), (fm, fb) = res["integer"], res["float"]
-        rows.append((name, type(op).__name__, qb * 1e3, fb * 1e3, qb / fb, qm / fm, baseline))
+        label = getattr(op, "__qualname__", None) or type(op).__name__  # a FloatFunctional method or a module
+        rows.append((name, label, qb * 1e3, fb * 1e3, qb / fb, qm / fm, baseline))
     return rows
 
 
@@ -205,7 +227,7 @@ def main(argv=None) -> int:
     print()
     only = [o for o in args.only.split(",") if o]
     rows = bench(args.march, args.repeat, only, args.verbose)
-    hdr = (f"| {'op':40s} | {'integer module':18s} | {'integer ms':>10s} | {'float ms':>8s} | {'int / float':>11s} "
+    hdr = (f"| {'op':40s} | {'integer op':18s} | {'integer ms':>10s} | {'float ms':>8s} | {'int / float':>11s} "
            f"| {'(medians)':>9s} |")
     print(hdr)
     print("|" + "|".join("-" * len(c) for c in hdr.split("|")[1:-1]) + "|")
