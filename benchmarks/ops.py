@@ -112,6 +112,8 @@ def _models():
         ("AvgPool2d 2x2, 1x64x56x56", One(lambda s, a: s.mod(a), nn.AvgPool2d(2)), [y], q8),
         ("global avg pool 1x512x7x7", One(lambda s, a: s.mod(a), nn.AdaptiveAvgPool2d(1)),
          [torch.randn(1, 512, 7, 7, generator=g)], q8),
+        ("Linear 256->256 + add, 1024x256", Two(lambda s, a, b: s.mod(a) + b, nn.Linear(256, 256)),
+         [torch.randn(1024, 256, generator=g), torch.randn(1024, 256, generator=g)], q8),
         ("GLU 1x128x56x56", One(lambda s, a: F.glu(a, 1)), [torch.randn(1, 128, 56, 56, generator=g)], q8),
         ("LSTMCell 64x256", Cell(), [torch.randn(64, 256, generator=g)], q8),
         ("MHA self-attention 8x128x256, 8 heads", Attention(), [torch.randn(8, 128, 256, generator=g), None], q8),

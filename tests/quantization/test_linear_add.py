@@ -57,3 +57,38 @@ def test_linear_add_relu_exact_on_bayes():
     np.testing.assert_array_equal(out.numpy(), ref)
     with pytest.raises(ValueError, match="residual"):
         integer(q)
+
+
+@pytest.mark.parametrize("march", ["bernoulli2", "bayes"])
+def test_linear_add_kernel_path_on_random_shapes(march):
+    """The 1x1-conv kernel path of LinearAdd against the numpy reference: int8/int16 inputs, 3-D inputs, a
+    broadcast residual, int8/int16 outputs, ReLU6-style clamps, K not a multiple of 4."""
+    from qframe_core.dtype import qint8, qint16
+    from qframe_core.nn.qat.weighted import WeightedIntParams
+    from qframe_core.quantization.fake_quantize import QuantParams
+
+    rng = np.random.default_rng(3)
+    mbits = MARCH_RULES[march][0]
+    for in_dt, out_dt, x_shape, r_shape, k, n, clamp in (
+            (np.int8, "int8", (7, 13), (7, 5), 13, 5, (None, None)),
+            (np.int16, "int16", (2, 3, 64), (2, 3, 40), 64, 40, (0, None)),
+            (np.int8, "int8", (4, 2, 9), (1, 2, 33), 9, 33, (0, 70)),
+            (np.int16, "int8", (1, 300), (1, 16), 300, 16, (None, None))):
+        w = torch.from_numpy(rng.integers(-128, 128, (n, k)))
+        p = WeightedIntParams(QuantParams(torch.tensor([0.1]), qint8), w, torch.from_numpy(rng.integers(-9000, 9000, n)),
+                              QuantParams(torch.tensor([0.1]), qint16 if out_dt == "int16" else qint8),
+                              torch.from_numpy(rng.integers(1, 2 ** (mbits - 1), n)),
+                              torch.from_numpy(rng.integers(16, 30, n)), QuantParams(torch.tensor([0.1]), qint8),
+                              torch.from_numpy(rng.integers(1, 2 ** (mbits - 1), n)), *clamp)
+        mod = LinearAdd(p, march, "fc")
+        info = np.iinfo(in_dt)
+        x = torch.from_numpy(rng.integers(info.min, info.max, x_shape, endpoint=True).astype(in_dt))
+        r = torch.from_numpy(rng.integers(-128, 128, r_shape).astype(np.int8))
+        with torch.no_grad():
+            out = mod(x, r)
+        acc = x.numpy().astype(np.int64) @ mod.weight.numpy().astype(np.int64).T
+        rb = np.broadcast_to(r.numpy(), acc.shape)
+        want = finish(acc, mod.bias.numpy(), mod.multiplier.numpy(), mod.shift.numpy(), out_dt, *clamp,
+                      MARCH_RULES[march][1], -1, rb, mod.residual_multiplier.numpy())
+        assert out.shape == acc.shape
+        np.testing.assert_array_equal(out.numpy(), want)

@@ -3,9 +3,9 @@
 They hold the same integer parameters as the kernel-backed Conv2d (per-output-channel int8
 weight in conv2d's ``[O, I/groups, ...]`` layout, int32 bias, the march's multipliers and
 shifts).  On int8/int16 CPU inputs ConvTranspose2d runs one stride-1 conv2d kernel call per
-output phase, and Conv3d (without a residual) one raw-int32 conv2d call per kernel depth tap,
-requantized by the march kernel ``requantize``.  Otherwise (other devices, traced models, a
-dilated ConvTranspose2d, Linear+add) they compute with
+output phase, Conv3d (without a residual) one raw-int32 conv2d call per kernel depth tap,
+requantized by the march kernel ``requantize``, and Linear+add one 1x1 conv2d call with the
+residual.  Otherwise (other devices, traced models, a dilated ConvTranspose2d) they compute with
 :func:`~qframe_core.nn.qat.weighted.integer_weighted` -- the function the QAT modules call in
 VALIDATION state -- with exact accumulation (:func:`~qframe_core.numerics.exact_integer_op`:
 float32 where every partial sum fits its mantissa, float64 below 2**53 otherwise).  Every path
@@ -248,10 +248,32 @@ class Conv3d(_ExactWeighted):
 
 
 class LinearAdd(_ExactWeighted):
-    """Integer Linear fused with a residual add (+ ReLU/ReLU6): the GEMM kernel of :class:`Linear` has no
-    residual input, so this form computes exactly in torch (``Linear.from_qat`` picks it)."""
+    """Integer Linear fused with a residual add (+ ReLU/ReLU6) (``Linear.from_qat`` picks it): the linear kernel
+    has no residual input, so int8/int16 CPU inputs run as a 1x1 convolution of ``[M, K, 1, 1]`` on the conv2d
+    kernel, whose epilogue adds the residual (the same rule); other inputs compute exactly in torch."""
 
     channel_axis = -1
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return F.linear(x, w, b)
+
+    def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if (other is None or self.residual_multiplier is None or x.dim() < 2 or not runs_on_kernels(x, other)
+                or self.multiplier is None):
+            return super().forward(x, other)
+        n, k = self.weight.shape
+        lead = x.shape[:-1]
+        w = self.__dict__.get("_w4")
+        if w is None or w[0] is not self.weight or w[1] != self.weight._version:
+            w = self.__dict__["_w4"] = (self.weight, self.weight._version, self.weight.reshape(n, k, 1, 1))
+        res = other.expand(*lead, n).reshape(-1, n, 1, 1)
+        lo, hi = self._clamp_bounds()
+        out = ops.conv2d(self.march, x.reshape(-1, k, 1, 1), w[2], self.bias, [1, 1], [0, 0], [1, 1], 1,
+                         self.multiplier.to(torch.int32), self.shift.to(torch.int32), dtype_name(self.out_dtype.bits),
+                         lo, hi, res, self.residual_multiplier.to(torch.int32), self.qframe_name, False)
+        return out.reshape(*lead, n)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_w4", None)
+        return state
