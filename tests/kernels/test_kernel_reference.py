@@ -492,6 +492,7 @@ def test_other_functions_bad_inputs(march):
         (lambda: mod.add(a, np.ones((3, 2), np.int8), 1, 1, 0, "int8", None, None), ValueError, "add"),
         (lambda: mod.add(a, a.astype(np.int32), 1, 1, 0, "int8", None, None), TypeError, "add"),
         (lambda: mod.add(a, a, 1, 1, -1, "int8", None, None), ValueError, "add"),
+        (lambda: mod.add(a, a, -(2 ** 40), 1, 0, "int8", None, None), ValueError, "add"),
         (lambda: mod.add(a, a, 1.5, 1, 0, "int8", None, None), TypeError, "add"),
         (lambda: mod.add(a, a, 1, 1, 0, "uint8", None, None), ValueError, "add"),
         (lambda: mod.requantize(a.astype(np.float32), one, one, None, "int8", None, None), TypeError, "requantize"),

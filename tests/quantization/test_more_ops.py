@@ -158,9 +158,10 @@ def test_table_rules_for_pooling():
 
 @pytest.mark.parametrize("m", ["bernoulli2", "bayes"])
 def test_functional_kernels_equal_the_torch_rules(m):
-    """The integer FloatFunctional's add, sub, mul (march kernels, broadcast operands, channels-last pairs), cat
-    and sum/mean (the requantize kernel) equal the torch rules of qframe_core.nn.integer_functional (which QAT
-    runs), on full-range int8/int16 codes with random scales."""
+    """The integer FloatFunctional's methods on the march kernels -- add, sub, mul (broadcast operands, channels-last
+    pairs), matmul (broadcast batch dims), maximum/minimum, mul/add with a constant, cat, sum/mean -- equal the
+    torch rules of qframe_core.nn.integer_functional (which QAT runs), on full-range int8/int16 codes with random
+    scales."""
     from qframe_core.dtype import qint8, qint16
     from qframe_core.nn import integer_functional as intf
     from qframe_core.nn.quantized.qfunctional import QFunctional
@@ -190,6 +191,21 @@ def test_functional_kernels_equal_the_torch_rules(m):
                     cl = getattr(mod, method)(a.contiguous(memory_format=torch.channels_last),
                                               b.contiguous(memory_format=torch.channels_last))
                     assert torch.equal(cl, want), (method, "channels_last")
+        # matmul (broadcast batch dims), maximum/minimum, mul/add with a constant (negative too)
+        a, b = codes((2, 3, 5, 7), da), codes((3, 7, 4), db)
+        params = intf.mul_params(rule, qp(da), qp(db), qp(do), "t")
+        want = intf.int_matmul(a, b, params, rule).to(do.torch_dtype)
+        assert torch.equal(QFunctional(m, "f", "matmul", params).matmul(a, b), want)
+        a, b = codes((2, 5, 6), da), codes((2, 5, 6), db)
+        params = intf.cat_params(rule, [qp(da), qp(db)], qp(do), "t")
+        for method, pick in (("maximum", torch.maximum), ("minimum", torch.minimum)):
+            want = intf.int_extremum(a, b, params, rule, pick).to(do.torch_dtype)
+            assert torch.equal(getattr(QFunctional(m, "f", method, params), method)(a, b), want), method
+        for value, mul in ((0.37, True), (-2.5, True), (0.8, False), (-0.05, False)):
+            params = intf.scalar_params(rule, qp(da), qp(do), value, mul, "t")
+            method = "mul_scalar" if mul else "add_scalar"
+            want = intf.int_scalar(a, params, rule).to(do.torch_dtype)
+            assert torch.equal(getattr(QFunctional(m, "f", method, params), method)(a, value), want), (method, value)
         parts = [codes((2, 3, 4, 5), da), codes((2, 2, 4, 5), db)]
         params = intf.cat_params(rule, [qp(da), qp(db)], qp(do), "t")
         want = intf.int_cat(parts, params, rule, 1).to(do.torch_dtype)

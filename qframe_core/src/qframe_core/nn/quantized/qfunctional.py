@@ -1,5 +1,6 @@
-"""Integer FloatFunctional (``QFunctional``): add, sub, mul, cat and sum/mean on the march's kernels (their rules
-in :mod:`~qframe_core.nn.integer_functional`); the others in exact torch integer ops."""
+"""Integer FloatFunctional (``QFunctional``): every method on the march's kernels for int8/int16 CPU codes (the
+rules of :mod:`~qframe_core.nn.integer_functional`, which QAT runs in torch); other inputs and traced models use
+those torch steps, except add/sub/mul, which trace as ``torch.ops.qframe`` operators."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ...march import resolve_march
 from ...quantization.fake_quantize import QuantParams
 from .. import integer_functional as intf
 from . import ops
-from .kernels import dtype_name, runs_on_kernels
+from .kernels import dtype_name, march_kernels, runs_on_kernels
 
 
 def _traced_in_scope(method: Callable) -> Callable:
@@ -96,12 +97,30 @@ class QFunctional(nn.Module):
 
     @_traced_in_scope
     def matmul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._torch_int("matmul", intf.int_matmul, x, y)
+        p, d = self.params, self.params.output.dtype
+        if not runs_on_kernels(x, y) or x.dim() < 2 or y.dim() < 2 or d.bits > 16:
+            return self._torch_int("matmul", intf.int_matmul, x, y)
+        # the march kernel matmul_requant over the broadcast batch dims (the rule of int_matmul: no pre-shift)
+        self._check("matmul")
+        lead = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+        a = x.expand(*lead, *x.shape[-2:]).reshape(-1, *x.shape[-2:])
+        bt = y.transpose(-2, -1).expand(*lead, y.shape[-1], y.shape[-2]).reshape(-1, y.shape[-1], y.shape[-2])
+        out = march_kernels(self.march).matmul_requant(a.contiguous().numpy(), bt.contiguous().numpy(),
+                                                       (0, p.multiplier_a, p.shift), dtype_name(d.bits))
+        return torch.from_numpy(out).reshape(*lead, x.shape[-2], y.shape[-1])
 
     def _scalar(self, method: str, x: torch.Tensor, value: float) -> torch.Tensor:
         if float(value) != self.params.value:
             raise ValueError(f"{self.qframe_name}: converted for {method}({self.params.value}), called with {value}")
-        return self._torch_int(method, intf.int_scalar, x)
+        p, d = self.params, self.params.output.dtype
+        limit = 2 ** (march_kernels(self.march).MULTIPLIER_BITS - 1) - 1
+        if not runs_on_kernels(x) or abs(p.multiplier) > limit or abs(p.constant) > limit:
+            return self._torch_int(method, intf.int_scalar, x)
+        self._check(method)
+        # the rule of int_scalar, round_shift(q * m + m_c, s), on the add kernel with a second operand of ones
+        ones = torch.ones(1, dtype=torch.int8).expand(x.shape)
+        return ops.add(self.march, x, ones, p.multiplier, p.constant, p.shift, dtype_name(d.bits), d.quant_min,
+                       d.quant_max, self.qframe_name)
 
     @_traced_in_scope
     def mul_scalar(self, x: torch.Tensor, value: float) -> torch.Tensor:
@@ -111,13 +130,22 @@ class QFunctional(nn.Module):
     def add_scalar(self, x: torch.Tensor, value: float) -> torch.Tensor:
         return self._scalar("add_scalar", x, value)
 
+    def _extremum(self, method: str, x: torch.Tensor, y: torch.Tensor, pick: Any) -> torch.Tensor:
+        if not runs_on_kernels(x, y):
+            return self._torch_int(method, intf.int_extremum, x, y, pick=pick)
+        self._check(method)
+        p, d = self.params, self.params.output.dtype
+        a, b = (ops.requantize(self.march, q, m, s, None, dtype_name(d.bits), d.quant_min, d.quant_max,
+                               self.qframe_name).reshape(q.shape) for q, m, s in zip((x, y), p.multipliers, p.shifts))
+        return pick(a, b)
+
     @_traced_in_scope
     def maximum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._torch_int("maximum", intf.int_extremum, x, y, pick=torch.maximum)
+        return self._extremum("maximum", x, y, torch.maximum)
 
     @_traced_in_scope
     def minimum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._torch_int("minimum", intf.int_extremum, x, y, pick=torch.minimum)
+        return self._extremum("minimum", x, y, torch.minimum)
 
     def _reduce(self, method: str, x: torch.Tensor, dim: Any, keepdim: bool) -> torch.Tensor:
         self._check(method)

@@ -1207,8 +1207,8 @@ py::array eltwise_py(const char* fn, EltwiseOp op, const py::object& a_o, const 
     const int64_t ma = get_int(fn, "multiplier_a", ma_o);
     const int64_t mb = get_int(fn, "multiplier_b", mb_o);
     const int64_t sh = get_int(fn, "shift", s_o);
-    check_multiplier_value<Policy>(fn, "'multiplier_a'", ma);
-    check_multiplier_value<Policy>(fn, "'multiplier_b' (its magnitude: negative subtracts b)", mb < 0 ? -mb : mb);
+    check_multiplier_value<Policy>(fn, "'multiplier_a' (its magnitude: a negative one negates a)", ma < 0 ? -ma : ma);
+    check_multiplier_value<Policy>(fn, "'multiplier_b' (its magnitude: a negative one subtracts b)", mb < 0 ? -mb : mb);
     check_shift_value(fn, "'shift'", sh);
     const DType od = get_out_dtype(fn, out_dtype);
     const ClampRange cr = get_clamp(fn, od, clamp_min, clamp_max);
