@@ -325,3 +325,50 @@ def test_grid_taps_equal_the_torch_rule(march):
         mod.grid_taps(g, (1, 0, 4), (1, 0, 4), 16, 8, 12, "bilinear", False)
     with pytest.raises(TypeError, match="x_axis"):
         mod.grid_taps(g, [1, 0, 4], (1, 0, 4), 16, 16, 8, "bilinear", False)
+
+
+# -- fuzzing the C++ boundary: any dtype, shape, layout or value gives a result or a clean Python error ----------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_DTYPES = st.sampled_from([np.int8, np.int16, np.int32, np.int64, np.float32, np.uint8])
+_SHAPES = st.lists(st.integers(0, 5), min_size=0, max_size=5).map(tuple)
+
+
+def _array(dt, shape, seed, transpose):
+    rng = np.random.default_rng(seed)
+    if np.issubdtype(dt, np.floating):
+        a = rng.standard_normal(shape).astype(dt)
+    else:
+        info = np.iinfo(dt)
+        a = rng.integers(max(info.min, -40000), min(info.max, 40000), size=shape, endpoint=True).astype(dt)
+    return a.T if transpose and a.ndim >= 2 else a
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(march=st.sampled_from(MARCHES), kernel=st.sampled_from(["separable_sum", "gather_taps", "grid_taps", "glu",
+                                                                "matmul_requant", "mul", "add", "requantize"]),
+       dts=st.lists(_DTYPES, min_size=5, max_size=5), shapes=st.lists(_SHAPES, min_size=5, max_size=5),
+       ints=st.lists(st.integers(-(2 ** 63), 2 ** 63 - 1) | st.integers(-70, 70), min_size=4, max_size=4),
+       transpose=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_fuzz_new_kernels_never_crash(march, kernel, dts, shapes, ints, transpose, seed):
+    """Random dtypes (including float, uint8, int64), ranks, zero sizes, non-contiguous arrays, huge or negative
+    ints: every call returns or raises TypeError/ValueError naming the kernel, never crashes or hangs."""
+    mod = MODULES[march]
+    arrs = [_array(dt, sh, seed + i, transpose and i == 0) for i, (dt, sh) in enumerate(zip(dts, shapes))]
+    i0, i1, i2, i3 = ints
+    calls = {
+        "separable_sum": lambda: mod.separable_sum(arrs[0], arrs[1], arrs[2], arrs[3], arrs[4], i0 % 70),
+        "gather_taps": lambda: mod.gather_taps(arrs[0], arrs[1], arrs[2], i0, i1 if i1 % 3 else None, None),
+        "grid_taps": lambda: mod.grid_taps(arrs[0], (i0, i1, i2), (i1, i2 % 99, i3), i0 % 70, i1 % 40, i2 % 20,
+                                           "bilinear" if i3 % 2 else "nearest", bool(i0 % 2)),
+        "glu": lambda: mod.glu(arrs[0], arrs[1], (i0 % 70, i1, i2 % 70), "int8" if i3 % 2 else "int16"),
+        "matmul_requant": lambda: mod.matmul_requant(arrs[0], arrs[1], (i0 % 70, i1, i2 % 70), "int16"),
+        "mul": lambda: mod.mul(arrs[0], arrs[1], i0, i1 % 70, "int8"),
+        "add": lambda: mod.add(arrs[0], arrs[1], i0, i1, i2 % 70, "int16"),
+        "requantize": lambda: mod.requantize(arrs[0], arrs[1], arrs[2], i0 % 5 - 2, "int8"),
+    }
+    try:
+        calls[kernel]()
+    except (TypeError, ValueError) as e:
+        assert str(e).startswith(kernel + ":") or "incompatible function arguments" in str(e), str(e)
