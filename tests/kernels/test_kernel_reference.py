@@ -351,7 +351,10 @@ def test_mul_matches_reference(march):
     with pytest.raises(ValueError, match="same shape"):
         mod.mul(np.zeros(3, np.int8), np.zeros(4, np.int8), 1, 0, "int8")
     with pytest.raises(ValueError, match="multiplier"):
-        mod.mul(np.zeros(3, np.int8), np.zeros(3, np.int8), -1, 0, "int8")
+        mod.mul(np.zeros(3, np.int8), np.zeros(3, np.int8), -(2 ** 40), 0, "int8")
+    # a negative multiplier negates the product (the sign of mul_scalar's constant rides on it)
+    a = np.array([3, -5, 7], np.int8)
+    np.testing.assert_array_equal(mod.mul(a, np.ones(3, np.int8), -1, 0, "int8"), -a)
 
 
 def test_rounding_ties_differ_between_marches():
