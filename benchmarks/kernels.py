@@ -29,33 +29,14 @@ import copy
 import datetime
 import os
 import platform
-import statistics
 import sys
-import time
 import warnings
 
 import numpy as np
 import torch
 from blocks import BasicBlock, MobileNetV2Shaped  # benchmarks/blocks.py: the scripts run from this folder
+from timing import time_interleaved
 from torch import nn
-
-
-def _time_interleaved(fns: dict, repeat: int, warmup: int = 3, budget_s: float = 8.0) -> dict:
-    """{key: (median, min) seconds}: the functions are timed in interleaved rounds (one call
-    of each per round, after warm-up), so load from other processes hits them alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {key: [] for key in fns}
-    start = time.perf_counter()
-    for _ in range(repeat):
-        for key, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s and len(times[next(iter(fns))]) >= 5:
-            break
-    return {key: (statistics.median(v), min(v)) for key, v in times.items()}
 
 
 def _cpu_name() -> str:
@@ -164,7 +145,7 @@ def bench_ops(k, repeat: int, verbose: bool) -> list[tuple]:
 
 def _row(name, macs, qf, tf, tq, repeat, verbose):
     with torch.no_grad():
-        res = _time_interleaved({"qframe": qf, "fp32": tf, "fbgemm": tq}, repeat)
+        res = time_interleaved({"qframe": qf, "fp32": tf, "fbgemm": tq}, repeat)
     if verbose:
         for key, (med, mn) in res.items():
             print(f"  {name:36s} {key:7s} median {med * 1e3:8.3f} ms  min {mn * 1e3:8.3f} ms", file=sys.stderr)
@@ -308,7 +289,7 @@ def _model_row(name, batch, float_model, q_model, t_model, x, repeat, verbose):
         return t_model(x)
 
     with torch.no_grad():
-        res = _time_interleaved({"qframe": lambda: q_model(x), "float": lambda: float_model(x), "torch.ao": run_ao},
+        res = time_interleaved({"qframe": lambda: q_model(x), "float": lambda: float_model(x), "torch.ao": run_ao},
                                 repeat, warmup=2, budget_s=25.0)
     if verbose:
         for key, (med, mn) in res.items():

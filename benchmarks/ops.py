@@ -17,31 +17,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import sys
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
+from timing import time_interleaved  # benchmarks/timing.py: the scripts run from this folder
 from torch import nn
-
-
-def _time_interleaved(fns: dict, repeat: int, warmup: int = 3, budget_s: float = 6.0) -> dict:
-    """{key: (median, min) seconds} of functions timed in interleaved rounds after warm-up."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {key: [] for key in fns}
-    start = time.perf_counter()
-    for _ in range(repeat):
-        for key, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s and len(times[next(iter(fns))]) >= 5:
-            break
-    return {key: (statistics.median(v), min(v)) for key, v in times.items()}
 
 
 def _models():
@@ -201,7 +183,7 @@ def bench(march: str, repeat: int, only=None, verbose: bool = False) -> list[tup
             return fn(*inputs)
 
         with torch.no_grad():
-            res = _time_interleaved({"integer": run_integer, "float": run_float}, repeat)
+            res = time_interleaved({"integer": run_integer, "float": run_float}, repeat, budget_s=6.0)
         if verbose:
             for key, (med, mn) in res.items():
                 print(f"  {name:40s} {key:8s} median {med * 1e3:8.3f} ms  min {mn * 1e3:8.3f} ms", file=sys.stderr)

@@ -190,24 +190,13 @@ def check_all(march):
     check_matmul_requant(march)
 
 
+CHECKS = [(check_separable_sum, 1), (check_gather_taps, 2), (check_glu, 3), (check_matmul_requant, 4)]
+
+
+@pytest.mark.parametrize("check,seed", CHECKS, ids=[c.__name__.removeprefix("check_") for c, _ in CHECKS])
 @pytest.mark.parametrize("march", MARCHES)
-def test_separable_sum_matches_reference(march):
-    check_separable_sum(march, 1)
-
-
-@pytest.mark.parametrize("march", MARCHES)
-def test_gather_taps_matches_reference(march):
-    check_gather_taps(march, 2)
-
-
-@pytest.mark.parametrize("march", MARCHES)
-def test_glu_matches_reference(march):
-    check_glu(march, 3)
-
-
-@pytest.mark.parametrize("march", MARCHES)
-def test_matmul_requant_matches_reference(march):
-    check_matmul_requant(march, 4)
+def test_kernel_matches_reference(march, check, seed):
+    check(march, seed)
 
 
 @pytest.mark.parametrize("march", MARCHES)
