@@ -91,11 +91,12 @@ class MultiheadAttention(nn.Module):
         x = q.reshape(-1, q.shape[-1])
         if p.pre_shift == 0:
             d = p.output.dtype
-            out = ops.linear(self.march, x, w, b, m, s, f"int{d.bits}", d.quant_min, d.quant_max, self.qframe_name)
+            out = ops.linear_direct(self.march, x, w, b, m, s, f"int{d.bits}", d.quant_min, d.quant_max,
+                                    self.qframe_name)
             return out.reshape(*q.shape[:-1], out.shape[-1])
         if (torch.iinfo(q.dtype).max + 1) * 128 * q.shape[-1] + bias_max >= 2 ** 31:
             return int_linear(q, p, rule)  # the raw sums could saturate int32
-        acc = ops.linear(self.march, x, w, b, None, None, "int32", -2 ** 31, 2 ** 31 - 1, self.qframe_name)
+        acc = ops.linear_direct(self.march, x, w, b, None, None, "int32", -2 ** 31, 2 ** 31 - 1, self.qframe_name)
         acc = rule.round_shift(acc.to(torch.int64), torch.tensor(p.pre_shift))
         out = rule.requantize([(acc, p.multipliers)], p.shift, p.output.dtype)
         return out.reshape(*q.shape[:-1], out.shape[-1])

@@ -23,17 +23,27 @@ def _np(t: Optional[torch.Tensor]):
     return None if t is None else t.contiguous().numpy()
 
 
+def _eltwise(kernel: str, march: str, a: torch.Tensor, b: torch.Tensor, args: tuple, name: str) -> torch.Tensor:
+    x, y = torch.broadcast_tensors(a, b)
+    # element-wise: two channels-last operands are combined in their NHWC order (no copies)
+    layout = "nhwc" if is_channels_last(x) and is_channels_last(y) else "nchw"
+    out = getattr(march_kernels(march), kernel)(as_layout_array(x, layout, "input 0", name),
+                                                as_layout_array(y, layout, "input 1", name), *args)
+    return from_layout_array(out, layout)
+
+
+def add_direct(march: str, a: torch.Tensor, b: torch.Tensor, multiplier_a: int, multiplier_b: int, shift: int,
+            out_dtype: str, clamp_min: int, clamp_max: int, name: str) -> torch.Tensor:
+    """``clamp(round_shift(a * ma + b * mb, shift))`` on the march's kernel (a, b broadcast): :func:`add` without
+    the operator dispatch (about 20 us a call), for integer modules outside tracing."""
+    return _eltwise("add", march, a, b, (multiplier_a, multiplier_b, shift, out_dtype, clamp_min, clamp_max), name)
+
+
 @torch.library.custom_op("qframe::add", mutates_args=())
 def add(march: str, a: torch.Tensor, b: torch.Tensor, multiplier_a: int, multiplier_b: int, shift: int,
         out_dtype: str, clamp_min: int, clamp_max: int, name: str) -> torch.Tensor:
     """``clamp(round_shift(a * ma + b * mb, shift))`` on the march's kernel (a, b broadcast)."""
-    x, y = torch.broadcast_tensors(a, b)
-    # element-wise: two channels-last operands are added in their NHWC order (no copies)
-    layout = "nhwc" if is_channels_last(x) and is_channels_last(y) else "nchw"
-    out = march_kernels(march).add(as_layout_array(x, layout, "input 0", name),
-                                   as_layout_array(y, layout, "input 1", name), multiplier_a, multiplier_b, shift,
-                                   out_dtype, clamp_min, clamp_max)
-    return from_layout_array(out, layout)
+    return add_direct(march, a, b, multiplier_a, multiplier_b, shift, out_dtype, clamp_min, clamp_max, name)
 
 
 @add.register_fake
@@ -42,16 +52,17 @@ def _add_shape(march, a, b, multiplier_a, multiplier_b, shift, out_dtype, clamp_
     return a.new_empty(shape, dtype=getattr(torch, out_dtype))
 
 
+def mul_direct(march: str, a: torch.Tensor, b: torch.Tensor, multiplier: int, shift: int, out_dtype: str,
+            clamp_min: int, clamp_max: int, name: str) -> torch.Tensor:
+    """:func:`mul` without the operator dispatch."""
+    return _eltwise("mul", march, a, b, (multiplier, shift, out_dtype, clamp_min, clamp_max), name)
+
+
 @torch.library.custom_op("qframe::mul", mutates_args=())
 def mul(march: str, a: torch.Tensor, b: torch.Tensor, multiplier: int, shift: int, out_dtype: str, clamp_min: int,
         clamp_max: int, name: str) -> torch.Tensor:
     """``clamp(round_shift(a * b * multiplier, shift))`` on the march's kernel (a, b broadcast)."""
-    x, y = torch.broadcast_tensors(a, b)
-    layout = "nhwc" if is_channels_last(x) and is_channels_last(y) else "nchw"
-    out = march_kernels(march).mul(as_layout_array(x, layout, "input 0", name),
-                                   as_layout_array(y, layout, "input 1", name), multiplier, shift, out_dtype,
-                                   clamp_min, clamp_max)
-    return from_layout_array(out, layout)
+    return mul_direct(march, a, b, multiplier, shift, out_dtype, clamp_min, clamp_max, name)
 
 
 @mul.register_fake
@@ -89,13 +100,12 @@ def _packed(march: str, weight: torch.Tensor, groups: Optional[int]):
     return pack
 
 
-@torch.library.custom_op("qframe::conv2d", mutates_args=())
-def conv2d(march: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: list[int],
-           padding: list[int], dilation: list[int], groups: int, multiplier: Optional[torch.Tensor],
-           shift: Optional[torch.Tensor], out_dtype: str, clamp_min: int, clamp_max: int,
-           residual: Optional[torch.Tensor], residual_multiplier: Optional[torch.Tensor], name: str,
-           channels_last_output: bool) -> torch.Tensor:
-    """The integer conv of march ``march`` (see the kernels README for the arithmetic)."""
+def conv2d_direct(march: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: list[int],
+                  padding: list[int], dilation: list[int], groups: int, multiplier: Optional[torch.Tensor],
+                  shift: Optional[torch.Tensor], out_dtype: str, clamp_min: int, clamp_max: int,
+                  residual: Optional[torch.Tensor], residual_multiplier: Optional[torch.Tensor], name: str,
+                  channels_last_output: bool) -> torch.Tensor:
+    """:func:`conv2d` without the operator dispatch (a plan built per call)."""
     packed = _packed(march, weight, groups)
     native = packed.native_layout("int8" if x.dtype == torch.int8 else "int16") \
         if x.dtype in (torch.int8, torch.int16) else "nchw"
@@ -103,6 +113,17 @@ def conv2d(march: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
                                             tuple(dilation), groups, _np(multiplier), _np(shift), out_dtype,
                                             clamp_min, clamp_max, _np(residual_multiplier))
     return run_conv2d(plan, x, residual, native, channels_last_output, name)
+
+
+@torch.library.custom_op("qframe::conv2d", mutates_args=())
+def conv2d(march: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: list[int],
+           padding: list[int], dilation: list[int], groups: int, multiplier: Optional[torch.Tensor],
+           shift: Optional[torch.Tensor], out_dtype: str, clamp_min: int, clamp_max: int,
+           residual: Optional[torch.Tensor], residual_multiplier: Optional[torch.Tensor], name: str,
+           channels_last_output: bool) -> torch.Tensor:
+    """The integer conv of march ``march`` (see the kernels README for the arithmetic)."""
+    return conv2d_direct(march, x, weight, bias, stride, padding, dilation, groups, multiplier, shift, out_dtype,
+                         clamp_min, clamp_max, residual, residual_multiplier, name, channels_last_output)
 
 
 def run_conv2d(plan: Any, x: torch.Tensor, residual: Optional[torch.Tensor], native: str,
@@ -130,14 +151,21 @@ def _conv2d_shape(march, x, weight, bias, stride, padding, dilation, groups, mul
     return x.new_empty((n, weight.shape[0], oh, ow), dtype=getattr(torch, out_dtype))
 
 
-@torch.library.custom_op("qframe::linear", mutates_args=())
-def linear(march: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, multiplier: Optional[torch.Tensor],
-           shift: Optional[torch.Tensor], out_dtype: str, clamp_min: int, clamp_max: int, name: str) -> torch.Tensor:
-    """The integer linear of march ``march`` over the last axis of a 2-D input."""
+def linear_direct(march: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               multiplier: Optional[torch.Tensor], shift: Optional[torch.Tensor], out_dtype: str, clamp_min: int,
+               clamp_max: int, name: str) -> torch.Tensor:
+    """:func:`linear` without the operator dispatch."""
     out = march_kernels(march).linear(as_array(x, "input", name), _packed(march, weight, None),
                                       _np(bias.to(torch.int32)), _np(multiplier), _np(shift), out_dtype, clamp_min,
                                       clamp_max)
     return torch.from_numpy(out)
+
+
+@torch.library.custom_op("qframe::linear", mutates_args=())
+def linear(march: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, multiplier: Optional[torch.Tensor],
+           shift: Optional[torch.Tensor], out_dtype: str, clamp_min: int, clamp_max: int, name: str) -> torch.Tensor:
+    """The integer linear of march ``march`` over the last axis of a 2-D input."""
+    return linear_direct(march, x, weight, bias, multiplier, shift, out_dtype, clamp_min, clamp_max, name)
 
 
 @linear.register_fake

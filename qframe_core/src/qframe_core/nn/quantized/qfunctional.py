@@ -37,6 +37,12 @@ def _traced_in_scope(method: Callable) -> Callable:
     return wrapper
 
 
+def _op(name: str) -> Callable:
+    """The kernel call ``name`` of :mod:`.ops`: the registered operator while tracing (recorded in the trace),
+    else the direct call (no operator dispatch)."""
+    return getattr(ops, name) if torch.jit.is_tracing() else getattr(ops, name + "_direct")
+
+
 class QFunctional(nn.Module):
     """Integer tensor operation of one call site, with the march's rescaling."""
 
@@ -72,7 +78,7 @@ class QFunctional(nn.Module):
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._check("add")
         p = self.params
-        return ops.add(self.march, x, y, p.multiplier_a, p.multiplier_b, p.shift, dtype_name(p.output.dtype.bits),
+        return _op("add")(self.march, x, y, p.multiplier_a, p.multiplier_b, p.shift, dtype_name(p.output.dtype.bits),
                        p.output.dtype.quant_min, p.output.dtype.quant_max, self.qframe_name)
 
     def _torch_int(self, method: str, fn: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -85,14 +91,14 @@ class QFunctional(nn.Module):
         """``add``'s kernel with the second multiplier negated (the rule of ``int_sub``)."""
         self._check("sub")
         p = self.params
-        return ops.add(self.march, x, y, p.multiplier_a, -p.multiplier_b, p.shift, dtype_name(p.output.dtype.bits),
+        return _op("add")(self.march, x, y, p.multiplier_a, -p.multiplier_b, p.shift, dtype_name(p.output.dtype.bits),
                        p.output.dtype.quant_min, p.output.dtype.quant_max, self.qframe_name)
 
     @_traced_in_scope
     def mul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._check("mul")
         p = self.params
-        return ops.mul(self.march, x, y, p.multiplier_a, p.shift, dtype_name(p.output.dtype.bits),
+        return _op("mul")(self.march, x, y, p.multiplier_a, p.shift, dtype_name(p.output.dtype.bits),
                        p.output.dtype.quant_min, p.output.dtype.quant_max, self.qframe_name)
 
     @_traced_in_scope
@@ -119,7 +125,7 @@ class QFunctional(nn.Module):
         self._check(method)
         # the rule of int_scalar, round_shift(q * m + m_c, s), on the add kernel with a second operand of ones
         ones = torch.ones(1, dtype=torch.int8).expand(x.shape)
-        return ops.add(self.march, x, ones, p.multiplier, p.constant, p.shift, dtype_name(d.bits), d.quant_min,
+        return _op("add")(self.march, x, ones, p.multiplier, p.constant, p.shift, dtype_name(d.bits), d.quant_min,
                        d.quant_max, self.qframe_name)
 
     @_traced_in_scope

@@ -59,8 +59,8 @@ class LSTMCell(nn.Module):
         entry = cache.get(id(w))
         if entry is None or entry[0] is not w:
             entry = cache[id(w)] = (w, w.to(torch.int8), torch.zeros(w.shape[0], dtype=torch.int32))
-        acc = ops.linear(self.march, q.reshape(-1, q.shape[-1]), entry[1], entry[2], None, None, "int32",
-                         -2 ** 31, 2 ** 31 - 1, self.qframe_name)
+        acc = ops.linear_direct(self.march, q.reshape(-1, q.shape[-1]), entry[1], entry[2], None, None, "int32",
+                                -2 ** 31, 2 ** 31 - 1, self.qframe_name)
         return acc.reshape(*q.shape[:-1], w.shape[0]).to(torch.int64)
 
     def __getstate__(self):

@@ -160,9 +160,9 @@ class ConvTranspose2d(_ExactWeighted):
                 if other is not None:  # the residual of this phase where the conv's outputs land
                     res = other.new_zeros(n, other.shape[1], h + 2 * ay[1] - ay[0] + 1, w + 2 * ax[1] - ax[0] + 1)
                     res[:, :, ay[2]:ay[2] + ay[3], ax[2]:ax[2] + ax[3]] = other[:, :, ay[4]::sh, ax[4]::sw]
-                y = ops.conv2d(self.march, x, self._phase_weight(ay, ax), self.bias, [1, 1], [ay[1], ax[1]], [1, 1],
-                               self.groups, m, s, dtype_name(self.out_dtype.bits), lo, hi, res, rm, self.qframe_name,
-                               False)
+                y = ops.conv2d_direct(self.march, x, self._phase_weight(ay, ax), self.bias, [1, 1], [ay[1], ax[1]],
+                                      [1, 1], self.groups, m, s, dtype_name(self.out_dtype.bits), lo, hi, res, rm,
+                                      self.qframe_name, False)
                 out[:, :, ay[4]::sh, ax[4]::sw] = y[:, :, ay[2]:ay[2] + ay[3], ax[2]:ax[2] + ax[3]]
         return out
 
@@ -221,8 +221,9 @@ class Conv3d(_ExactWeighted):
                 continue
             first = lo * sd - pd + a * dd
             xs = x[:, :, first:first + (hi - lo) * sd + 1:sd].transpose(1, 2).reshape(-1, c, *x.shape[3:])
-            y = ops.conv2d(self.march, xs, self._tap_weight(a), zero_bias, [sh, sw], [ph, pw], [dh, dw], self.groups,
-                           None, None, "int32", -2 ** 31, 2 ** 31 - 1, None, None, self.qframe_name, False)
+            y = ops.conv2d_direct(self.march, xs, self._tap_weight(a), zero_bias, [sh, sw], [ph, pw], [dh, dw],
+                                  self.groups, None, None, "int32", -2 ** 31, 2 ** 31 - 1, None, None, self.qframe_name,
+                                  False)
             y = y.reshape(n, hi - lo + 1, o, *y.shape[2:])
             if acc is None:
                 acc = torch.zeros(n, do, o, *y.shape[3:], dtype=torch.int32)
@@ -268,9 +269,10 @@ class LinearAdd(_ExactWeighted):
             w = self.__dict__["_w4"] = (self.weight, self.weight._version, self.weight.reshape(n, k, 1, 1))
         res = other.expand(*lead, n).reshape(-1, n, 1, 1)
         lo, hi = self._clamp_bounds()
-        out = ops.conv2d(self.march, x.reshape(-1, k, 1, 1), w[2], self.bias, [1, 1], [0, 0], [1, 1], 1,
-                         self.multiplier.to(torch.int32), self.shift.to(torch.int32), dtype_name(self.out_dtype.bits),
-                         lo, hi, res, self.residual_multiplier.to(torch.int32), self.qframe_name, False)
+        out = ops.conv2d_direct(self.march, x.reshape(-1, k, 1, 1), w[2], self.bias, [1, 1], [0, 0], [1, 1], 1,
+                                self.multiplier.to(torch.int32), self.shift.to(torch.int32),
+                                dtype_name(self.out_dtype.bits), lo, hi, res, self.residual_multiplier.to(torch.int32),
+                                self.qframe_name, False)
         return out.reshape(*lead, n)
 
     def __getstate__(self):
