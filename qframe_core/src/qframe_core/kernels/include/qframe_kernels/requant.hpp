@@ -8,6 +8,7 @@
 #pragma once
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -364,6 +365,12 @@ template <class Rounding, class TRes, class TOut>
 inline void requant_row_isa(bool avx512, bool avx2, const int32_t* acc, int64_t n, int64_t bias, int64_t m, int s,
                             const TRes* res, int64_t rm, int64_t lo, int64_t hi, TOut* out) {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    if (avx512 && m >= INT32_MIN && m <= INT32_MAX && rm >= INT32_MIN && rm <= INT32_MAX) {
+        // the 16-lane tile epilogue with one row
+        const int64_t b[1] = {bias};
+        const int32_t m32[1] = {static_cast<int32_t>(m)}, s32[1] = {s}, rm32[1] = {static_cast<int32_t>(rm)};
+        return detail::requant_tile_avx512<Rounding>(acc, n, 1, n, b, m32, s32, res, rm32, lo, hi, out, n);
+    }
     if (avx512) return detail::requant_row_avx512<Rounding>(acc, n, bias, m, s, res, rm, lo, hi, out);
     if (avx2) return detail::requant_row_avx2<Rounding>(acc, n, bias, m, s, res, rm, lo, hi, out);
 #endif
