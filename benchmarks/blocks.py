@@ -72,3 +72,30 @@ class MobileNetV2Shaped(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.quant(x))
         return self.dequant(self.classifier(torch.flatten(self.pool(x), 1)))
+
+
+class UNetShaped(nn.Module):
+    """A small segmentation net: a conv encoder (stride-2 downsampling), a decoder of ConvTranspose2d upsampling
+    with concatenated skips, and a bilinear resize of the logits: the integer ops beyond convs in one model."""
+
+    def __init__(self, quant: nn.Module, dequant: nn.Module, classes: int = 8) -> None:
+        super().__init__()
+        self.quant, self.dequant = quant, dequant
+        self.enc1 = nn.Sequential(conv_bn(3, 32, 3), conv_bn(32, 32, 3))
+        self.enc2 = nn.Sequential(conv_bn(32, 64, 3, 2), conv_bn(64, 64, 3))
+        self.enc3 = nn.Sequential(conv_bn(64, 128, 3, 2), conv_bn(128, 128, 3))
+        self.up2 = nn.ConvTranspose2d(128, 64, 2, 2)
+        self.dec2 = conv_bn(128, 64, 3)
+        self.up1 = nn.ConvTranspose2d(64, 32, 2, 2)
+        self.dec1 = conv_bn(64, 32, 3)
+        self.head = nn.Conv2d(32, classes, 1)
+        self.resize = nn.Upsample(scale_factor=2, mode="bilinear")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quant(x)
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        e3 = self.enc3(e2)
+        d2 = self.dec2(torch.cat([self.up2(e3), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.dequant(self.resize(self.head(d1)))

@@ -34,7 +34,7 @@ import warnings
 
 import numpy as np
 import torch
-from blocks import BasicBlock, MobileNetV2Shaped  # benchmarks/blocks.py: the scripts run from this folder
+from blocks import BasicBlock, MobileNetV2Shaped, UNetShaped  # benchmarks/blocks.py: the scripts run from this folder
 from timing import time_interleaved
 from torch import nn
 
@@ -264,6 +264,8 @@ def bench_models(march: str, repeat: int, verbose: bool, quick: bool) -> list[tu
                          quick, float_names=("avgpool", "fc")))
     rows.append(_net_row("MobileNetV2 shaped (8x3x32x32)", MobileNetV2Shaped, (8, 3, 32, 32), march, repeat, verbose,
                          quick))
+    # segmentation-shaped: ConvTranspose2d, cat and bilinear resize between the convs
+    rows.append(_net_row("UNet shaped (1x3x128x128)", UNetShaped, (1, 3, 128, 128), march, repeat, verbose, quick))
     return rows
 
 

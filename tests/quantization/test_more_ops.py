@@ -207,9 +207,16 @@ def test_functional_kernels_equal_the_torch_rules(m):
             want = intf.int_scalar(a, params, rule).to(do.torch_dtype)
             assert torch.equal(getattr(QFunctional(m, "f", method, params), method)(a, value), want), (method, value)
         parts = [codes((2, 3, 4, 5), da), codes((2, 2, 4, 5), db)]
-        params = intf.cat_params(rule, [qp(da), qp(db)], qp(do), "t")
-        want = intf.int_cat(parts, params, rule, 1).to(do.torch_dtype)
-        assert torch.equal(QFunctional(m, "f", "cat", params).cat(parts, 1), want)
+        po = qp(do)
+        same = QuantParams(po.scale, da)  # a part on the output's grid: copied when the dtypes agree
+        for params in (intf.cat_params(rule, [qp(da), qp(db)], po, "t"), intf.cat_params(rule, [same, qp(db)], po, "t")):
+            want = intf.int_cat(parts, params, rule, 1).to(do.torch_dtype)
+            mod = QFunctional(m, "f", "cat", params)
+            assert torch.equal(mod.cat(parts, 1), want)
+            cl = [t.contiguous(memory_format=torch.channels_last) for t in parts]
+            assert torch.equal(mod.cat(cl, 1), want) and mod.cat(cl, 1).is_contiguous()
+            mod.channels_last_output = True  # as convert's layout pass sets it: the same values, channels-last
+            assert torch.equal(mod.cat(cl, 1), want)
         for mean in (False, True):
             for dims, keepdim in (((1,), True), ((2, 3), False), ((), False)):
                 params = intf.reduce_params(qp(da), qp(do), dims, keepdim, mean)

@@ -74,11 +74,16 @@ def _mul_shape(march, a, b, multiplier, shift, out_dtype, clamp_min, clamp_max, 
 def requantize(march: str, x: torch.Tensor, multiplier: Any, shift: Any, axis: Optional[int], out_dtype: str,
                clamp_min: int, clamp_max: int, name: str) -> torch.Tensor:
     """``clamp(round_shift(x * multiplier, shift))`` of an int8/int16/int32/int64 CPU tensor on the march's kernel
-    (``multiplier``/``shift``: ints, or int sequences along ``axis``), in ``x``'s memory order."""
+    (``multiplier``/``shift``: ints, or int sequences along ``axis``), shaped as ``x``; a channels-last ``x``
+    requantized per tensor stays channels-last (no copy)."""
     m = np.asarray(multiplier, dtype=np.int32).reshape(-1)
     s = np.asarray(shift, dtype=np.int32).reshape(-1)
-    out = march_kernels(march).requantize(as_array(x, "input", name), m, s, axis, out_dtype, clamp_min, clamp_max)
-    return torch.from_numpy(out)
+    k = march_kernels(march)
+    xa = nhwc_view(x) if axis is None else None
+    if xa is not None:
+        return from_layout_array(k.requantize(xa, m, s, None, out_dtype, clamp_min, clamp_max), "nhwc")
+    out = k.requantize(as_array(x, "input", name), m, s, axis, out_dtype, clamp_min, clamp_max)
+    return torch.from_numpy(out).reshape(x.shape)
 
 
 # -- conv2d / linear -------------------------------------------------------------------------------

@@ -62,10 +62,17 @@ class QFunctional(nn.Module):
     def output_params(self) -> QuantParams:
         return self.params.output
 
+    #: set by convert's layout pass (quantization/fx/layout.py) when every consumer takes channels-last
+    channels_last_output = False
+
     @property
     def accepts_channels_last(self) -> bool:
-        """``add`` runs element-wise in the operands' own order (two channels-last operands stay so)."""
-        return self.method == "add"
+        """The element-wise methods and cat run in the operands' own order (channels-last pairs stay so)."""
+        return self.method in ("add", "sub", "mul", "cat", "add_scalar", "mul_scalar")
+
+    def _layout(self, out: torch.Tensor) -> torch.Tensor:
+        """``out`` as NCHW-contiguous unless the layout pass allowed channels-last."""
+        return out if self.channels_last_output else out.contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("QFunctional is not called directly: use one of its methods")
@@ -78,8 +85,9 @@ class QFunctional(nn.Module):
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._check("add")
         p = self.params
-        return _op("add")(self.march, x, y, p.multiplier_a, p.multiplier_b, p.shift, dtype_name(p.output.dtype.bits),
-                       p.output.dtype.quant_min, p.output.dtype.quant_max, self.qframe_name)
+        return self._layout(_op("add")(self.march, x, y, p.multiplier_a, p.multiplier_b, p.shift,
+                                       dtype_name(p.output.dtype.bits), p.output.dtype.quant_min,
+                                       p.output.dtype.quant_max, self.qframe_name))
 
     def _torch_int(self, method: str, fn: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         self._check(method)
@@ -91,15 +99,16 @@ class QFunctional(nn.Module):
         """``add``'s kernel with the second multiplier negated (the rule of ``int_sub``)."""
         self._check("sub")
         p = self.params
-        return _op("add")(self.march, x, y, p.multiplier_a, -p.multiplier_b, p.shift, dtype_name(p.output.dtype.bits),
-                       p.output.dtype.quant_min, p.output.dtype.quant_max, self.qframe_name)
+        return self._layout(_op("add")(self.march, x, y, p.multiplier_a, -p.multiplier_b, p.shift,
+                                       dtype_name(p.output.dtype.bits), p.output.dtype.quant_min,
+                                       p.output.dtype.quant_max, self.qframe_name))
 
     @_traced_in_scope
     def mul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._check("mul")
         p = self.params
-        return _op("mul")(self.march, x, y, p.multiplier_a, p.shift, dtype_name(p.output.dtype.bits),
-                       p.output.dtype.quant_min, p.output.dtype.quant_max, self.qframe_name)
+        return self._layout(_op("mul")(self.march, x, y, p.multiplier_a, p.shift, dtype_name(p.output.dtype.bits),
+                                       p.output.dtype.quant_min, p.output.dtype.quant_max, self.qframe_name))
 
     @_traced_in_scope
     def matmul(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -184,9 +193,15 @@ class QFunctional(nn.Module):
             return self._torch_int("cat", intf.int_cat, xs, dim=dim)
         self._check("cat")
         p, d = self.params, self.params.output.dtype
-        parts = [ops.requantize(self.march, q, m, s, None, dtype_name(d.bits), d.quant_min, d.quant_max,
-                                self.qframe_name).reshape(q.shape) for q, m, s in zip(xs, p.multipliers, p.shifts)]
-        return torch.cat(parts, dim=dim)
+        full = (d.quant_min, d.quant_max) == (torch.iinfo(d.torch_dtype).min, torch.iinfo(d.torch_dtype).max)
+        parts = []
+        for q, m, s in zip(xs, p.multipliers, p.shifts):
+            if m == 1 << s and q.dtype == d.torch_dtype and full:
+                parts.append(q)  # round_shift(q * 2**s, s) == q: a part already on the output grid
+            else:
+                parts.append(ops.requantize(self.march, q, m, s, None, dtype_name(d.bits), d.quant_min, d.quant_max,
+                                            self.qframe_name))
+        return self._layout(torch.cat(parts, dim=dim))
 
     def extra_repr(self) -> str:
         return f"method={self.method}, out_dtype={self.params.output.dtype}, march={self.march}"

@@ -129,6 +129,8 @@ class ConvTranspose2d(_ExactWeighted):
     """
 
     op_attrs = ("stride", "padding", "output_padding", "groups", "dilation")
+    accepts_channels_last = True
+    channels_last_output = False  # set by convert's layout pass (quantization/fx/layout.py)
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         w = swap_transposed_layout(w, self.groups)  # stored output channels first: back to [I, O/groups, kh, kw]
@@ -145,11 +147,10 @@ class ConvTranspose2d(_ExactWeighted):
         sh, sw = self.stride
         oh = (h - 1) * sh - 2 * self.padding[0] + kh + self.output_padding[0]
         ow = (w - 1) * sw - 2 * self.padding[1] + kw + self.output_padding[1]
-        out = torch.empty(n, self.weight.shape[0], oh, ow, dtype=self.out_dtype.torch_dtype)
-        lo, hi = self._clamp_bounds()
-        m = None if self.multiplier is None else self.multiplier.to(torch.int32)
-        s = None if self.shift is None else self.shift.to(torch.int32)
-        rm = None if self.residual_multiplier is None else self.residual_multiplier.to(torch.int32)
+        # the phases land in a channels-last buffer (runs of channels, as the kernels write them); NCHW-contiguous
+        # at the end unless convert's layout pass let every consumer take channels-last
+        out = torch.empty(n, self.weight.shape[0], oh, ow, dtype=self.out_dtype.torch_dtype,
+                          memory_format=torch.channels_last)
         for ry in range(sh):
             ay = transposed_phase(h, kh, sh, self.padding[0], oh, ry)
             for rx in range(sw):
@@ -160,26 +161,40 @@ class ConvTranspose2d(_ExactWeighted):
                 if other is not None:  # the residual of this phase where the conv's outputs land
                     res = other.new_zeros(n, other.shape[1], h + 2 * ay[1] - ay[0] + 1, w + 2 * ax[1] - ax[0] + 1)
                     res[:, :, ay[2]:ay[2] + ay[3], ax[2]:ax[2] + ax[3]] = other[:, :, ay[4]::sh, ax[4]::sw]
-                y = ops.conv2d_direct(self.march, x, self._phase_weight(ay, ax), self.bias, [1, 1], [ay[1], ax[1]],
-                                      [1, 1], self.groups, m, s, dtype_name(self.out_dtype.bits), lo, hi, res, rm,
-                                      self.qframe_name, False)
+                plan, natives = self._phase_plan(ay, ax)
+                # the phase's conv output in the kernel's native layout (a channels-last view where that is
+                # NHWC), copied into its strided place
+                y = ops.run_conv2d(plan, x, res, natives.get(x.dtype, "nchw"), True, self.qframe_name)
                 out[:, :, ay[4]::sh, ax[4]::sw] = y[:, :, ay[2]:ay[2] + ay[3], ax[2]:ax[2] + ax[3]]
-        return out
+        return out if self.channels_last_output else out.contiguous()
 
-    def _phase_weight(self, ay: tuple, ax: tuple) -> torch.Tensor:
-        """The int8 conv weight of a phase: the kernel taps of :func:`transposed_phase`, zero beyond the kernel
-        (kept per phase for the packed-weight cache; rebuilt when the weight changes)."""
+    def _phase_plan(self, ay: tuple, ax: tuple) -> tuple:
+        """The march ``Conv2dPlan`` of a phase (its int8 weight: the kernel taps of :func:`transposed_phase`, zero
+        beyond the kernel; the module's bias and requantization) and the native layouts of its packed weight,
+        built once per phase and rebuilt when a parameter changes."""
         cache = self.__dict__.setdefault("_phases", {})
-        key = (tuple(ay[5]), tuple(ax[5]))
+        key = (tuple(ay[5]), tuple(ax[5]), ay[1], ax[1])
+        params = (self.weight, self.bias, self.multiplier, self.shift, self.residual_multiplier)
+        versions = tuple(None if t is None else t._version for t in params)
         entry = cache.get(key)
-        if entry is None or entry[0] != self.weight._version or entry[1] is not self.weight:
+        if entry is None or entry[0] != versions or any(a is not b for a, b in zip(entry[1], params)):
             kh, kw = self.weight.shape[2:]
             wp = self.weight.new_zeros(*self.weight.shape[:2], len(ay[5]), len(ax[5]))
             for t, ky in enumerate(ay[5]):
                 for u, kx in enumerate(ax[5]):
                     if ky < kh and kx < kw:
                         wp[:, :, t, u] = self.weight[:, :, ky, kx]
-            entry = cache[key] = (self.weight._version, self.weight, wp)
+            k = march_kernels(self.march)
+            packed = k.pack_conv2d_weight(wp.numpy(), self.groups)
+            lo, hi = self._clamp_bounds()
+
+            def i32(t: Optional[torch.Tensor]) -> Any:
+                return None if t is None else t.to(torch.int32).contiguous().numpy()
+            plan = k.conv2d_plan(packed, i32(self.bias), (1, 1), (ay[1], ax[1]), (1, 1), self.groups,
+                                 i32(self.multiplier), i32(self.shift), dtype_name(self.out_dtype.bits), lo, hi,
+                                 i32(self.residual_multiplier))
+            natives = {torch.int8: packed.native_layout("int8"), torch.int16: packed.native_layout("int16")}
+            entry = cache[key] = (versions, params, (plan, natives))
         return entry[2]
 
     def __getstate__(self):
